@@ -1,0 +1,145 @@
+"""The adapters volume: ADAPTERS_DIR/<name>/<version>/ holds a plain PEFT adapter, its
+tokenizer files and a `tuneyard.json` manifest.
+
+A version is written into a hidden staging folder beside its name and renamed into place,
+so a reader never sees half a version. Versions are increasing integers; `name` resolves
+to the newest, `name@version` to that one.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from tuneyard.errors import InvalidArgument, NotFound
+
+MANIFEST = "tuneyard.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Manifest(BaseModel):
+    """What an adapter was trained from and with; written by the trainer, read by serving."""
+
+    name: str
+    version: str = ""
+    base_model: str
+    base_model_revision: str = ""
+    recipe: str
+    template_prompt: str
+    template_response: str
+    template_sha256: str
+    eos_token: str = ""
+    stop: list[str] = Field(default_factory=list)
+    dataset_path: str = ""
+    dataset_sha256: str = ""
+    rows: dict[str, int] = Field(default_factory=dict)
+    hyperparameters: dict = Field(default_factory=dict)
+    metrics: dict = Field(default_factory=dict)
+    job_id: str = ""
+    created_at: float = Field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    name: str
+    version: str
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def manifest(self) -> Manifest:
+        return Manifest.model_validate_json((self.path / MANIFEST).read_text())
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise InvalidArgument(
+            f"invalid adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            param="adapter_name",
+        )
+    return name
+
+
+def parse_adapter_id(adapter_id: str) -> tuple[str, str | None]:
+    """'name' -> (name, None); 'name@3' -> (name, '3')."""
+    name, _, version = adapter_id.partition("@")
+    check_name(name)
+    if version and not version.isdigit():
+        raise InvalidArgument(f"invalid adapter version {version!r}: expected a number",
+                              param="adapter_id")
+    return name, version or None
+
+
+class AdapterStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+    def versions(self, name: str) -> list[AdapterVersion]:
+        folder = self.root / check_name(name)
+        if not folder.is_dir():
+            return []
+        found = [p for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()]
+        return [AdapterVersion(name, p.name, p) for p in sorted(found, key=lambda p: int(p.name))]
+
+    def all_versions(self) -> list[AdapterVersion]:
+        return [v for name in self.names() for v in self.versions(name)]
+
+    def resolve(self, adapter_id: str) -> AdapterVersion:
+        name, version = parse_adapter_id(adapter_id)
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"adapter {name!r} not found in {self.root}", param="adapter_id")
+        if version is None:
+            return versions[-1]
+        for v in versions:
+            if int(v.version) == int(version):
+                return v
+        raise NotFound(
+            f"adapter {name!r} has no version {version}; versions: "
+            + ", ".join(v.version for v in versions),
+            param="adapter_id",
+        )
+
+    def staging_dir(self, name: str) -> Path:
+        """A fresh hidden folder on the same filesystem as the final version."""
+        folder = self.root / check_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+
+    def publish(self, staging: Path, manifest: Manifest) -> AdapterVersion:
+        """Rename a complete staging folder into the next free version number."""
+        folder = self.root / check_name(manifest.name)
+        while True:
+            existing = [int(v.version) for v in self.versions(manifest.name)]
+            version = str(max(existing, default=0) + 1)
+            manifest.version = version
+            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            try:
+                # rename() of a folder fails if the target exists: another publisher won.
+                os.rename(staging, folder / version)
+            except OSError:
+                if (folder / version).exists():
+                    continue
+                raise
+            return AdapterVersion(manifest.name, version, folder / version)
+
+    @staticmethod
+    def discard(staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+

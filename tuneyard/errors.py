@@ -1,0 +1,34 @@
+"""Errors every service raises from plain code; servicers and the gateway map them to
+gRPC status codes and HTTP statuses in one place each."""
+
+
+class TuneyardError(Exception):
+    """Base error; `code` names the gRPC status it maps to."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, *, param: str = "", line: int = 0):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.line = line
+
+
+class InvalidArgument(TuneyardError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(TuneyardError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(TuneyardError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(TuneyardError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(TuneyardError):
+    code = "UNAVAILABLE"

@@ -1,0 +1,77 @@
+"""What every tuneyard gRPC server has: health, reflection, error mapping, clean stop."""
+
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tuneyard.errors import TuneyardError
+
+log = logging.getLogger(__name__)
+
+
+def build_server(max_workers: int = 16) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ],
+    )
+
+
+def add_health_and_reflection(server: grpc.Server, service_names: list[str]):
+    """Register grpc.health.v1 (each service and "" SERVING) and server reflection."""
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    return health_servicer
+
+
+def maps_errors(method: Callable) -> Callable:
+    """Turn a TuneyardError raised by plain code into the matching gRPC status."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except TuneyardError as err:
+            context.abort(getattr(grpc.StatusCode, err.code), err.message)
+
+    return wrapper
+
+
+def maps_stream_errors(method: Callable) -> Callable:
+    """`maps_errors` for server-streaming methods."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            yield from method(self, request, context)
+        except TuneyardError as err:
+            context.abort(getattr(grpc.StatusCode, err.code), err.message)
+
+    return wrapper
+
+
+def serve_until_signal(server: grpc.Server, health_servicer, on_stop: Callable = lambda: None,
+                       grace: float = 5.0) -> None:
+    """Block until SIGTERM/SIGINT, then report NOT_SERVING, drain and stop."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    health_servicer.enter_graceful_shutdown()
+    on_stop()
+    server.stop(grace).wait()

@@ -1,0 +1,138 @@
+"""Finding and loading a base model, shared by the trainer and the inference service.
+
+A base model is a hub id or a local folder. Its fingerprint (`revision`) goes into every
+adapter manifest so serving can refuse an adapter trained on another base.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneyard.errors import InvalidArgument
+
+# Per-architecture LoRA targets when a spec names none (the attention projections).
+DEFAULT_TARGET_MODULES = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "bloom": ["query_key_value"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "gpt2": ["c_attn"],
+}
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """A base model as asked for (`id`) and where its files are (`path`)."""
+
+    id: str
+    path: Path
+    revision: str
+
+    @property
+    def model_type(self) -> str:
+        return json.loads((self.path / "config.json").read_text()).get("model_type", "")
+
+
+def resolve_base_model(model_id: str) -> BaseModelRef:
+    """Find a base model's files: a local folder as is, a hub id through the hub cache
+    (downloading it unless HF_HUB_OFFLINE is set)."""
+    if not model_id:
+        raise InvalidArgument("no base model given", param="base_model")
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise InvalidArgument(f"base model folder {local} has no config.json",
+                                  param="base_model")
+        return BaseModelRef(model_id, local.resolve(), _fingerprint(local))
+    if model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:
+        raise InvalidArgument(f"base model folder {model_id} does not exist", param="base_model")
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(model_id, allow_patterns=_MODEL_FILES))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        raise InvalidArgument(
+            f"base model {model_id!r} is neither a local folder nor reachable on the hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
+            param="base_model",
+        ) from err
+    # Hub snapshots live in .../snapshots/<commit>: the commit is the revision.
+    return BaseModelRef(model_id, path, f"hub:{path.name}")
+
+
+_MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def _fingerprint(folder: Path) -> str:
+    """Cheap identity of a local model folder: its config and the sizes of its weights."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    return DEFAULT_TARGET_MODULES.get(model_type, ["q_proj", "v_proj"])
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(requested: str, device: str):
+    """bf16 on GPUs; fp32 on the CPU where bf16 matmuls are slow on most processors."""
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_tokenizer(ref: BaseModelRef):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(ref: BaseModelRef, *, device: str, dtype, quantization: str = "none"):
+    """Load the causal LM, optionally 8-bit or 4-bit NF4 through bitsandbytes."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype}
+    if quantization in ("8bit", "4bit"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if quantization == "8bit"
+            else BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+        )
+        kwargs["device_map"] = {"": device}
+    elif quantization != "none":
+        raise InvalidArgument(f"unknown quantization {quantization!r}: none, 8bit or 4bit",
+                              param="quantization")
+    model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    if quantization == "none":
+        model.to(device)
+    return model
