@@ -1,0 +1,13 @@
+"""Executors run a job's worker; `make_executor` picks one from the settings."""
+
+from trainer_service.executors.base import Executor
+from trainer_service.settings import TrainerSettings
+from tuneyard.errors import InvalidArgument
+
+
+def make_executor(settings: TrainerSettings) -> Executor:
+    if settings.executor == "local":
+        from trainer_service.executors.local import LocalExecutor
+
+        return LocalExecutor(settings)
+    raise InvalidArgument(f"unknown executor {settings.executor!r}; known: local", param="executor")

@@ -53,3 +53,17 @@ class ExecutionHandle(Protocol):
 class Executor(Protocol):
     def start(self, job_id: str, workdir: Path) -> ExecutionHandle:
         """Start the worker for a job whose spec is already in workdir/spec.json."""
+
+
+def worker_env(settings) -> dict[str, str]:
+    """The environment variables the worker reads its settings from (`WorkerSettings`);
+    an executor adds them to the worker's environment."""
+    env = {
+        "TUNEYARD_HOME": str(settings.home),
+        "TUNEYARD_ADAPTERS_DIR": str(settings.resolved_adapters_dir),
+        "TUNEYARD_TRAINER_DEVICE": settings.trainer_device,
+        "TUNEYARD_LOG_LEVEL": settings.log_level,
+    }
+    if settings.base_model:
+        env["TUNEYARD_BASE_MODEL"] = settings.base_model
+    return env

@@ -1,0 +1,77 @@
+import pytest
+
+from trainer_service.job_store import (
+    FAILED,
+    QUEUED,
+    RUNNING,
+    VALIDATING_FILES,
+    JobError,
+    JobStore,
+)
+from tuneyard.errors import NotFound
+
+
+def test_job_round_trip_and_reopen(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.create_job({"adapter_name": "a"})
+    assert job.id.startswith("ftjob-") and job.status == VALIDATING_FILES
+    store.update(
+        job.id,
+        status=FAILED,
+        finished_at=5.0,
+        trained_tokens=42,
+        result_files=["/x/loss.png"],
+        fine_tuned_model="a@1",
+        error=JobError("missing_column", "line 3 has no column 'email'", "data", 3),
+    )
+    first = store.add_event(job.id, "hello")
+    second = store.add_event(job.id, "step 1/2", metrics={"step": 1, "loss": 2.5})
+    assert second.seq > first.seq
+    store.close()
+
+    reopened = JobStore(tmp_path / "jobs.db")
+    got = reopened.get_job(job.id)
+    assert got.status == FAILED and got.terminal
+    assert got.spec == {"adapter_name": "a"}
+    assert got.trained_tokens == 42 and got.finished_at == 5.0
+    assert got.result_files == ["/x/loss.png"] and got.fine_tuned_model == "a@1"
+    assert got.error == JobError("missing_column", "line 3 has no column 'email'", "data", 3)
+    events = reopened.events(job.id)
+    assert [e.message for e in events] == ["hello", "step 1/2"]
+    assert events[1].metrics == {"step": 1, "loss": 2.5} and events[0].metrics is None
+    assert [e.message for e in reopened.events(job.id, after_seq=first.seq)] == ["step 1/2"]
+    assert len(reopened.events(job.id, limit=1)) == 1
+    # Sequence numbers keep growing across a reopen.
+    assert reopened.add_event(job.id, "again").seq > second.seq
+
+
+def test_list_pagination_status_queries_and_counts(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    ids = [store.create_job({"n": i}).id for i in range(5)]
+    store.update(ids[1], status=QUEUED)
+    store.update(ids[3], status=QUEUED)
+    store.update(ids[4], status=RUNNING)
+
+    page, more = store.list_jobs(limit=2)
+    assert [j.id for j in page] == [ids[4], ids[3]] and more
+    page, more = store.list_jobs(limit=2, after=ids[3])
+    assert [j.id for j in page] == [ids[2], ids[1]] and more
+    page, more = store.list_jobs(limit=2, after=ids[1])
+    assert [j.id for j in page] == [ids[0]] and not more
+
+    assert [j.id for j in store.jobs_with_status(QUEUED)] == [ids[1], ids[3]]
+    counts = store.count_by_status()
+    assert counts[QUEUED] == 2 and counts[RUNNING] == 1 and counts[VALIDATING_FILES] == 2
+    assert counts["succeeded"] == 0
+
+
+def test_unknown_job_is_not_found(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    with pytest.raises(NotFound, match="ftjob-nope"):
+        store.get_job("ftjob-nope")
+    with pytest.raises(NotFound):
+        store.update("ftjob-nope", status=QUEUED)
+    with pytest.raises(NotFound):
+        store.list_jobs(after="ftjob-nope")
+    with pytest.raises(ValueError, match="spec"):
+        store.update(store.create_job({}).id, spec={})

@@ -1,0 +1,118 @@
+"""The worker end to end, run by the real LocalExecutor as a child process."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from tests.trainer.conftest import make_spec
+from trainer_service.executors.local import LocalExecutor
+from tuneyard.adapter_store import AdapterStore
+
+
+def run_worker(settings, spec, job_id="ftjob-test"):
+    workdir = settings.resolved_trainer_workdir / job_id
+    workdir.mkdir(parents=True)
+    (workdir / "spec.json").write_text(spec.model_dump_json())
+    handle = LocalExecutor(settings).start(job_id, workdir)
+    events = list(handle.events())
+    return handle.wait(), events, workdir
+
+
+def check_published(settings, model_path, events, workdir, expected_targets):
+    result = events[-1]
+    assert result["type"] == "result", events
+    store = AdapterStore(settings.resolved_adapters_dir)
+    version = store.resolve(result["fine_tuned_model"])
+    assert version.id == "emails@1"
+
+    manifest = version.manifest()
+    assert manifest.base_model == str(model_path) and manifest.base_model_revision
+    assert manifest.recipe == "causal_lm" and manifest.job_id == "ftjob-test"
+    assert (
+        manifest.template_prompt.startswith("### Product") and len(manifest.template_sha256) == 64
+    )
+    assert manifest.eos_token == "<|endoftext|>" and manifest.stop == ["<|endoftext|>"]
+    assert manifest.rows == {"total": 12, "train": 9, "eval": 3}
+    assert len(manifest.dataset_sha256) == 64
+    assert manifest.hyperparameters["lora"]["target_modules"] == expected_targets
+    assert manifest.hyperparameters["training"]["max_steps"] == 2
+    assert manifest.metrics["steps"] == 2 and manifest.metrics["eval_loss"] > 0
+    assert manifest.metrics["trained_tokens"] == result["trained_tokens"] > 0
+
+    for png in (workdir / "loss_curve.png", version.path / "loss_curve.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(workdir / "loss_curve.png") in result["result_files"]
+    assert json.loads((version.path / "adapter_config.json").read_text())["r"] == 4
+    assert (version.path / "adapter_model.safetensors").is_file()
+    assert (version.path / "tokenizer.json").is_file()
+    assert not [p for p in version.path.parent.iterdir() if p.name.startswith(".staging")]
+
+    # A plain PEFT load of the published folder works and changes the output.
+    base = AutoModelForCausalLM.from_pretrained(model_path)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = base(ids).logits
+    tuned = PeftModel.from_pretrained(base, version.path)
+    assert set(expected_targets) <= {n.split(".")[-1] for n, _ in tuned.named_modules()}
+    assert tuned(ids).logits.shape == before.shape
+
+
+def check_metrics_events(events):
+    steps = [e["metrics"] for e in events if e["type"] == "metrics" and "loss" in e["metrics"]]
+    assert [m["step"] for m in steps] == [1, 2]
+    last = steps[-1]
+    assert last["total_steps"] == 2 and last["eta_seconds"] == 0
+    for key in (
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_second",
+        "trained_tokens",
+        "peak_memory_bytes",
+        "epoch",
+    ):
+        assert last[key] > 0, key
+    assert any("eval_loss" in e.get("metrics", {}) for e in events)
+
+
+@pytest.mark.slow
+def test_worker_llama_end_to_end(settings, tiny_llama, email_jsonl):
+    spec = make_spec(tiny_llama, email_jsonl, data={"eval_fraction": 0.25})
+    code, events, workdir = run_worker(settings, spec)
+    assert code == 0, (workdir / "worker.log").read_text()[-3000:]
+    # stdout carried only events: every line parsed as a typed JSON object.
+    assert all(e["type"] in ("message", "metrics", "result") for e in events)
+    check_metrics_events(events)
+    check_published(settings, tiny_llama, events, workdir, ["q_proj", "v_proj"])
+
+
+@pytest.mark.slow
+def test_worker_bloom_end_to_end(settings, tiny_bloom, email_jsonl):
+    spec = make_spec(tiny_bloom, email_jsonl, data={"eval_fraction": 0.25})
+    code, events, workdir = run_worker(settings, spec)
+    assert code == 0, (workdir / "worker.log").read_text()[-3000:]
+    check_published(settings, tiny_bloom, events, workdir, ["query_key_value"])
+
+
+@pytest.mark.slow
+def test_worker_4bit_qlora(settings, tiny_llama, email_jsonl):
+    spec = make_spec(tiny_llama, email_jsonl, quantization="4bit", data={"eval_fraction": 0.25})
+    code, events, workdir = run_worker(settings, spec)
+    assert code == 0, (workdir / "worker.log").read_text()[-3000:]
+    version = AdapterStore(settings.resolved_adapters_dir).resolve("emails")
+    assert version.manifest().hyperparameters["quantization"] == "4bit"
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), version.path)
+
+
+def test_worker_error_is_reported_and_exits_1(settings, tiny_llama, email_jsonl):
+    spec = make_spec(tiny_llama, email_jsonl)
+    email_jsonl.unlink()  # gone between validation and the run
+    code, events, workdir = run_worker(settings, spec)
+    assert code == 1
+    errors = [e for e in events if e.get("level") == "error"]
+    assert len(errors) == 1 and "emails.jsonl does not exist" in errors[0]["message"]
+    assert events[-1] == errors[0]  # nothing after the error, no result
+    assert not settings.resolved_adapters_dir.exists()
+    assert "Traceback" in (workdir / "worker.log").read_text()

@@ -1,0 +1,240 @@
+"""Jobs and their events in SQLite (WAL), so both survive a restart of the trainer.
+
+Plain dataclasses go in and out; the servicer converts them to proto messages.
+"""
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuneyard.errors import NotFound
+
+VALIDATING_FILES = "validating_files"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+STATUSES = (VALIDATING_FILES, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+@dataclass
+class JobError:
+    code: str
+    message: str
+    param: str = ""
+    line: int = 0
+
+
+@dataclass
+class Job:
+    id: str
+    status: str
+    spec: dict
+    created_at: float
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    fine_tuned_model: str = ""
+    error: JobError | None = None
+    trained_tokens: int = 0
+    estimated_finish: float = 0.0
+    result_files: list[str] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass
+class Event:
+    seq: int
+    job_id: str
+    created_at: float
+    level: str
+    message: str
+    metrics: dict | None = None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    rowid_order INTEGER,
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL NOT NULL DEFAULT 0,
+    finished_at REAL NOT NULL DEFAULT 0,
+    fine_tuned_model TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    trained_tokens INTEGER NOT NULL DEFAULT 0,
+    estimated_finish REAL NOT NULL DEFAULT 0,
+    result_files TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    metrics TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+"""
+
+# Columns a caller may change with `update`; JSON-valued ones are encoded on the way in.
+_UPDATABLE = {
+    "status",
+    "started_at",
+    "finished_at",
+    "fine_tuned_model",
+    "error",
+    "trained_tokens",
+    "estimated_finish",
+    "result_files",
+}
+
+
+def new_job_id() -> str:
+    return "ftjob-" + secrets.token_hex(12)
+
+
+class JobStore:
+    """One SQLite connection shared by all threads behind a lock (writes are tiny)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- jobs ----------------------------------------------------------------------------
+    def create_job(self, spec: dict, status: str = VALIDATING_FILES) -> Job:
+        job = Job(id=new_job_id(), status=status, spec=spec, created_at=time.time())
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, rowid_order, status, spec, created_at) "
+                "VALUES (?, (SELECT COALESCE(MAX(rowid_order), 0) + 1 FROM jobs), ?, ?, ?)",
+                (job.id, job.status, json.dumps(spec), job.created_at),
+            )
+        return job
+
+    def get_job(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found", param="job_id")
+        return _job(row)
+
+    def list_jobs(self, limit: int = 20, after: str = "") -> tuple[list[Job], bool]:
+        """Newest first; `after` is the id of the last job of the previous page."""
+        query, args = "SELECT * FROM jobs", []
+        if after:
+            query += " WHERE rowid_order < (SELECT rowid_order FROM jobs WHERE id = ?)"
+            args.append(after)
+            self.get_job(after)
+        query += " ORDER BY rowid_order DESC LIMIT ?"
+        args.append(limit + 1)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [_job(r) for r in rows[:limit]], len(rows) > limit
+
+    def jobs_with_status(self, *statuses: str) -> list[Job]:
+        """Oldest first, so a recovered queue keeps its order."""
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid_order", statuses
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def update(self, job_id: str, **fields) -> Job:
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        encoded = {k: _encode(k, v) for k, v in fields.items()}
+        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ?", [*encoded.values(), job_id]
+            )
+        if cursor.rowcount == 0:
+            raise NotFound(f"job {job_id!r} not found", param="job_id")
+        return self.get_job(job_id)
+
+    # --- events --------------------------------------------------------------------------
+    def add_event(
+        self, job_id: str, message: str, level: str = "info", metrics: dict | None = None
+    ) -> Event:
+        now = time.time()
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO events (job_id, created_at, level, message, metrics) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (job_id, now, level, message, json.dumps(metrics) if metrics else None),
+            )
+        return Event(cursor.lastrowid, job_id, now, level, message, metrics)
+
+    def events(self, job_id: str, after_seq: int = 0, limit: int = 0) -> list[Event]:
+        query = "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq"
+        args: list = [job_id, after_seq]
+        if limit:
+            query += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [
+            Event(
+                r["seq"],
+                r["job_id"],
+                r["created_at"],
+                r["level"],
+                r["message"],
+                json.loads(r["metrics"]) if r["metrics"] else None,
+            )
+            for r in rows
+        ]
+
+
+def _encode(key: str, value):
+    if key == "error":
+        return json.dumps(value.__dict__) if value else None
+    if key == "result_files":
+        return json.dumps(list(value))
+    return value
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        status=row["status"],
+        spec=json.loads(row["spec"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        fine_tuned_model=row["fine_tuned_model"],
+        error=JobError(**json.loads(row["error"])) if row["error"] else None,
+        trained_tokens=row["trained_tokens"],
+        estimated_finish=row["estimated_finish"],
+        result_files=json.loads(row["result_files"]),
+    )

@@ -1,0 +1,318 @@
+"""The job lifecycle: validate, queue (FIFO), run through an executor, record events.
+
+    validating_files -> queued -> running -> succeeded | failed | cancelled
+    (validation can fail; cancel works in every state; a finished job stays as it is)
+
+Every change is written to the store first and then announced through `changed`, which
+watchers wait on instead of polling.
+"""
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from trainer_service.executors.base import CANCELLED_EXIT, ExecutionHandle, Executor
+from trainer_service.job_store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    VALIDATING_FILES,
+    Event,
+    Job,
+    JobError,
+    JobStore,
+)
+from trainer_service.metrics import TrainerMetrics
+from trainer_service.notify import InferenceNotifier
+from trainer_service.settings import TrainerSettings
+from trainer_service.validation import JobValidationError, validate
+from tuneyard.jobspec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        store: JobStore,
+        executor: Executor,
+        metrics: TrainerMetrics | None = None,
+        notifier: InferenceNotifier | None = None,
+    ):
+        self.settings = settings
+        self.store = store
+        self.executor = executor
+        self.metrics = metrics
+        self.notifier = notifier
+        self.workdir = Path(settings.resolved_trainer_workdir)
+        self._lock = threading.Condition()
+        self._version = 0  # bumped on every change; see wait_for_change
+        self._queue: deque[str] = deque()
+        self._running: dict[str, ExecutionHandle | None] = {}
+        self._cancelling: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    # --- public --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover what a previous trainer left: running jobs lost their worker (failed),
+        validating and queued ones start over in their original order."""
+        for job in self.store.jobs_with_status(RUNNING):
+            self._finish(
+                job.id,
+                FAILED,
+                "the trainer restarted while the job was running; its worker was lost",
+                code="worker_lost",
+            )
+        for job in self.store.jobs_with_status(VALIDATING_FILES, QUEUED):
+            self._event(job.id, f"trainer restarted: job {job.status} again")
+            if job.status == QUEUED:
+                with self._lock:
+                    self._queue.append(job.id)
+            else:
+                self._spawn(self._validate, job.id)
+        self._dispatch()
+
+    def create(self, spec: JobSpec) -> Job:
+        """Store the job and validate it in the background; returns it validating_files."""
+        if not spec.base_model:
+            spec = spec.model_copy(update={"base_model": self.settings.resolved_base_model})
+        job = self.store.create_job(spec.model_dump())
+        self._event(job.id, "job created; validating data")
+        self._spawn(self._validate, job.id)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        return self.store.get_job(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        with self._lock:  # every transition happens under the lock: the status is current
+            job = self.store.get_job(job_id)
+            if job.status in (VALIDATING_FILES, QUEUED):
+                if job.id in self._queue:
+                    self._queue.remove(job.id)
+                self._finish_locked(job.id, CANCELLED, "cancelled before it ran")
+            elif job.status == RUNNING and job.id not in self._cancelling:
+                self._cancelling.add(job.id)
+                handle = self._running.get(job.id)
+                self._event(job.id, "cancellation requested; stopping the worker")
+                if handle is not None:
+                    handle.cancel()
+        return self.store.get_job(job_id)
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def wait_for_change(self, seen_version: int, timeout: float) -> int:
+        """Block until something changed after `seen_version` (or timeout)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._version != seen_version, timeout)
+            return self._version
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking work, stop running workers, and wait for their threads."""
+        with self._lock:
+            self._closed = True
+            handles = [h for h in self._running.values() if h is not None]
+        for handle in handles:
+            handle.cancel()
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def _validate(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        try:
+            report = validate(JobSpec.model_validate(job.spec))
+        except JobValidationError as err:
+            with self._lock:
+                if self.store.get_job(job_id).status == VALIDATING_FILES:
+                    self._finish_locked(
+                        job_id, FAILED, err.message, code=err.reason, param=err.param, line=err.line
+                    )
+            return
+        except Exception as err:  # a bug or an unreadable model must not strand the job
+            log.exception("validation of %s crashed", job_id)
+            with self._lock:
+                if self.store.get_job(job_id).status == VALIDATING_FILES:
+                    self._finish_locked(
+                        job_id, FAILED, f"validation failed: {err}", code="validation_error"
+                    )
+            return
+        for warning in report.warnings:
+            self._event(job_id, warning, level="warn")
+        with self._lock:
+            if self.store.get_job(job_id).status != VALIDATING_FILES:
+                return  # cancelled meanwhile
+            self.store.update(job_id, status=QUEUED)
+            self._queue.append(job_id)
+            self._event(
+                job_id,
+                f"validated {report.rows} rows ({report.train_rows} train, "
+                f"{report.eval_rows} eval, longest {report.max_tokens} tokens); queued",
+            )
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            while (
+                self._queue
+                and not self._closed
+                and len(self._running) < self.settings.max_concurrent_jobs
+            ):
+                job_id = self._queue.popleft()
+                self._running[job_id] = None
+                self.store.update(job_id, status=RUNNING, started_at=time.time())
+                self._event(job_id, "job started")
+                self._spawn(self._run, job_id)
+
+    def _run(self, job_id: str) -> None:
+        try:
+            self._run_worker(job_id)
+        except Exception as err:
+            log.exception("job %s", job_id)
+            self._finish(
+                job_id, FAILED, f"the trainer could not run the job: {err}", code="internal"
+            )
+        finally:
+            with self._lock:
+                self._running.pop(job_id, None)
+                self._cancelling.discard(job_id)
+            self._dispatch()
+
+    def _run_worker(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        workdir = self.workdir / job_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "spec.json").write_text(JobSpec.model_validate(job.spec).model_dump_json())
+        handle = self.executor.start(job_id, workdir)
+        with self._lock:
+            self._running[job_id] = handle
+            if job_id in self._cancelling or self._closed:
+                handle.cancel()
+
+        result, last_error = None, ""
+        for event in handle.events():
+            kind = event.get("type")
+            if kind == "metrics":
+                self._on_metrics(job_id, event.get("metrics") or {})
+            elif kind == "result":
+                result = event
+            elif kind == "message":
+                level = event.get("level", "info")
+                if level == "error":
+                    last_error = event.get("message", "")
+                self._event(job_id, str(event.get("message", "")), level=level)
+        code = handle.wait()
+
+        with self._lock:
+            cancelled, closed = job_id in self._cancelling, self._closed
+        if code == 0 and result is not None:
+            self._succeed(job_id, result)
+        elif cancelled:
+            self._finish(job_id, CANCELLED, "cancelled; nothing was published")
+        elif closed:
+            self._finish(
+                job_id, FAILED, "the trainer service stopped during the job", code="interrupted"
+            )
+        else:
+            reason = last_error or (
+                "the worker ended without publishing a result"
+                if code == 0
+                else "the worker crashed"
+            )
+            self._finish(job_id, FAILED, f"{reason} ({_describe_exit(code)})", code="worker_failed")
+
+    def _on_metrics(self, job_id: str, metrics: dict) -> None:
+        fields = {}
+        if "trained_tokens" in metrics:
+            fields["trained_tokens"] = int(metrics["trained_tokens"])
+        if "eta_seconds" in metrics:
+            fields["estimated_finish"] = time.time() + float(metrics["eta_seconds"])
+        if fields:
+            self.store.update(job_id, **fields)
+        if self.metrics and "tokens_per_second" in metrics:
+            self.metrics.job_throughput(job_id, float(metrics["tokens_per_second"]))
+        parts = [f"{k}={metrics[k]:.4g}" for k in ("loss", "eval_loss") if k in metrics]
+        step = f"step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
+        self._event(job_id, " ".join([step, *parts]), metrics=metrics)
+
+    def _succeed(self, job_id: str, result: dict) -> None:
+        model = str(result.get("fine_tuned_model", ""))
+        self.store.update(
+            job_id,
+            fine_tuned_model=model,
+            result_files=[str(f) for f in result.get("result_files", [])],
+            trained_tokens=int(result.get("trained_tokens", 0)),
+        )
+        if self.notifier is not None:
+            try:
+                self.notifier.load_adapter(model)
+                self._event(job_id, f"inference service at {self.notifier.address} loaded {model}")
+            except Exception as err:  # grpc.RpcError mostly; serving can still load it later
+                detail = err.details() if hasattr(err, "details") else str(err)
+                self._event(
+                    job_id,
+                    f"could not tell the inference service at "
+                    f"{self.notifier.address} to load {model}: {detail}",
+                    level="warn",
+                )
+        self._finish(job_id, SUCCEEDED, f"succeeded: published {model}")
+
+    # --- helpers -------------------------------------------------------------------------
+    def _finish(self, job_id: str, status: str, message: str, **error) -> None:
+        with self._lock:
+            self._finish_locked(job_id, status, message, **error)
+
+    def _finish_locked(
+        self, job_id: str, status: str, message: str, code: str = "", param: str = "", line: int = 0
+    ) -> None:
+        # The event goes first: a watcher that sees the terminal status has every event.
+        self._event(job_id, message, level="error" if status == FAILED else "info")
+        fields = {"status": status, "finished_at": time.time(), "estimated_finish": 0}
+        if status == FAILED:
+            fields["error"] = JobError(code or "failed", message, param, line)
+        self.store.update(job_id, **fields)
+        if self.metrics:
+            self.metrics.job_finished(job_id, status)
+        self._bump()
+
+    def _event(
+        self, job_id: str, message: str, level: str = "info", metrics: dict | None = None
+    ) -> Event:
+        event = self.store.add_event(job_id, message, level, metrics)
+        self._bump()
+        return event
+
+    def _bump(self) -> None:
+        with self._lock:
+            self._version += 1
+            self._lock.notify_all()
+
+    def _spawn(self, target, job_id: str) -> None:
+        thread = threading.Thread(
+            target=target, args=(job_id,), name=f"{target.__name__}-{job_id}", daemon=True
+        )
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == CANCELLED_EXIT:
+        return f"exit code {code}: stopped by SIGTERM"
+    return f"exit code {code}"

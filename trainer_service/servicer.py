@@ -1,0 +1,123 @@
+"""TrainerService over gRPC: proto in, plain calls to the scheduler and store, proto out."""
+
+import grpc
+
+from trainer_service import job_store
+from trainer_service.scheduler import Scheduler
+from tuneyard.errors import InvalidArgument
+from tuneyard.grpc_server import maps_errors, maps_stream_errors
+from tuneyard.jobspec import JobSpec
+from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
+
+MAX_LIST = 100
+WATCH_WAIT_S = 1.0  # how often a watch re-checks that its client is still there
+
+_STATUS = {
+    job_store.VALIDATING_FILES: trainer_pb2.VALIDATING_FILES,
+    job_store.QUEUED: trainer_pb2.QUEUED,
+    job_store.RUNNING: trainer_pb2.RUNNING,
+    job_store.SUCCEEDED: trainer_pb2.SUCCEEDED,
+    job_store.FAILED: trainer_pb2.FAILED,
+    job_store.CANCELLED: trainer_pb2.CANCELLED,
+}
+
+
+def job_to_proto(job: job_store.Job) -> trainer_pb2.Job:
+    message = trainer_pb2.Job(
+        id=job.id,
+        status=_STATUS[job.status],
+        spec=JobSpec.model_validate(job.spec).to_proto(),
+        created_at=int(job.created_at),
+        started_at=int(job.started_at),
+        finished_at=int(job.finished_at),
+        fine_tuned_model=job.fine_tuned_model,
+        trained_tokens=job.trained_tokens,
+        estimated_finish=int(job.estimated_finish),
+        result_files=job.result_files,
+    )
+    if job.error:
+        message.error.CopyFrom(
+            trainer_pb2.JobError(
+                code=job.error.code,
+                message=job.error.message,
+                param=job.error.param,
+                line=job.error.line,
+            )
+        )
+    return message
+
+
+def event_to_proto(event: job_store.Event) -> trainer_pb2.JobEvent:
+    message = trainer_pb2.JobEvent(
+        seq=event.seq,
+        job_id=event.job_id,
+        created_at=int(event.created_at),
+        level=event.level,
+        message=event.message,
+    )
+    if event.metrics:
+        message.metrics.CopyFrom(metrics_to_proto(event.metrics))
+    return message
+
+
+def metrics_to_proto(metrics: dict) -> trainer_pb2.Metrics:
+    """Known keys only, each cast to its proto field's type (JSON has one number type)."""
+    message = trainer_pb2.Metrics()
+    for name, field in trainer_pb2.Metrics.DESCRIPTOR.fields_by_name.items():
+        value = metrics.get(name)
+        if value is not None:
+            is_float = field.cpp_type == field.CPPTYPE_DOUBLE
+            setattr(message, name, float(value) if is_float else max(int(value), 0))
+    return message
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.store = scheduler.store
+
+    @maps_errors
+    def CreateJob(self, request, context):
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required", param="spec")
+        return job_to_proto(self.scheduler.create(JobSpec.from_proto(request.spec)))
+
+    @maps_errors
+    def GetJob(self, request, context):
+        return job_to_proto(self.store.get_job(request.job_id))
+
+    @maps_errors
+    def ListJobs(self, request, context):
+        limit = min(request.limit or 20, MAX_LIST)
+        jobs, has_more = self.store.list_jobs(limit=limit, after=request.after)
+        return trainer_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs], has_more=has_more)
+
+    @maps_errors
+    def CancelJob(self, request, context):
+        return job_to_proto(self.scheduler.cancel(request.job_id))
+
+    @maps_stream_errors
+    def WatchJob(self, request, context):
+        seq = request.after_seq
+        self.store.get_job(request.job_id)  # NOT_FOUND before streaming anything
+        while context.is_active():
+            version = self.scheduler.version
+            job = self.store.get_job(request.job_id)
+            # Status first, then events: the final event is stored before the final status.
+            for event in self.store.events(request.job_id, after_seq=seq):
+                seq = event.seq
+                yield event_to_proto(event)
+            if job.terminal:
+                return
+            self.scheduler.wait_for_change(version, timeout=WATCH_WAIT_S)
+
+    @maps_errors
+    def ListJobEvents(self, request, context):
+        self.store.get_job(request.job_id)
+        events = self.store.events(request.job_id, after_seq=request.after_seq, limit=request.limit)
+        return trainer_pb2.ListJobEventsResponse(events=[event_to_proto(e) for e in events])
+
+
+def add_to_server(servicer: TrainerServicer, server: grpc.Server) -> str:
+    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+    return trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name

@@ -1,0 +1,27 @@
+"""Trainer service settings (environment variables with the TUNEYARD_ prefix)."""
+
+from pathlib import Path
+
+from pydantic import Field
+
+from tuneyard.config import CommonSettings
+
+
+class TrainerSettings(CommonSettings):
+    trainer_host: str = "127.0.0.1"
+    trainer_port: int = Field(50051, ge=0, le=65535)
+    trainer_metrics_port: int = Field(9101, ge=0, le=65535, description="0 turns it off.")
+    trainer_db: Path | None = Field(None, description="SQLite file; default home/trainer/jobs.db")
+    trainer_workdir: Path | None = Field(None, description="Job folders; default home/trainer/jobs")
+    max_concurrent_jobs: int = Field(1, ge=1)
+    inference_addr: str = Field("", description="host:port to notify of new adapters; '' = none.")
+    trainer_device: str = Field("auto", description="Worker device: auto, cpu, cuda, cuda:1...")
+    executor: str = Field("local", description="How workers run: local (child process).")
+
+    @property
+    def resolved_trainer_db(self) -> Path:
+        return self.trainer_db or self.home / "trainer" / "jobs.db"
+
+    @property
+    def resolved_trainer_workdir(self) -> Path:
+        return self.trainer_workdir or self.home / "trainer" / "jobs"

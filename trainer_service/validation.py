@@ -1,0 +1,167 @@
+"""Validation of a job before it spends compute: the base model, the data file, every
+row against the template, token lengths and rows left. The first problem found is raised
+as a JobValidationError naming the spec field and, where it is a row, the line."""
+
+from dataclasses import dataclass, field
+
+import jinja2
+from jinja2 import nodes
+
+from trainer_service.dataset import Row, read_rows, split_rows
+from tuneyard.errors import InvalidArgument
+from tuneyard.jobspec import JobSpec
+from tuneyard.modeling import BaseModelRef, load_tokenizer, resolve_base_model
+from tuneyard.templates import PromptTemplate
+
+MAX_EXAMPLES = 5
+
+
+class JobValidationError(InvalidArgument):
+    """A job that must not run; `reason` is the job error's code (e.g. "missing_column")."""
+
+    def __init__(self, reason: str, message: str, *, param: str = "", line: int = 0):
+        super().__init__(message, param=param, line=line)
+        self.reason = reason
+
+
+@dataclass
+class ValidationReport:
+    base_model: BaseModelRef
+    rows: int
+    train_rows: int
+    eval_rows: int
+    max_tokens: int
+    too_long: int = 0
+    too_long_lines: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate(spec: JobSpec) -> ValidationReport:
+    try:
+        ref = resolve_base_model(spec.base_model)
+    except InvalidArgument as err:
+        raise JobValidationError("invalid_base_model", err.message, param="base_model") from err
+    try:
+        rows = read_rows(spec.data.path, spec.data.columns)
+    except InvalidArgument as err:
+        reason = "invalid_json" if err.line else "invalid_file"
+        raise JobValidationError(reason, err.message, param=err.param, line=err.line) from err
+    if not rows:
+        raise JobValidationError(
+            "no_rows", f"data file {spec.data.path} has no rows", param="data.path"
+        )
+
+    template = spec.template.build()
+    required = printed_fields(template.prompt) | printed_fields(template.response)
+    texts = [_render(template, row, required, spec.data.columns) for row in rows]
+
+    tokenizer = load_tokenizer(ref)
+    # Counted exactly as the recipes encode: special tokens, then the EOS that ends a row.
+    eos = tokenizer.eos_token or ""
+    lengths = [len(ids) for ids in tokenizer([t + eos for t in texts])["input_ids"]]
+    limit = spec.training.max_seq_length
+    too_long = [row.line for row, n in zip(rows, lengths, strict=True) if n > limit]
+    warnings = []
+    if too_long:
+        # causal_lm truncates long rows; other recipes drop them.
+        action = "truncated" if spec.recipe == "causal_lm" else "dropped"
+        warnings.append(
+            f"{len(too_long)} of {len(rows)} rows are longer than max_seq_length={limit} "
+            f"tokens and will be {action} (lines {', '.join(map(str, too_long[:MAX_EXAMPLES]))}"
+            f"{', ...' if len(too_long) > MAX_EXAMPLES else ''})"
+        )
+        if action == "dropped":
+            kept = set(too_long)
+            rows = [r for r in rows if r.line not in kept]
+            if not rows:
+                raise JobValidationError(
+                    "no_rows",
+                    f"no rows are left: every row is longer than {limit} tokens",
+                    param="training.max_seq_length",
+                )
+
+    train, held_out = split_rows(rows, spec.data.eval_fraction, spec.training.seed)
+    if spec.data.eval_fraction > 0 and not held_out:
+        raise JobValidationError(
+            "empty_eval_split",
+            f"eval_fraction={spec.data.eval_fraction} of {len(rows)} rows leaves no eval rows",
+            param="data.eval_fraction",
+        )
+    if not train:
+        raise JobValidationError(
+            "no_rows",
+            f"eval_fraction={spec.data.eval_fraction} leaves no training rows",
+            param="data.eval_fraction",
+        )
+    return ValidationReport(
+        ref,
+        len(rows),
+        len(train),
+        len(held_out),
+        max(lengths),
+        len(too_long),
+        too_long[:MAX_EXAMPLES],
+        warnings,
+    )
+
+
+def _render(template: PromptTemplate, row: Row, required: set[str], columns: dict[str, str]) -> str:
+    for name in sorted(required):
+        column = columns.get(name, name)
+        if name not in row.fields:
+            raise JobValidationError(
+                "missing_column",
+                f"line {row.line} has no column {column!r} (template field {name!r}); "
+                f"columns: {', '.join(sorted(row.fields))}",
+                param="data.columns",
+                line=row.line,
+            )
+        value = row.fields[name]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise JobValidationError(
+                "empty_field",
+                f"line {row.line}: column {column!r} is empty",
+                param="data.columns",
+                line=row.line,
+            )
+    try:
+        return template.render_prompt(row.fields) + template.render_response(row.fields)
+    except InvalidArgument as err:
+        raise JobValidationError(
+            "template_error",
+            f"line {row.line}: template does not render: {err.message}",
+            param="template",
+            line=row.line,
+        ) from err
+
+
+def printed_fields(source: str) -> set[str]:
+    """Fields a template prints unconditionally: `{{ x }}` outside `{% if x %}`. A field
+    only tested or printed under its own test (`{% if context %}{{ context }}`) is optional."""
+    required: set[str] = set()
+
+    def walk(node: nodes.Node, guarded: frozenset[str]) -> None:
+        if isinstance(node, nodes.If):
+            tested = frozenset(n.name for n in _names(node.test))
+            for child in node.body:
+                walk(child, guarded | tested)
+            for child in [*node.elif_, *node.else_]:
+                walk(child, guarded)
+            return
+        if isinstance(node, nodes.For):
+            targets = frozenset(n.name for n in _names(node.target))
+            guarded = guarded | targets | {"loop"}
+        if isinstance(node, nodes.Output):
+            for expr in node.nodes:
+                required.update(n.name for n in _names(expr) if n.name not in guarded)
+            return
+        for child in node.iter_child_nodes():
+            walk(child, guarded)
+
+    walk(jinja2.Environment().parse(source), frozenset())
+    return required
+
+
+def _names(node: nodes.Node) -> list[nodes.Name]:
+    found = list(node.find_all(nodes.Name))
+    return [node, *found] if isinstance(node, nodes.Name) else found

@@ -1,0 +1,14 @@
+import argparse
+from pathlib import Path
+
+from trainer_service.worker.events import take_stdout
+from trainer_service.worker.run import main
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m trainer_service.worker")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--workdir", required=True, type=Path)
+    args = parser.parse_args()
+    # Before anything imports transformers: stdout is the event channel, nothing else.
+    events = take_stdout()
+    raise SystemExit(main(args.job_id, args.workdir, events))
