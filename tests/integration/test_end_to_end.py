@@ -1,0 +1,135 @@
+"""The whole loop through the real services, started as processes on loopback ports:
+submit a job through the gateway, watch it, see the adapter hot-loaded, generate with it."""
+
+import json
+
+import httpx
+import pytest
+from text_generation import Client
+
+from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
+from tuneyard.client import GatewayClient, GatewayError
+from tuneyard.jobspec import JobSpec
+from tuneyard.local_stack import LocalStack
+from tuneyard.progress import follow_job
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_llama):
+    home = tmp_path_factory.mktemp("home")
+    with LocalStack(home=home, base_model=str(tiny_llama),
+                    extra_env={"HF_HUB_OFFLINE": "1"}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "emails.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in EMAIL_ROWS))
+    return path
+
+
+def spec(data_path, **overrides) -> JobSpec:
+    data = {"adapter_name": "emails", "data": {"path": str(data_path)},
+            "template": EMAIL_TEMPLATE,
+            "training": {"max_steps": 3, "batch_size": 2, "max_seq_length": 128}}
+    data.update(overrides)
+    return JobSpec.parse(data)
+
+
+@pytest.fixture(scope="module")
+def trained(stack, data_file):
+    client = GatewayClient(stack.gateway_url)
+    job = client.create_job(spec(data_file))
+    assert job["status"] in {"validating_files", "queued", "running"}
+    return follow_job(client, job["id"]), list(client.stream_events(job["id"]))
+
+
+def test_job_trains_and_publishes(trained, stack):
+    job, events = trained
+    assert job["status"] == "succeeded", job.get("error")
+    assert job["fine_tuned_model"] == "emails@1"
+    assert job["trained_tokens"] > 0
+    steps = [e["data"]["step"] for e in events if e.get("type") == "metrics" and e.get("data")]
+    assert steps and max(steps) == 3
+    assert (stack.home / "adapters" / "emails" / "1" / "tuneyard.json").is_file()
+
+
+def test_adapter_is_hot_loaded_and_answers(trained, stack):
+    job, _ = trained
+    adapters = httpx.get(f"{stack.gateway_url}/v1/adapters", timeout=30).json()
+    listed = {a["id"]: a for a in adapters["data"]}
+    assert listed["emails@1"]["loaded"], "the trainer tells inference to load a new version"
+
+    body = {"inputs": "### Product\nLamp\n\n### Email\n",
+            "parameters": {"adapter_id": "emails", "max_new_tokens": 5, "details": True}}
+    reply = httpx.post(f"{stack.gateway_url}/generate", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    tuned = reply.json()
+    assert tuned["details"]["generated_tokens"] == len(tuned["details"]["tokens"]) <= 5
+
+    base = httpx.post(f"{stack.gateway_url}/generate", timeout=60, json={
+        "inputs": body["inputs"], "parameters": {"max_new_tokens": 5, "details": True}}).json()
+    # A randomly initialised LoRA B is zero, but three training steps move it: the adapter
+    # must change the logits, and with them the reported log-probabilities.
+    assert [t["logprob"] for t in tuned["details"]["tokens"]] != \
+        [t["logprob"] for t in base["details"]["tokens"]]
+
+
+def test_text_generation_client_against_the_gateway(stack):
+    client = Client(stack.gateway_url, timeout=60)
+    reply = client.generate("Hi there", max_new_tokens=4)
+    assert reply.details.generated_tokens == len(reply.details.tokens)
+    streamed = "".join(r.token.text for r in client.generate_stream("Hi there", max_new_tokens=4)
+                       if not r.token.special)
+    assert streamed == reply.generated_text
+
+
+def test_unknown_adapter_is_404_not_the_base_model(stack):
+    reply = httpx.post(f"{stack.gateway_url}/generate", timeout=30, json={
+        "inputs": "Hi", "parameters": {"adapter_id": "nope", "max_new_tokens": 3}})
+    assert reply.status_code == 404
+    assert "nope" in reply.json()["error"]
+    assert reply.json()["error_type"]
+
+
+@pytest.mark.parametrize("parameters, inputs, needle", [
+    ({"max_new_tokens": -1}, "Hi", "max_new_tokens"),
+    ({"max_new_tokens": 3}, "", "input"),
+])
+def test_bad_generate_requests_are_422(stack, parameters, inputs, needle):
+    reply = httpx.post(f"{stack.gateway_url}/generate", timeout=30,
+                       json={"inputs": inputs, "parameters": parameters})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error_type"] == "validation"
+    assert needle in reply.json()["error"]
+
+
+def test_bad_jobs_fail_with_the_problem_named(stack, data_file, tmp_path):
+    client = GatewayClient(stack.gateway_url)
+    missing_file = spec(tmp_path / "missing.jsonl", adapter_name="missing-file")
+    bad_column = spec(data_file, adapter_name="bad-column",
+                      template={"prompt": "{{ sku }}", "response": "{{ email }}"})
+    bad_model = spec(data_file, adapter_name="bad-model", base_model=str(tmp_path / "nomodel"))
+    for job_spec, needle in [(missing_file, "missing.jsonl"), (bad_column, "sku"),
+                             (bad_model, "nomodel")]:
+        try:
+            job = follow_job(client, client.create_job(job_spec)["id"])
+        except GatewayError as err:  # refused before a job exists: fine too
+            assert err.status == 400 and needle in err.message
+            continue
+        assert job["status"] == "failed"
+        assert needle in job["error"]["message"]
+    # Nothing was stuck and nothing was published for them.
+    assert not (stack.home / "adapters" / "bad-column").exists()
+    assert all(j["status"] in {"succeeded", "failed"} for j in client.list_jobs())
+
+
+def test_metrics_and_health(stack):
+    assert httpx.get(f"{stack.gateway_url}/health", timeout=10).status_code == 200
+    metrics = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
+    assert "tuneyard_gateway_" in metrics
+    for port in (stack.trainer_metrics_port, stack.inference_metrics_port):
+        assert "tuneyard_" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

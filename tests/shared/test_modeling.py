@@ -1,0 +1,75 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tuneyard.errors import InvalidArgument
+from tuneyard.modeling import default_target_modules, resolve_base_model
+
+
+def test_local_folder(tiny_llama):
+    ref = resolve_base_model(str(tiny_llama))
+    assert ref.path == tiny_llama.resolve()
+    assert ref.revision.startswith("sha256:")
+    assert ref.model_type == "llama"
+    assert resolve_base_model(str(tiny_llama)).revision == ref.revision
+
+
+def test_fingerprint_follows_the_weights(tiny_llama, tmp_path):
+    copy = shutil.copytree(tiny_llama, tmp_path / "copy")
+    config = json.loads((copy / "config.json").read_text())
+    config["num_hidden_layers"] = 1
+    (copy / "config.json").write_text(json.dumps(config))
+    assert resolve_base_model(str(copy)).revision != resolve_base_model(str(tiny_llama)).revision
+
+
+def test_missing_folder_and_folder_without_config(tmp_path):
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        resolve_base_model(str(tmp_path / "nope"))
+    with pytest.raises(InvalidArgument, match="has no config.json"):
+        resolve_base_model(str(tmp_path))
+    with pytest.raises(InvalidArgument, match="no base model given"):
+        resolve_base_model("")
+
+
+def hub_cache(tmp_path, tiny_llama, repo="acme/tiny-llama", commit="0123abcd" * 5):
+    """Lay out a Hugging Face hub cache holding `repo`, as a download would leave it."""
+    root = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(tiny_llama, root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    return tmp_path / "hub"
+
+
+RESOLVE = ("import sys; from tuneyard.modeling import resolve_base_model as r\n"
+           "try:\n    ref = r(sys.argv[1]); print(ref.revision, ref.path)\n"
+           "except Exception as e:\n    print('ERR', e)")
+
+
+def run_offline(cache, model_id):
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", RESOLVE, model_id], env=env,
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout.strip()
+
+
+def test_hub_id_resolves_through_the_hub_cache(tmp_path, tiny_llama):
+    """The hub-id path is the real code path, fed from a local cache (no network here)."""
+    cache = hub_cache(tmp_path, tiny_llama)
+    revision, path = run_offline(cache, "acme/tiny-llama").split(" ", 1)
+    assert revision == "hub:" + "0123abcd" * 5
+    assert path.endswith("0123abcd" * 5)
+
+
+def test_unknown_hub_id_names_the_model(tmp_path, tiny_llama):
+    cache = hub_cache(tmp_path, tiny_llama)
+    out = run_offline(cache, "acme/missing-model")
+    assert out.startswith("ERR base model 'acme/missing-model' is neither a local folder")
+
+
+def test_default_targets_per_family():
+    assert default_target_modules("llama") == ["q_proj", "v_proj"]
+    assert default_target_modules("bloom") == ["query_key_value"]

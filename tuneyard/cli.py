@@ -1,0 +1,126 @@
+"""`tuneyard`: drive a running stack through its gateway, or start one locally."""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+
+from tuneyard.client import GatewayClient, GatewayError
+from tuneyard.config import CommonSettings
+from tuneyard.errors import TuneyardError
+from tuneyard.jobspec import JobSpec
+from tuneyard.progress import follow_job
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_train(args, client: GatewayClient) -> int:
+    job = client.create_job(JobSpec.from_yaml(args.spec))
+    print(f"created {job['id']} ({job['status']})", file=sys.stderr)
+    if not args.follow:
+        _print(job)
+        return 0
+    job = follow_job(client, job["id"])
+    _print(job)
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_jobs(args, client: GatewayClient) -> int:
+    for job in client.list_jobs(args.limit):
+        print(f"{job['id']}  {job['status']:<16} {job.get('fine_tuned_model') or ''}")
+    return 0
+
+
+def cmd_job(args, client: GatewayClient) -> int:
+    _print(follow_job(client, args.job_id) if args.follow else client.get_job(args.job_id))
+    return 0
+
+
+def cmd_cancel(args, client: GatewayClient) -> int:
+    _print(client.cancel_job(args.job_id))
+    return 0
+
+
+def cmd_generate(args, client: GatewayClient) -> int:
+    reply = client.generate(args.prompt, args.adapter, max_new_tokens=args.max_new_tokens)
+    print(reply["generated_text"])
+    return 0
+
+
+def cmd_serve(args, _client) -> int:
+    """Run the three services on the default ports until Ctrl-C."""
+    from tuneyard.local_stack import LocalStack
+
+    settings = CommonSettings()
+    stack = LocalStack(home=settings.home, gateway_port=args.port,
+                       trainer_port=50051, inference_port=50052,
+                       trainer_metrics_port=9101, inference_metrics_port=9102)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with stack:
+        print(f"tuneyard is up: gateway {stack.gateway_url} (logs in {settings.home}/logs); "
+              "Ctrl-C stops it", file=sys.stderr)
+        stop.wait()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneyard", description=__doc__)
+    parser.add_argument("--url", default=os.environ.get("TUNEYARD_GATEWAY_URL",
+                                                        "http://127.0.0.1:8080"))
+    parser.add_argument("--api-key", default=os.environ.get("TUNEYARD_API_KEY", ""))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="submit a job spec (YAML)")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--follow", action="store_true", help="show progress until it ends")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("job", help="show one job")
+    p.add_argument("job_id")
+    p.add_argument("--follow", action="store_true")
+    p.set_defaults(func=cmd_job)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("generate", help="generate text, with an adapter or the base model")
+    p.add_argument("prompt")
+    p.add_argument("--adapter", default=None, help="'name' or 'name@version'")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="run the three services locally until Ctrl-C")
+    p.add_argument("--port", type=int, default=8080, help="gateway port")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = GatewayClient(args.url, args.api_key)
+    try:
+        return args.func(args, client)
+    except (GatewayError, TuneyardError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except httpx.TransportError as err:
+        print(f"error: cannot reach the gateway at {args.url}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
