@@ -1,0 +1,38 @@
+"""The gateway's FastAPI app: routes by API, one error mapping, auth, metrics."""
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+
+from gateway.auth import ApiKeys
+from gateway.backends import Backends
+from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.routes import adapters, jobs, openai, tgi
+from gateway.settings import GatewaySettings
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # gRPC aio channels belong to the event loop that creates them: the server's.
+        app.state.backends = Backends(settings)
+        yield
+        await app.state.backends.close()
+
+    app = FastAPI(title="tuneyard gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.api_keys = ApiKeys(settings.api_keys, settings.admin_keys)
+    app.state.metrics = metrics = GatewayMetrics(settings.max_adapter_label_values)
+
+    install_error_handlers(app)
+    for module in (tgi, openai, jobs, adapters):
+        for router in module.routers:
+            app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_route() -> Response:
+        return Response(metrics.exposition(), media_type=GatewayMetrics.CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,161 @@
+"""Errors as HTTP answers: the one place that maps a status code (gRPC's names, also used by
+`TuneyardError.code`) to an HTTP status and to the error body of the API that was called.
+
+TGI routes answer `{"error", "error_type"}` (validation errors are 422 there); every other
+route answers OpenAI's `{"error": {"message", "type", "param", "code"}}` (validation 400).
+"""
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tuneyard.errors import TuneyardError
+
+TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/info", "/health"})
+
+_HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 503,
+}
+_TGI_VALIDATION = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE"})
+_TGI_ERROR_TYPE = {
+    401: "authentication",
+    403: "permission",
+    404: "not_found",
+    409: "validation",
+    422: "validation",
+    429: "overloaded",
+    503: "unavailable",
+}
+_OPENAI_ERROR_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+# HTTP statuses that Starlette raises itself (unknown route, wrong method), as codes.
+_CODE_OF_HTTP = {
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    422: "INVALID_ARGUMENT",
+}
+
+
+class Unauthenticated(TuneyardError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(TuneyardError):
+    code = "PERMISSION_DENIED"
+
+
+class BackendError(TuneyardError):
+    """A failed gRPC call, keeping the backend's status code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def from_rpc_error(backend: str, err: grpc.aio.AioRpcError) -> BackendError:
+    code = err.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        # The backend's own words ("failed to connect to all addresses...") do not say which.
+        message = f"{backend} service unavailable: {err.details()}"
+    else:
+        message = err.details() or code.name
+    return BackendError(code.name, message)
+
+
+def is_tgi_path(path: str) -> bool:
+    return path in TGI_PATHS
+
+
+def http_status(code: str, tgi: bool) -> int:
+    if tgi and code in _TGI_VALIDATION:
+        return 422
+    if code == "UNIMPLEMENTED":
+        return 405
+    return _HTTP_STATUS.get(code, 500)
+
+
+def tgi_body(status: int, message: str) -> dict:
+    return {"error": message, "error_type": _TGI_ERROR_TYPE.get(status, "generation")}
+
+
+def openai_body(status: int, code: str, message: str, param: str = "") -> dict:
+    return {
+        "error": {
+            "message": message,
+            "type": _OPENAI_ERROR_TYPE.get(status, "server_error"),
+            "param": param or None,
+            "code": code.lower(),
+        }
+    }
+
+
+def error_response(path: str, code: str, message: str, param: str = "") -> JSONResponse:
+    tgi = is_tgi_path(path)
+    status = http_status(code, tgi)
+    body = tgi_body(status, message) if tgi else openai_body(status, code, message, param)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_event(path: str, err: TuneyardError) -> dict:
+    """The body of an error that happens after a stream has started (sent as an event)."""
+    tgi = is_tgi_path(path)
+    status = http_status(err.code, tgi)
+    return (
+        tgi_body(status, err.message)
+        if tgi
+        else openai_body(status, err.code, err.message, err.param)
+    )
+
+
+def validation_message(err: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line naming each field, e.g.
+    "parameters.max_new_tokens: Input should be greater than 0"."""
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+        problems.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TuneyardError)
+    async def _tuneyard_error(request: Request, err: TuneyardError):
+        return error_response(request.url.path, err.code, err.message, err.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError):
+        first = err.errors()[0]["loc"] if err.errors() else ()
+        param = ".".join(str(p) for p in first if p != "body")
+        return error_response(request.url.path, "INVALID_ARGUMENT", validation_message(err), param)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        # Starlette logs the traceback after this answer is sent.
+        return error_response(request.url.path, "INTERNAL", f"internal error: {err!r}")
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, err: HTTPException):
+        code = _CODE_OF_HTTP.get(err.status_code, "INTERNAL")
+        message = f"{err.detail}: {request.method} {request.url.path}"
+        return error_response(request.url.path, code, message)

@@ -1,0 +1,138 @@
+"""The gateway's Prometheus metrics, in a registry of their own per app (tests start many
+apps in one process). Requests are counted by route template, never by raw path, and the
+`adapter` label takes at most `max_adapter_values` distinct values."""
+
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+BASE_LABEL = "(base)"
+OTHER_LABEL = "other"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class AdapterLabels:
+    """The first `limit` adapter names seen keep their own label value; later ones share
+    "other", so an unbounded number of adapters cannot blow up the series count."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, adapter_id: str) -> str:
+        name = adapter_id.partition("@")[0]
+        if not name:
+            return BASE_LABEL
+        with self._lock:
+            if name in self._seen:
+                return name
+            if len(self._seen) < self.limit:
+                self._seen.add(name)
+                return name
+        return OTHER_LABEL
+
+
+class GatewayMetrics:
+    CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+    def __init__(self, max_adapter_values: int):
+        self.registry = CollectorRegistry()
+        self.adapter_label = AdapterLabels(max_adapter_values)
+        prefix = "tuneyard_gateway_"
+        self.requests = Counter(
+            prefix + "requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            prefix + "request_duration_seconds",
+            "Time to the end of the HTTP response.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            prefix + "time_to_first_token_seconds",
+            "Streaming requests: time to the first token.",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_per_output_token = Histogram(
+            prefix + "time_per_output_token_seconds",
+            "Streaming requests: time between tokens after the first.",
+            ["adapter"],
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.generated_tokens = Counter(
+            prefix + "generated_tokens",
+            "Tokens generated for answered requests.",
+            ["adapter"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            prefix + "prompt_tokens",
+            "Prompt tokens of answered requests.",
+            ["adapter"],
+            registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_duration.labels(route).observe(seconds)
+
+    def observe_generation(
+        self,
+        adapter_id: str,
+        generated_tokens: int,
+        prompt_tokens: int,
+        first_token_s: float | None = None,
+        total_s: float | None = None,
+    ):
+        """One finished generation; the timings are given for streams only."""
+        adapter = self.adapter_label(adapter_id)
+        self.generated_tokens.labels(adapter).inc(generated_tokens)
+        self.prompt_tokens.labels(adapter).inc(prompt_tokens)
+        if first_token_s is not None:
+            self.time_to_first_token.labels(adapter).observe(first_token_s)
+            if total_s is not None and generated_tokens > 1:
+                per_token = (total_s - first_token_s) / (generated_tokens - 1)
+                self.time_per_output_token.labels(adapter).observe(per_token)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware (no per-request task, unlike BaseHTTPMiddleware): counts each
+    HTTP request once its response has ended, streams included."""
+
+    def __init__(self, app, metrics: GatewayMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(
+                route, scope["method"], status, time.perf_counter() - start
+            )

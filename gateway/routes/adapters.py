@@ -1,0 +1,54 @@
+"""Adapters on the inference service: list (state, version, rank, size, loaded, last use),
+load and unload."""
+
+from fastapi import APIRouter, Depends, Request
+
+from gateway.auth import require_admin, require_key
+from tuneyard.v1 import inference_pb2
+
+router = APIRouter(prefix="/v1/adapters", dependencies=[Depends(require_key)])
+
+
+def adapter_json(adapter: inference_pb2.Adapter) -> dict:
+    return {
+        "object": "adapter",
+        "id": adapter.id,
+        "name": adapter.name,
+        "version": adapter.version,
+        "state": adapter.state,
+        "loaded": adapter.loaded,
+        "rank": adapter.rank,
+        "target_modules": list(adapter.target_modules),
+        "size": adapter.size_bytes,
+        "base_model": adapter.base_model,
+        "recipe": adapter.recipe,
+        "created_at": adapter.created_at or None,
+        "last_used_at": adapter.last_used_at or None,
+    }
+
+
+@router.get("")
+async def list_adapters(request: Request) -> dict:
+    reply = await request.app.state.backends.inference.call(
+        "ListAdapters", inference_pb2.ListAdaptersRequest()
+    )
+    return {"object": "list", "data": [adapter_json(a) for a in reply.adapters]}
+
+
+@router.post("/{adapter_id}/load", dependencies=[Depends(require_admin)])
+async def load_adapter(request: Request, adapter_id: str) -> dict:
+    adapter = await request.app.state.backends.inference.call(
+        "LoadAdapter", inference_pb2.LoadAdapterRequest(adapter_id=adapter_id)
+    )
+    return adapter_json(adapter)
+
+
+@router.post("/{adapter_id}/unload", dependencies=[Depends(require_admin)])
+async def unload_adapter(request: Request, adapter_id: str) -> dict:
+    adapter = await request.app.state.backends.inference.call(
+        "UnloadAdapter", inference_pb2.UnloadAdapterRequest(adapter_id=adapter_id)
+    )
+    return adapter_json(adapter)
+
+
+routers = [router]

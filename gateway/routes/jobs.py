@@ -1,0 +1,238 @@
+"""Fine-tuning jobs in the shapes of OpenAI's fine-tuning API, backed by the trainer.
+
+A create request takes OpenAI's fields (`model`, `training_file` as a server-side path,
+`suffix` as the adapter name, `hyperparameters`, `seed`) plus a `tuneyard` object with any
+JobSpec fields (recipe, template, lora, training, data.columns...), so a whole spec can be
+posted; an OpenAI field and the same field in `tuneyard` must agree.
+"""
+
+import copy
+import math
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from google.protobuf import json_format
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth import require_admin, require_key
+from gateway.sse import event_response
+from tuneyard.errors import InvalidArgument
+from tuneyard.jobspec import JobSpec
+from tuneyard.v1 import trainer_pb2
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", dependencies=[Depends(require_key)])
+
+# OpenAI's learning_rate_multiplier is relative to this learning rate.
+LEARNING_RATE_UNIT = 2e-4
+STATUS = {
+    trainer_pb2.VALIDATING_FILES: "validating_files",
+    trainer_pb2.QUEUED: "queued",
+    trainer_pb2.RUNNING: "running",
+    trainer_pb2.SUCCEEDED: "succeeded",
+    trainer_pb2.FAILED: "failed",
+    trainer_pb2.CANCELLED: "cancelled",
+}
+EVENT_ID_PREFIX = "ftevent-"
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    learning_rate_multiplier: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
+
+
+class CreateJobBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    training_file: str | None = None
+    suffix: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    seed: int | None = Field(None, ge=0)
+    tuneyard: dict = Field(default_factory=dict)
+
+
+def _put(spec: dict, path: tuple[str, ...], value, source: str) -> None:
+    """Set spec[path] from an OpenAI field, refusing a different value already there."""
+    if value is None or value == "auto":
+        return
+    node = spec
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise InvalidArgument(f"tuneyard.{key} must be an object", param=f"tuneyard.{key}")
+    existing = node.get(path[-1])
+    same = (
+        math.isclose(existing, value)
+        if isinstance(existing, float | int) and isinstance(value, float | int)
+        else existing == value
+    )
+    if existing is not None and not same:
+        raise InvalidArgument(
+            f"{source}={value!r} conflicts with tuneyard.{'.'.join(path)}={existing!r}",
+            param=source,
+        )
+    node[path[-1]] = value
+
+
+def spec_from_body(body: CreateJobBody) -> JobSpec:
+    spec = copy.deepcopy(body.tuneyard)
+    _put(spec, ("base_model",), body.model, "model")
+    _put(spec, ("data", "path"), body.training_file, "training_file")
+    _put(spec, ("adapter_name",), body.suffix, "suffix")
+    _put(spec, ("training", "seed"), body.seed, "seed")
+    hp = body.hyperparameters or Hyperparameters()
+    _put(spec, ("training", "epochs"), hp.n_epochs, "hyperparameters.n_epochs")
+    _put(spec, ("training", "batch_size"), hp.batch_size, "hyperparameters.batch_size")
+    if hp.learning_rate_multiplier not in (None, "auto"):
+        _put(
+            spec,
+            ("training", "learning_rate"),
+            hp.learning_rate_multiplier * LEARNING_RATE_UNIT,
+            "hyperparameters.learning_rate_multiplier",
+        )
+    return JobSpec.parse(spec)
+
+
+def _optional(message, field: str):
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def job_json(job: trainer_pb2.Job) -> dict:
+    spec, training = job.spec, job.spec.training
+    learning_rate = _optional(training, "learning_rate")
+    error = None
+    if job.error.code or job.error.message:
+        error = {
+            "code": job.error.code,
+            "message": job.error.message,
+            "param": job.error.param or None,
+        }
+    return {
+        "object": "fine_tuning.job",
+        "id": job.id,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at or None,
+        "model": spec.base_model,
+        "fine_tuned_model": job.fine_tuned_model or None,
+        "organization_id": "tuneyard",
+        "status": STATUS.get(job.status, "validating_files"),
+        "error": error,
+        "trained_tokens": job.trained_tokens or None,
+        "estimated_finish": job.estimated_finish or None,
+        "result_files": list(job.result_files),
+        "hyperparameters": {
+            "n_epochs": _optional(training, "epochs") or "auto",
+            "batch_size": _optional(training, "batch_size") or "auto",
+            "learning_rate_multiplier": (
+                learning_rate / LEARNING_RATE_UNIT if learning_rate else "auto"
+            ),
+        },
+        "training_file": spec.data.path,
+        "validation_file": None,
+        "seed": _optional(training, "seed"),
+        "suffix": spec.adapter_name or None,
+        "integrations": [],
+        "tuneyard": {
+            "spec": json_format.MessageToDict(spec, preserving_proto_field_name=True),
+            "started_at": job.started_at or None,
+        },
+    }
+
+
+def event_json(event: trainer_pb2.JobEvent) -> dict:
+    metrics = event.HasField("metrics")
+    return {
+        "object": "fine_tuning.job.event",
+        "id": f"{EVENT_ID_PREFIX}{event.seq}",
+        "created_at": event.created_at,
+        "level": event.level,
+        "message": event.message,
+        "data": (
+            json_format.MessageToDict(event.metrics, preserving_proto_field_name=True)
+            if metrics
+            else {}
+        ),
+        "type": "metrics" if metrics else "message",
+    }
+
+
+def event_seq(event_id: str) -> int:
+    seq = event_id.removeprefix(EVENT_ID_PREFIX)
+    if not seq.isdigit():
+        raise InvalidArgument(
+            f"invalid event id {event_id!r}: expected {EVENT_ID_PREFIX}<n>", param="after"
+        )
+    return int(seq)
+
+
+@router.post("", dependencies=[Depends(require_admin)])
+async def create_job(request: Request, body: CreateJobBody) -> dict:
+    spec = spec_from_body(body)
+    job = await request.app.state.backends.trainer.call(
+        "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto())
+    )
+    return job_json(job)
+
+
+@router.get("")
+async def list_jobs(
+    request: Request, limit: int = Query(20, ge=1, le=100), after: str = ""
+) -> dict:
+    reply = await request.app.state.backends.trainer.call(
+        "ListJobs", trainer_pb2.ListJobsRequest(limit=limit, after=after)
+    )
+    return {"object": "list", "data": [job_json(j) for j in reply.jobs], "has_more": reply.has_more}
+
+
+@router.get("/{job_id}")
+async def get_job(request: Request, job_id: str) -> dict:
+    job = await request.app.state.backends.trainer.call(
+        "GetJob", trainer_pb2.GetJobRequest(job_id=job_id)
+    )
+    return job_json(job)
+
+
+@router.post("/{job_id}/cancel", dependencies=[Depends(require_admin)])
+async def cancel_job(request: Request, job_id: str) -> dict:
+    job = await request.app.state.backends.trainer.call(
+        "CancelJob", trainer_pb2.CancelJobRequest(job_id=job_id)
+    )
+    return job_json(job)
+
+
+@router.get("/{job_id}/events")
+async def job_events(
+    request: Request,
+    job_id: str,
+    limit: int = Query(20, ge=1, le=1000),
+    after: str = "",
+    stream: bool = False,
+):
+    """Newest first, as OpenAI lists them; `after` is an event id. With `stream=true`,
+    server-sent events in order (after `after`, if given) until the job ends."""
+    backends = request.app.state.backends
+    after_seq = event_seq(after) if after else 0
+    if stream:
+        events = await backends.trainer.stream(
+            "WatchJob",
+            trainer_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq),
+            timeout_s=backends.watch_timeout_s,
+        )
+        return event_response(
+            request.url.path, (event_json(e) async for e in events), done_marker=True
+        )
+    reply = await backends.trainer.call(
+        "ListJobEvents", trainer_pb2.ListJobEventsRequest(job_id=job_id)
+    )
+    newest_first = [e for e in reversed(reply.events) if not after_seq or e.seq < after_seq]
+    return {
+        "object": "list",
+        "data": [event_json(e) for e in newest_first[:limit]],
+        "has_more": len(newest_first) > limit,
+    }
+
+
+routers = [router]

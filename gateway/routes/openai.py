@@ -1,0 +1,334 @@
+"""The OpenAI API: /v1/completions, /v1/chat/completions (streaming and not) and /v1/models.
+`model` is an adapter ("name" or "name@version") or the base model's id (or its last path
+component); the answer carries usage counts."""
+
+import asyncio
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.auth import require_key
+from gateway.backends import Backends
+from gateway.routes.tgi import UINT32_MAX
+from gateway.sse import event_response
+from tuneyard.v1 import inference_pb2
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+FINISH_REASONS = {
+    inference_pb2.LENGTH: "length",
+    inference_pb2.EOS_TOKEN: "stop",
+    inference_pb2.STOP_SEQUENCE: "stop",
+}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool | None = False
+
+
+class _Sampling(BaseModel):
+    """Fields both endpoints share. Unknown fields are ignored; known ones this server cannot
+    honour are refused when not at their default."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**64)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def unsupported(self) -> dict[str, bool]:
+        return {
+            "n": self.n not in (None, 1),
+            "presence_penalty": self.presence_penalty not in (None, 0.0),
+            "frequency_penalty": self.frequency_penalty not in (None, 0.0),
+            "logit_bias": bool(self.logit_bias),
+        }
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self):
+        names = [name for name, refused in self.unsupported().items() if refused]
+        if names:
+            raise ValueError(f"not supported by this server: {', '.join(names)}")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def parameters(self, max_tokens: int | None) -> inference_pb2.GenerationParameters:
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        params = inference_pb2.GenerationParameters(stop=stop, details=True)
+        if max_tokens is not None:
+            params.max_new_tokens = max_tokens
+        # OpenAI samples at temperature 1 unless told otherwise; 0 means greedy.
+        temperature = 1.0 if self.temperature is None else self.temperature
+        if temperature > 0:
+            params.do_sample = True
+            params.temperature = temperature
+            if self.top_p is not None and self.top_p < 1:
+                params.top_p = self.top_p
+        if self.seed is not None:
+            params.seed = self.seed
+        return params
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1, le=UINT32_MAX)
+    echo: bool | None = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported(self) -> dict[str, bool]:
+        return {
+            **super().unsupported(),
+            "logprobs": self.logprobs not in (None, 0),
+            "best_of": self.best_of not in (None, 1),
+            "suffix": bool(self.suffix),
+            "echo with stream": bool(self.echo and self.stream),
+            "several prompts with stream": bool(
+                self.stream and isinstance(self.prompt, list) and len(self.prompt) != 1
+            ),
+        }
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[TextPart] | None = ""
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
+    logprobs: bool | None = False
+    tools: list[Any] | None = None
+    response_format: dict | None = None
+
+    def unsupported(self) -> dict[str, bool]:
+        return {
+            **super().unsupported(),
+            "logprobs": bool(self.logprobs),
+            "tools": bool(self.tools),
+            "response_format": (self.response_format or {"type": "text"}).get("type") != "text",
+        }
+
+
+async def adapter_for(backends: Backends, model: str) -> str:
+    """The adapter id a `model` names; "" for the base model."""
+    model_id = (await backends.info()).model_id
+    if model in (model_id, model_id.rstrip("/").rsplit("/", 1)[-1]):
+        return ""
+    return model
+
+
+def usage(details: inference_pb2.GenerateDetails) -> dict:
+    return {
+        "prompt_tokens": details.prompt_tokens,
+        "completion_tokens": details.generated_tokens,
+        "total_tokens": details.prompt_tokens + details.generated_tokens,
+    }
+
+
+class _Answer:
+    """Runs one request against the inference service and shapes the OpenAI answers;
+    `chat` picks chat.completion shapes over text_completion ones."""
+
+    def __init__(self, request: Request, body: _Sampling, chat: bool):
+        self.request = request
+        self.body = body
+        self.chat = chat
+        self.backends: Backends = request.app.state.backends
+        self.metrics = request.app.state.metrics
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+
+    def _envelope(self, choices: list[dict], **extra) -> dict:
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.body.model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
+
+    def _choice(
+        self, index: int, text: str | None, finish_reason: str | None, stream: bool
+    ) -> dict:
+        if not self.chat:
+            return {
+                "index": index,
+                "text": text or "",
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        if stream:
+            delta = {} if text is None else {"content": text}
+            return {
+                "index": index,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+
+    async def complete(self, requests: list[inference_pb2.GenerateRequest]) -> dict:
+        replies = await asyncio.gather(
+            *(self.backends.inference.call("Generate", r) for r in requests)
+        )
+        choices = []
+        total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for index, (request, reply) in enumerate(zip(requests, replies, strict=True)):
+            self.metrics.observe_generation(
+                request.adapter_id, reply.details.generated_tokens, reply.details.prompt_tokens
+            )
+            choices.append(
+                self._choice(
+                    index,
+                    reply.generated_text,
+                    FINISH_REASONS.get(reply.details.finish_reason, "stop"),
+                    stream=False,
+                )
+            )
+            for key, value in usage(reply.details).items():
+                total[key] += value
+        return self._envelope(choices, usage=total)
+
+    async def stream(self, request: inference_pb2.GenerateRequest):
+        start = time.perf_counter()
+        messages = await self.backends.inference.stream("GenerateStream", request)
+        chunk_object = "chat.completion.chunk" if self.chat else "text_completion"
+
+        def chunk(choices: list[dict], **extra) -> dict:
+            return {**self._envelope(choices, **extra), "object": chunk_object}
+
+        async def events():
+            if self.chat:
+                opening = self._choice(0, "", None, stream=True)
+                opening["delta"]["role"] = "assistant"
+                yield chunk([opening])
+            first_token_s = None
+            async for message in messages:
+                if first_token_s is None:
+                    first_token_s = time.perf_counter() - start
+                if message.token.text and not message.token.special:
+                    yield chunk([self._choice(0, message.token.text, None, stream=True)])
+                if message.HasField("generated_text"):
+                    details = message.details
+                    self.metrics.observe_generation(
+                        request.adapter_id,
+                        details.generated_tokens,
+                        details.prompt_tokens,
+                        first_token_s,
+                        time.perf_counter() - start,
+                    )
+                    reason = FINISH_REASONS.get(details.finish_reason, "stop")
+                    yield chunk([self._choice(0, None if self.chat else "", reason, stream=True)])
+                    if self.body.include_usage:
+                        yield chunk([], usage=usage(details))
+
+        return event_response(self.request.url.path, events(), done_marker=True)
+
+
+@router.post("/completions")
+async def completions(request: Request, body: CompletionRequest):
+    answer = _Answer(request, body, chat=False)
+    adapter = await adapter_for(answer.backends, body.model)
+    params = body.parameters(body.max_tokens)
+    params.return_full_text = bool(body.echo)
+    requests = [
+        inference_pb2.GenerateRequest(inputs=prompt, adapter_id=adapter, parameters=params)
+        for prompt in body.prompts
+    ]
+    if body.stream:
+        return await answer.stream(requests[0])
+    return await answer.complete(requests)
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, body: ChatRequest):
+    answer = _Answer(request, body, chat=True)
+    adapter = await adapter_for(answer.backends, body.model)
+    generate = inference_pb2.GenerateRequest(
+        adapter_id=adapter,
+        parameters=body.parameters(body.max_completion_tokens or body.max_tokens),
+        messages=[inference_pb2.ChatMessage(role=m.role, content=m.text()) for m in body.messages],
+    )
+    if body.stream:
+        return await answer.stream(generate)
+    return await answer.complete([generate])
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict:
+    """The base model, then each adapter by name (its newest version), `parent` the base."""
+    backends: Backends = request.app.state.backends
+    base = (await backends.info()).model_id
+    reply = await backends.inference.call("ListAdapters", inference_pb2.ListAdaptersRequest())
+    newest: dict[str, inference_pb2.Adapter] = {}
+    for adapter in reply.adapters:
+        current = newest.get(adapter.name)
+        if current is None or int(adapter.version or 0) > int(current.version or 0):
+            newest[adapter.name] = adapter
+    data = [
+        {
+            "id": base,
+            "object": "model",
+            "created": 0,
+            "owned_by": "tuneyard",
+            "root": base,
+            "parent": None,
+        }
+    ]
+    data += [
+        {
+            "id": name,
+            "object": "model",
+            "created": a.created_at,
+            "owned_by": "tuneyard",
+            "root": a.id,
+            "parent": base,
+        }
+        for name, a in sorted(newest.items())
+    ]
+    return {"object": "list", "data": data}
+
+
+routers = [router]

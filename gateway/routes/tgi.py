@@ -1,0 +1,254 @@
+"""The text-generation-inference API (TGI's request and response fields, so the
+`text-generation` client works unchanged); the adapter is `parameters.adapter_id` (LoRAX)."""
+
+import math
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.auth import require_key
+from gateway.sse import event_response
+from tuneyard.errors import Unavailable
+from tuneyard.v1 import inference_pb2
+
+router = APIRouter()
+authed = APIRouter(dependencies=[Depends(require_key)])
+
+FINISH_REASONS = {
+    inference_pb2.LENGTH: "length",
+    inference_pb2.EOS_TOKEN: "eos_token",
+    inference_pb2.STOP_SEQUENCE: "stop_sequence",
+}
+UINT32_MAX = 2**32 - 1  # the proto's counts are uint32
+# Sampling parameters passed to the engine when set (the proto's optional fields).
+_PASSED = (
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "seed",
+    "truncate",
+)
+
+
+class Parameters(BaseModel):
+    """TGI's `parameters`; every field may arrive as null. Unknown fields are ignored, as
+    TGI does; known ones this server cannot honour are refused when not at their default."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    adapter_id: str | None = None
+    max_new_tokens: int | None = Field(None, gt=0, le=UINT32_MAX)
+    temperature: float | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, gt=0, le=UINT32_MAX)
+    repetition_penalty: float | None = Field(None, gt=0)
+    do_sample: bool | None = False
+    seed: int | None = Field(None, ge=0, lt=2**64)
+    stop: list[str] | None = None
+    return_full_text: bool | None = False
+    truncate: int | None = Field(None, gt=0, le=UINT32_MAX)
+    details: bool | None = False
+    decoder_input_details: bool | None = False
+    # Accepted at their defaults only.
+    best_of: int | None = None
+    typical_p: float | None = None
+    frequency_penalty: float | None = None
+    top_n_tokens: int | None = None
+    watermark: bool | None = False
+    grammar: Any = None
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self):
+        unsupported = {
+            "best_of": self.best_of not in (None, 1),
+            "typical_p": self.typical_p not in (None, 1.0),
+            "frequency_penalty": self.frequency_penalty not in (None, 0.0),
+            "top_n_tokens": self.top_n_tokens not in (None, 0),
+            "watermark": bool(self.watermark),
+            "grammar": self.grammar is not None,
+        }
+        names = [name for name, refused in unsupported.items() if refused]
+        if names:
+            raise ValueError(f"not supported by this server: {', '.join(names)}")
+        return self
+
+
+class GenerateRequest(BaseModel):
+    inputs: str = ""
+    parameters: Parameters | None = None
+    # Only `POST /` reads it.
+    stream: bool | None = False
+    # tuneyard's extension: the adapter's template fields instead of `inputs`; the inference
+    # service renders them with the template the adapter was trained with.
+    fields: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if not self.inputs and not self.fields:
+            raise ValueError("`inputs` cannot be empty")
+        if self.inputs and self.fields:
+            raise ValueError("give either `inputs` or `fields`, not both")
+        return self
+
+    @property
+    def params(self) -> Parameters:
+        return self.parameters or Parameters()
+
+
+def to_proto(req: GenerateRequest) -> inference_pb2.GenerateRequest:
+    p = req.params
+    params = inference_pb2.GenerationParameters(
+        do_sample=bool(p.do_sample),
+        stop=p.stop or [],
+        return_full_text=bool(p.return_full_text),
+        # Always asked for: token counts feed the metrics; the client sees them if it asked.
+        details=True,
+        decoder_input_details=bool(p.decoder_input_details),
+    )
+    for name in _PASSED:
+        value = getattr(p, name)
+        if value is not None:
+            setattr(params, name, value)
+    return inference_pb2.GenerateRequest(
+        inputs=req.inputs,
+        fields=req.fields or {},
+        adapter_id=p.adapter_id or "",
+        parameters=params,
+    )
+
+
+def _logprob(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def token_json(token: inference_pb2.Token) -> dict:
+    return {
+        "id": token.id,
+        "text": token.text,
+        "logprob": _logprob(token.logprob),
+        "special": token.special,
+    }
+
+
+def details_json(details: inference_pb2.GenerateDetails, decoder_input_details: bool) -> dict:
+    prefill = []
+    if decoder_input_details:
+        # The first input token has nothing before it, hence no logprob.
+        prefill = [
+            {"id": t.id, "text": t.text, "logprob": None if i == 0 else _logprob(t.logprob)}
+            for i, t in enumerate(details.prefill)
+        ]
+    return {
+        "finish_reason": FINISH_REASONS.get(details.finish_reason, "length"),
+        "generated_tokens": details.generated_tokens,
+        "seed": details.seed if details.HasField("seed") else None,
+        "prefill": prefill,
+        "tokens": [token_json(t) for t in details.tokens],
+    }
+
+
+def stream_details_json(details: inference_pb2.GenerateDetails) -> dict:
+    return {
+        "finish_reason": FINISH_REASONS.get(details.finish_reason, "length"),
+        "generated_tokens": details.generated_tokens,
+        "seed": details.seed if details.HasField("seed") else None,
+        "input_length": details.prompt_tokens,
+    }
+
+
+async def generate(request: Request, req: GenerateRequest) -> dict:
+    reply = await request.app.state.backends.inference.call("Generate", to_proto(req))
+    request.app.state.metrics.observe_generation(
+        req.params.adapter_id or "", reply.details.generated_tokens, reply.details.prompt_tokens
+    )
+    body = {"generated_text": reply.generated_text}
+    if req.params.details:
+        body["details"] = details_json(reply.details, bool(req.params.decoder_input_details))
+    return body
+
+
+async def generate_stream(request: Request, req: GenerateRequest):
+    metrics = request.app.state.metrics
+    start = time.perf_counter()
+    messages = await request.app.state.backends.inference.stream("GenerateStream", to_proto(req))
+
+    async def events():
+        first_token_s = None
+        index = 0
+        async for message in messages:
+            index += 1
+            if first_token_s is None:
+                first_token_s = time.perf_counter() - start
+            event = {
+                "index": index,
+                "token": token_json(message.token),
+                "generated_text": None,
+                "details": None,
+            }
+            if message.HasField("generated_text"):
+                event["generated_text"] = message.generated_text
+                event["details"] = stream_details_json(message.details)
+                metrics.observe_generation(
+                    req.params.adapter_id or "",
+                    message.details.generated_tokens,
+                    message.details.prompt_tokens,
+                    first_token_s,
+                    time.perf_counter() - start,
+                )
+            yield event
+
+    return event_response(request.url.path, events())
+
+
+@authed.post("/generate")
+async def generate_route(request: Request, req: GenerateRequest) -> dict:
+    return await generate(request, req)
+
+
+@authed.post("/generate_stream")
+async def generate_stream_route(request: Request, req: GenerateRequest):
+    return await generate_stream(request, req)
+
+
+@authed.post("/")
+async def compat_route(request: Request, req: GenerateRequest):
+    """TGI's compatibility route: a stream when `stream` is true, else a one-element list."""
+    if req.stream:
+        return await generate_stream(request, req)
+    return [await generate(request, req)]
+
+
+@authed.get("/info")
+async def info_route(request: Request) -> dict:
+    info = await request.app.state.backends.inference.call("Info", inference_pb2.InfoRequest())
+    return {
+        "model_id": info.model_id,
+        "model_sha": None,
+        "model_dtype": info.model_dtype,
+        "model_device_type": info.model_device_type,
+        "model_pipeline_tag": "text-generation",
+        "max_best_of": 1,
+        "max_input_tokens": info.max_input_tokens,
+        "max_total_tokens": info.max_total_tokens,
+        "max_batch_size": info.max_batch_size or None,
+        "max_loaded_adapters": info.max_loaded_adapters,
+        "eos_token": info.eos_token,
+        "router": "tuneyard-gateway",
+        "version": info.version,
+        "sha": None,
+        "docker_label": None,
+    }
+
+
+@router.get("/health")
+async def health_route(request: Request) -> Response:
+    if not await request.app.state.backends.inference.serving():
+        raise Unavailable("inference service is not serving")
+    return Response(status_code=200)
+
+
+routers = [authed, router]

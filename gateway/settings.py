@@ -1,0 +1,45 @@
+"""Gateway configuration, from TUNEYARD_* environment variables."""
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from tuneyard.config import CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    # populate_by_name: `max_adapter_label_values=` works in code beside its env alias.
+    model_config = SettingsConfigDict(**CommonSettings.model_config, populate_by_name=True)
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8080, ge=0, le=65535)
+    inference_addr: str = "127.0.0.1:50052"
+    trainer_addr: str = "127.0.0.1:50051"
+    # Comma-separated bearer tokens; with none configured, every route is open.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Keys that may also create/cancel jobs and load/unload adapters.
+    admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    request_timeout_s: float = Field(120.0, gt=0, description="Deadline of every backend call.")
+    connect_timeout_s: float = Field(
+        2.0, gt=0, description="How long a call may wait for a backend connection before 503."
+    )
+    reconnect_backoff_max_s: float = Field(
+        1.0, gt=0, description="Longest pause between reconnect attempts to a backend that is down."
+    )
+    watch_timeout_s: float = Field(
+        24 * 3600.0, gt=0, description="Deadline of a job event stream (WatchJob)."
+    )
+    max_adapter_label_values: int = Field(
+        20,
+        ge=1,
+        validation_alias="TUNEYARD_METRICS_MAX_ADAPTERS",
+        description="Distinct `adapter` label values in metrics; others count as 'other'.",
+    )
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value

@@ -1,0 +1,35 @@
+"""Server-sent events: one `data:` line of JSON per event, as TGI and OpenAI send them."""
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi.responses import StreamingResponse
+
+from gateway.errors import error_event
+from tuneyard.errors import TuneyardError
+
+
+def encode(data: dict | str) -> str:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data:{text}\n\n"
+
+
+def event_response(path: str, events: AsyncIterator[dict], done_marker: bool = False):
+    """Stream `events`; an error after the first event becomes a last error event in the
+    called API's error shape. `done_marker` ends the stream with OpenAI's `data: [DONE]`."""
+
+    async def body():
+        try:
+            async for event in events:
+                yield encode(event)
+        except TuneyardError as err:
+            yield encode(error_event(path, err))
+            return
+        if done_marker:
+            yield encode("[DONE]")
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,347 @@
+"""The gateway in front of the real inference service on tiny_llama, driven by the real
+`text-generation` and `openai` clients and by httpx."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import text_generation
+from text_generation.errors import ValidationError
+
+from inference_service.server import serve
+from inference_service.settings import InferenceSettings
+from tests.gateway.conftest import start_gateway
+from tests.inference.conftest import make_adapter
+from tuneyard.local_stack import free_port
+
+
+def _inference(tiny_llama, adapters_dir, port: int = 0, **overrides):
+    settings = dict(
+        base_model=str(tiny_llama),
+        adapters_dir=adapters_dir,
+        device="cpu",
+        inference_port=port,
+        inference_metrics_port=0,
+        max_batch_wait_ms=5,
+        default_max_new_tokens=8,
+    )
+    settings.update(overrides)
+    return serve(InferenceSettings(**settings))
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tiny_llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adapters")
+    make_adapter(tiny_llama, folder, "emails")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inference(tiny_llama, adapters_dir):
+    running = _inference(tiny_llama, adapters_dir)
+    yield running
+    running.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+def gateway(inference):
+    running = start_gateway(
+        inference_addr=f"127.0.0.1:{inference.port}", trainer_addr=f"127.0.0.1:{free_port()}"
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def http(gateway):
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+        yield client
+
+
+def _sse(response: httpx.Response) -> list:
+    return [
+        json.loads(line.removeprefix("data:")) if line != "data:[DONE]" else "[DONE]"
+        for line in response.iter_lines()
+        if line.startswith("data:")
+    ]
+
+
+# --- TGI --------------------------------------------------------------------------------
+def test_text_generation_client_generate(gateway):
+    client = text_generation.Client(gateway.url, timeout=60)
+    response = client.generate("Subject: Meet", max_new_tokens=5, decoder_input_details=True)
+    details = response.details
+    assert details.finish_reason in ("length", "eos_token")
+    assert 1 <= details.generated_tokens <= 5
+    assert len(details.tokens) == details.generated_tokens
+    assert "".join(t.text for t in details.tokens if not t.special) == response.generated_text
+    assert len(details.prefill) >= 2 and details.prefill[0].logprob is None
+    assert details.prefill[1].logprob is not None and details.prefill[1].logprob <= 0
+    stop = next(t.text for t in details.tokens[1:] if t.text.strip() and not t.special)
+    stopped = client.generate("Subject: Meet", max_new_tokens=5, stop_sequences=[stop])
+    assert stopped.details.finish_reason == "stop_sequence"
+
+
+def test_text_generation_client_stream_matches_generate(gateway):
+    client = text_generation.Client(gateway.url, timeout=60)
+    events = list(client.generate_stream("Subject: Meet", max_new_tokens=6))
+    last = events[-1]
+    assert last.details is not None and last.generated_text is not None
+    assert all(e.details is None and e.generated_text is None for e in events[:-1])
+    assert last.details.generated_tokens == len(events)
+    assert "".join(e.token.text for e in events if not e.token.special) == last.generated_text
+    assert client.generate("Subject: Meet", max_new_tokens=6).generated_text == last.generated_text
+
+
+def test_text_generation_client_errors(gateway):
+    client = text_generation.Client(gateway.url, timeout=60)
+    with pytest.raises(ValidationError, match="max_new_tokens"):
+        # The client checks nothing about max_new_tokens itself: the gateway answers 422.
+        client.generate("hi", max_new_tokens=0)
+    with pytest.raises(ValidationError, match="not supported by this server: watermark"):
+        client.generate("hi", watermark=True)
+
+
+def test_generate_with_adapter_and_unknown_adapter(http):
+    def generate(adapter_id, path="/generate"):
+        return http.post(
+            path,
+            json={
+                "inputs": "Subject: Meet",
+                "parameters": {
+                    "adapter_id": adapter_id,
+                    "max_new_tokens": 6,
+                    "details": True,
+                    "seed": None,
+                },
+            },
+        )
+
+    base, tuned, pinned = generate(None), generate("emails"), generate("emails@1")
+    assert base.status_code == tuned.status_code == pinned.status_code == 200
+    assert tuned.json() == pinned.json()
+    assert tuned.json()["generated_text"] != base.json()["generated_text"]
+    assert set(tuned.json()["details"]) == {
+        "finish_reason",
+        "generated_tokens",
+        "seed",
+        "prefill",
+        "tokens",
+    }
+    for path in ("/generate", "/generate_stream", "/"):
+        response = generate("nope", path)
+        assert response.status_code == 404, response.text
+        assert response.json()["error_type"] == "not_found"
+        assert "nope" in response.json()["error"]
+    response = generate("emails@9")
+    assert response.status_code == 404 and "no version 9" in response.json()["error"]
+    response = generate("../etc")
+    assert response.status_code == 422 and response.json()["error_type"] == "validation"
+
+
+def test_generate_without_details_and_with_fields(http):
+    body = http.post("/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+    assert list(body.json()) == ["generated_text"]
+    # Template fields are rendered with the adapter's own template by the inference service.
+    response = http.post(
+        "/generate",
+        json={
+            "fields": {"product": "Lamp", "description": "A lamp."},
+            "parameters": {"adapter_id": "emails", "max_new_tokens": 3},
+        },
+    )
+    assert response.status_code == 200, response.text
+    response = http.post("/generate", json={"inputs": "x", "fields": {"product": "Lamp"}})
+    assert response.status_code == 422 and "not both" in response.json()["error"]
+
+
+def test_compat_route(http):
+    response = http.post("/", json={"inputs": "hi", "parameters": {"max_new_tokens": 3}})
+    assert response.status_code == 200
+    assert isinstance(response.json(), list) and len(response.json()) == 1
+    with http.stream(
+        "POST", "/", json={"inputs": "hi", "stream": True, "parameters": {"max_new_tokens": 3}}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _sse(response)
+    assert [e["index"] for e in events] == list(range(1, len(events) + 1))
+    assert set(events[0]) == {"index", "token", "generated_text", "details"}
+    assert events[-1]["details"]["generated_tokens"] == len(events)
+    assert events[-1]["details"]["input_length"] > 0
+
+
+def test_info_and_health(http, tiny_llama):
+    info = http.get("/info").json()
+    assert info["model_id"] == str(tiny_llama) or info["model_id"].endswith("tiny-llama")
+    assert info["model_device_type"] == "cpu" and info["max_input_tokens"] == 1024
+    assert info["max_total_tokens"] == 2048 and info["model_pipeline_tag"] == "text-generation"
+    assert http.get("/health").status_code == 200
+
+
+# --- adapters ----------------------------------------------------------------------------
+def test_adapters_list_load_unload(http):
+    unloaded = http.post("/v1/adapters/emails/unload")
+    assert unloaded.status_code == 200 and unloaded.json()["loaded"] is False
+    loaded = http.post("/v1/adapters/emails/load").json()
+    assert loaded["id"] == "emails@1" and loaded["loaded"] is True and loaded["rank"] == 4
+    listed = http.get("/v1/adapters").json()
+    assert listed["object"] == "list"
+    (entry,) = [a for a in listed["data"] if a["name"] == "emails"]
+    assert entry["loaded"] and entry["size"] > 0 and entry["version"] == "1"
+    assert entry["state"] == "loaded"
+    response = http.post("/v1/adapters/ghost/load")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+
+
+# --- OpenAI ------------------------------------------------------------------------------
+@pytest.fixture
+def oai(gateway):
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_models(oai, tiny_llama, inference):
+    models = {m.id: m for m in oai.models.list()}
+    base = next(m for m in models.values() if getattr(m, "parent", None) is None)
+    assert models["emails"].parent == base.id
+    assert models["emails"].root == "emails@1"
+
+
+def test_openai_completions(oai):
+    completion = oai.completions.create(
+        model="emails", prompt="Subject:", max_tokens=4, temperature=0
+    )
+    assert completion.object == "text_completion"
+    assert completion.usage.completion_tokens == 4 or completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+    chunks = list(
+        oai.completions.create(
+            model="emails",
+            prompt="Subject:",
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == completion.choices[0].text
+    assert chunks[-1].usage.completion_tokens == completion.usage.completion_tokens
+    several = oai.completions.create(model="emails", prompt=["a", "b"], max_tokens=2, temperature=0)
+    assert [c.index for c in several.choices] == [0, 1]
+
+
+def test_openai_chat(oai, inference):
+    base_id = next(m.id for m in oai.models.list() if getattr(m, "parent", None) is None)
+    messages = [{"role": "user", "content": "Hi"}]
+    for model in (base_id, "emails"):
+        reply = oai.chat.completions.create(
+            model=model, messages=messages, max_tokens=4, temperature=0
+        )
+        assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+        assert reply.usage.prompt_tokens > 0
+        chunks = list(
+            oai.chat.completions.create(
+                model=model, messages=messages, max_tokens=4, temperature=0, stream=True
+            )
+        )
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert streamed == reply.choices[0].message.content
+
+
+def test_openai_errors(oai):
+    with pytest.raises(openai.NotFoundError, match="ghost"):
+        oai.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):
+        list(oai.completions.create(model="ghost", prompt="x", stream=True))
+    with pytest.raises(openai.BadRequestError, match="not supported by this server: n"):
+        oai.completions.create(model="emails", prompt="x", n=3)
+
+
+# --- metrics -----------------------------------------------------------------------------
+def test_metrics_after_generation(gateway, http):
+    client = text_generation.Client(gateway.url, timeout=60)
+    list(client.generate_stream("Subject:", max_new_tokens=3))
+    http.post(
+        "/generate",
+        json={"inputs": "x", "parameters": {"adapter_id": "emails", "max_new_tokens": 2}},
+    )
+    text = http.get("/metrics").text
+    assert 'tuneyard_gateway_time_to_first_token_seconds_count{adapter="(base)"}' in text
+    assert 'tuneyard_gateway_generated_tokens_total{adapter="emails"}' in text
+    # The text-generation client posts to `/`.
+    assert 'tuneyard_gateway_requests_total{method="POST",route="/",status="200"}' in text
+
+
+# --- a backend that goes away and comes back ---------------------------------------------
+def test_inference_down_then_back(tiny_llama, adapters_dir):
+    port = free_port()
+    running = _inference(tiny_llama, adapters_dir, port=port)
+    gateway = start_gateway(
+        inference_addr=f"127.0.0.1:{port}", connect_timeout_s=1.0, reconnect_backoff_max_s=0.5
+    )
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as http:
+            body = {"inputs": "hi", "parameters": {"max_new_tokens": 2}}
+            assert http.post("/generate", json=body).status_code == 200
+            running.stop(grace=0)
+            start = time.monotonic()
+            response = http.post("/generate", json=body)
+            assert response.status_code == 503 and response.json()["error_type"] == "unavailable"
+            assert time.monotonic() - start < 1.5
+            assert http.get("/health").status_code == 503
+            running = _inference(tiny_llama, adapters_dir, port=port)
+            deadline = time.monotonic() + 5
+            while (status := http.post("/generate", json=body).status_code) != 200:
+                assert status == 503 and time.monotonic() < deadline
+                time.sleep(0.1)
+            assert http.get("/health").status_code == 200
+    finally:
+        gateway.stop()
+        running.stop(grace=0)
+
+
+def _inference_requests(running, status: str) -> float:
+    value = running.metrics.registry.get_sample_value(
+        "tuneyard_inference_requests_total", {"status": status}
+    )
+    return value or 0.0
+
+
+def test_client_disconnect_cancels_generation(inference, http):
+    before = _inference_requests(inference, "cancelled")
+    body = {"inputs": "Subject:", "parameters": {"max_new_tokens": 1500}}
+    with http.stream("POST", "/generate_stream", json=body) as response:
+        first = next(line for line in response.iter_lines() if line.startswith("data:"))
+        assert json.loads(first.removeprefix("data:"))["index"] == 1
+    deadline = time.monotonic() + 10
+    while _inference_requests(inference, "cancelled") == before:
+        assert time.monotonic() < deadline, "the inference service kept generating"
+        time.sleep(0.05)
+
+
+def test_queue_full_is_429_overloaded(tiny_llama, adapters_dir):
+    running = _inference(tiny_llama, adapters_dir, max_queue=1, max_batch_size=1)
+    gateway = start_gateway(inference_addr=f"127.0.0.1:{running.port}")
+    body = {"inputs": "Subject:", "parameters": {"max_new_tokens": 50}}
+    try:
+        # One request generating and one waiting fill the engine: of four sent at once, at
+        # least one is turned away.
+        with httpx.Client(base_url=gateway.url, timeout=60) as http, ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: http.post("/generate", json=body), range(4)))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses[0] == 200 and statuses[-1] == 429 and set(statuses) == {200, 429}
+        for response in responses:
+            if response.status_code == 429:
+                assert response.json()["error_type"] == "overloaded"
+                assert "queue is full" in response.json()["error"]
+    finally:
+        gateway.stop()
+        running.stop(grace=0)
