@@ -1,0 +1,217 @@
+"""Adapters from the adapters volume, validated, loaded on first use and kept in an LRU.
+
+A cache key is "name@version". A request for "name" resolves to the newest version on disk
+at that moment, so a newly published version is a new key (hot reload) while requests in
+flight keep the version they started with. Loaded adapters in use by a request are pinned
+and never evicted.
+"""
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest
+from tuneyard.errors import FailedPrecondition, ResourceExhausted, TuneyardError
+from tuneyard.modeling import BaseModelRef
+from tuneyard.templates import PromptTemplate
+
+from .lora import LoraWeights, MultiLora, read_adapter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedAdapter:
+    version: AdapterVersion
+    manifest: Manifest
+    weights: LoraWeights
+    size_bytes: int
+    last_used_at: float = 0.0
+    in_use: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.version.id
+
+    @property
+    def template(self) -> PromptTemplate:
+        return PromptTemplate(self.manifest.template_prompt, self.manifest.template_response)
+
+
+@dataclass
+class AdapterInfo:
+    """What ListAdapters reports about one adapter version."""
+
+    id: str
+    name: str
+    version: str
+    state: str  # available, loaded or failed
+    rank: int = 0
+    target_modules: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    last_used_at: float = 0.0
+    base_model: str = ""
+    created_at: float = 0.0
+    recipe: str = ""
+    error: str = ""
+
+    @property
+    def loaded(self) -> bool:
+        return self.state == "loaded"
+
+
+class AdapterCache:
+    """`model_lock` is held by the engine around each forward; adding or removing an
+    adapter's layers takes it too, so a forward never sees half an adapter."""
+
+    def __init__(
+        self,
+        store: AdapterStore,
+        lora: MultiLora,
+        base: BaseModelRef,
+        *,
+        max_loaded: int,
+        max_rank: int,
+        model_lock: threading.Lock,
+        on_change: Callable[[int], None] = lambda num_loaded: None,
+        on_evict: Callable[[], None] = lambda: None,
+    ):
+        self.store = store
+        self.lora = lora
+        self.base = base
+        self.max_loaded = max_loaded
+        self.max_rank = max_rank
+        self.model_lock = model_lock
+        self.on_change = on_change
+        self.on_evict = on_evict
+        self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recent first
+        self._failed: dict[str, str] = {}
+        self._lock = threading.RLock()
+
+    def acquire(self, adapter_id: str) -> LoadedAdapter:
+        """Resolve, load if needed and pin an adapter for one request; `release` it after."""
+        version = self.store.resolve(adapter_id)
+        with self._lock:
+            adapter = self._load(version)
+            adapter.in_use += 1
+            adapter.last_used_at = time.time()
+            self._loaded.move_to_end(adapter.key)
+            return adapter
+
+    def release(self, adapter: LoadedAdapter) -> None:
+        with self._lock:
+            adapter.in_use -= 1
+
+    def load(self, adapter_id: str) -> AdapterInfo:
+        version = self.store.resolve(adapter_id)
+        with self._lock:
+            self._load(version)
+            self._loaded.move_to_end(version.id)
+            return self._info(version)
+
+    def unload(self, adapter_id: str) -> AdapterInfo:
+        """'name@version' unloads that version; 'name' every loaded version of the name."""
+        version = self.store.resolve(adapter_id)
+        with self._lock:
+            keys = (
+                [version.id]
+                if "@" in adapter_id
+                else [key for key, a in self._loaded.items() if a.version.name == version.name]
+            )
+            busy = [key for key in keys if key in self._loaded and self._loaded[key].in_use]
+            if busy:
+                raise FailedPrecondition(
+                    f"adapter {', '.join(busy)} is in use by a running request; retry later"
+                )
+            for key in keys:
+                if key in self._loaded:
+                    self._remove(key)
+            return self._info(version)
+
+    def list(self) -> list[AdapterInfo]:
+        with self._lock:
+            return [self._info(v) for v in self.store.all_versions()]
+
+    @property
+    def num_loaded(self) -> int:
+        return len(self._loaded)
+
+    def read(self, version: AdapterVersion) -> LoadedAdapter:
+        """Read and validate a version against the served base model (not cached)."""
+        try:
+            manifest = version.manifest()
+        except (OSError, ValueError) as err:
+            raise FailedPrecondition(
+                f"adapter {version.id} has no readable manifest: {err}"
+            ) from err
+        same_revision = bool(manifest.base_model_revision) and (
+            manifest.base_model_revision == self.base.revision
+        )
+        if not same_revision and manifest.base_model != self.base.id:
+            raise FailedPrecondition(
+                f"adapter {version.id} was trained on {manifest.base_model!r} "
+                f"(revision {manifest.base_model_revision or '?'}), but this service serves "
+                f"{self.base.id!r} (revision {self.base.revision})"
+            )
+        weights = read_adapter(version.path, self.max_rank)
+        self.lora.check(weights)
+        return LoadedAdapter(version, manifest, weights, size_bytes=version.size_bytes())
+
+    def _load(self, version: AdapterVersion) -> LoadedAdapter:
+        if version.id in self._loaded:
+            return self._loaded[version.id]
+        try:
+            adapter = self.read(version)
+        except TuneyardError as err:
+            self._failed[version.id] = err.message
+            log.warning("adapter %s refused: %s", version.id, err.message)
+            raise
+        self._make_room()
+        with self.model_lock:
+            self.lora.add(adapter.key, adapter.weights)
+        self._loaded[adapter.key] = adapter
+        self._failed.pop(adapter.key, None)
+        log.info("adapter %s loaded (rank %d)", adapter.key, adapter.weights.rank)
+        self.on_change(len(self._loaded))
+        return adapter
+
+    def _make_room(self) -> None:
+        while len(self._loaded) >= self.max_loaded:
+            idle = next((key for key, a in self._loaded.items() if not a.in_use), None)
+            if idle is None:
+                raise ResourceExhausted(
+                    f"all {self.max_loaded} loaded adapters are in use; retry later"
+                )
+            self._remove(idle)
+            self.on_evict()
+            log.info("adapter %s evicted", idle)
+
+    def _remove(self, key: str) -> None:
+        with self.model_lock:
+            self.lora.remove(key)
+        del self._loaded[key]
+        self.on_change(len(self._loaded))
+
+    def _info(self, version: AdapterVersion) -> AdapterInfo:
+        info = AdapterInfo(
+            id=version.id, name=version.name, version=version.version, state="available"
+        )
+        loaded = self._loaded.get(version.id)
+        try:
+            manifest = loaded.manifest if loaded else version.manifest()
+            info.base_model, info.recipe = manifest.base_model, manifest.recipe
+            info.created_at = manifest.created_at
+            info.size_bytes = version.size_bytes()
+        except (OSError, ValueError) as err:
+            info.state, info.error = "failed", f"unreadable manifest: {err}"
+        if loaded:
+            info.state = "loaded"
+            info.rank = loaded.weights.rank
+            info.target_modules = loaded.weights.target_modules
+            info.last_used_at = loaded.last_used_at
+        elif version.id in self._failed:
+            info.state, info.error = "failed", self._failed[version.id]
+        return info

@@ -1,0 +1,90 @@
+"""Generation requests and their parameters, as the engine takes them, and their checks."""
+
+from dataclasses import dataclass, field
+
+from tuneyard.errors import InvalidArgument
+
+MAX_STOP_SEQUENCES = 8
+
+
+@dataclass
+class Parameters:
+    """TGI's generation parameters; None means the default."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    do_sample: bool = False
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    return_full_text: bool = False
+    truncate: int | None = None
+    details: bool = False
+    decoder_input_details: bool = False
+
+    @property
+    def sampling(self) -> bool:
+        # As in TGI: a temperature other than 1, a top_k or a top_p below 1 mean sampling.
+        return (
+            self.do_sample
+            or (self.temperature is not None and self.temperature != 1.0)
+            or self.top_k is not None
+            or (self.top_p is not None and self.top_p < 1.0)
+        )
+
+    def validate(self, *, max_input_tokens: int) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InvalidArgument(
+                f"max_new_tokens must be at least 1, got {self.max_new_tokens}",
+                param="max_new_tokens",
+            )
+        if self.temperature is not None and self.temperature <= 0:
+            raise InvalidArgument(
+                f"temperature must be strictly positive, got {self.temperature}",
+                param="temperature",
+            )
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}", param="top_p")
+        if self.top_k is not None and self.top_k < 1:
+            raise InvalidArgument(f"top_k must be at least 1, got {self.top_k}", param="top_k")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise InvalidArgument(
+                f"repetition_penalty must be strictly positive, got {self.repetition_penalty}",
+                param="repetition_penalty",
+            )
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise InvalidArgument(
+                f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(self.stop)}",
+                param="stop",
+            )
+        if any(not s for s in self.stop):
+            raise InvalidArgument("stop sequences must not be empty", param="stop")
+        if self.truncate is not None and not 1 <= self.truncate <= max_input_tokens:
+            raise InvalidArgument(
+                f"truncate must be between 1 and max_input_tokens={max_input_tokens}, "
+                f"got {self.truncate}",
+                param="truncate",
+            )
+
+
+@dataclass
+class GenerateInput:
+    """One request: exactly one of `inputs`, `fields` or `messages`."""
+
+    inputs: str = ""
+    adapter_id: str = ""
+    parameters: Parameters = field(default_factory=Parameters)
+    fields: dict[str, str] = field(default_factory=dict)
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def check_one_input(self) -> None:
+        given = [n for n in ("inputs", "fields", "messages") if getattr(self, n)]
+        if not given:
+            raise InvalidArgument("empty input: give inputs, fields or messages", param="inputs")
+        if len(given) > 1:
+            raise InvalidArgument(
+                f"give only one of inputs, fields or messages (got {' and '.join(given)})",
+                param="inputs",
+            )

@@ -1,0 +1,49 @@
+"""Choosing each row's next token: repetition penalty, temperature, top-k, top-p, greedy or
+seeded sampling. One chooser per request, so rows of a batch keep their own parameters."""
+
+import torch
+
+from .params import Parameters
+
+
+class NextTokenChooser:
+    def __init__(self, params: Parameters, seed: int, device):
+        self.penalty = params.repetition_penalty
+        self.sampling = params.sampling
+        self.temperature = params.temperature or 1.0
+        self.top_k = params.top_k
+        self.top_p = params.top_p
+        self.generator = None
+        if self.sampling:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, previous: list[int]) -> tuple[int, float]:
+        """Pick from one row's logits [vocab] given the ids so far; returns (id, logprob).
+        The logprob is of the penalized, temperature-scaled distribution, before top-k/p."""
+        scores = logits.float()
+        if self.penalty is not None and self.penalty != 1.0:
+            index = torch.tensor(previous, device=scores.device)
+            seen = scores.gather(0, index)
+            seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
+            scores = scores.scatter(0, index, seen)
+        if self.sampling:
+            scores = scores / self.temperature
+        logprobs = torch.log_softmax(scores, dim=-1)
+        if not self.sampling:
+            token = int(torch.argmax(scores))
+            return token, float(logprobs[token])
+        kept = logprobs.clone()
+        if self.top_k is not None and self.top_k < kept.numel():
+            threshold = torch.topk(kept, self.top_k).values[-1]
+            kept[kept < threshold] = -float("inf")
+        if self.top_p is not None and self.top_p < 1.0:
+            sorted_lp, order = torch.sort(kept, descending=True)
+            cumulative = sorted_lp.exp().cumsum(0)
+            # Drop a token once the mass before it already reaches top_p; keep at least one.
+            drop = (cumulative - sorted_lp.exp()) >= self.top_p
+            drop[0] = False
+            kept[order[drop]] = -float("inf")
+        probs = torch.softmax(kept, dim=-1)
+        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return token, float(logprobs[token])

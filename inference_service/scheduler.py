@@ -1,0 +1,193 @@
+"""The engine thread: gathers waiting requests into a batch, prefills them together and
+decodes them step by step with the KV cache, rows on different adapters side by side.
+
+Rows are left-padded; each row's positions count its own tokens only. A row that finishes
+or whose client has gone is dropped from the batch (and from the KV cache) at once. New
+requests wait for the next batch; `Batch` keeps rows, mask, positions and cache together so
+that letting them join a running batch later is a change here only.
+"""
+
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+
+from tuneyard.errors import ResourceExhausted, Unavailable
+
+from .lora import LoraRouting
+from .sequence import Cancelled, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class Batch:
+    def __init__(self, rows: list[Sequence], cache, attention_mask, positions):
+        self.rows = rows
+        self.cache = cache
+        self.attention_mask = attention_mask
+        self.positions = positions  # [rows] the position of each row's next token
+
+    def keep(self, indices: list[int]) -> None:
+        if len(indices) == len(self.rows):
+            return
+        if not indices:
+            self.rows = []
+            return
+        index = torch.tensor(indices, device=self.attention_mask.device)
+        self.rows = [self.rows[i] for i in indices]
+        self.cache.batch_select_indices(index)
+        self.attention_mask = self.attention_mask[index]
+        self.positions = self.positions[index]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model,
+        routing: LoraRouting,
+        model_lock: threading.Lock,
+        *,
+        pad_token_id: int,
+        max_batch_size: int,
+        max_batch_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ):
+        self.model = model
+        self.routing = routing
+        self.model_lock = model_lock
+        self.pad_token_id = pad_token_id
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait_s = max_batch_wait_s
+        self.on_batch = on_batch
+        self.device = next(model.parameters()).device
+        self.waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max_queue)
+        forward_args = inspect.signature(model.forward).parameters
+        # transformers renamed past_key_values to cache in 5.2x; the GPU image has 5.17.
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._takes_positions = "position_ids" in forward_args
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        while not self.waiting.empty():
+            self.waiting.get_nowait().fail(Unavailable("the inference service is stopping"))
+
+    def submit(self, seq: Sequence) -> None:
+        try:
+            self.waiting.put_nowait(seq)
+        except queue.Full:
+            raise ResourceExhausted(
+                f"the request queue is full ({self.waiting.maxsize} waiting); retry later"
+            ) from None
+
+    @property
+    def queue_size(self) -> int:
+        return self.waiting.qsize()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rows = self._next_rows()
+            if not rows:
+                continue
+            try:
+                self._generate(rows)
+            except Exception as err:  # one bad batch must not stop the engine thread
+                log.exception("batch of %d failed", len(rows))
+                for seq in rows:
+                    if not seq.done:
+                        seq.fail(err)
+
+    def _next_rows(self) -> list[Sequence]:
+        try:
+            rows = [self.waiting.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.max_batch_wait_s
+        while len(rows) < self.max_batch_size:
+            try:
+                rows.append(self.waiting.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+        return rows
+
+    @torch.inference_mode()
+    def _generate(self, rows: list[Sequence]) -> None:
+        batch = self._prefill([seq for seq in rows if not self._dropped(seq)])
+        while batch is not None and batch.rows:
+            next_ids = torch.tensor([[seq.ids[-1]] for seq in batch.rows], device=self.device)
+            batch.attention_mask = torch.cat(
+                [batch.attention_mask, batch.attention_mask.new_ones(len(batch.rows), 1)], dim=1
+            )
+            logits = self._forward(batch, next_ids, batch.positions[:, None])[:, -1]
+            batch.positions = batch.positions + 1
+            self._choose(batch, logits)
+
+    def _prefill(self, rows: list[Sequence]) -> Batch | None:
+        if not rows:
+            return None
+        self.on_batch(len(rows))
+        width = max(len(seq.prompt_ids) for seq in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, seq in enumerate(rows):
+            n = len(seq.prompt_ids)
+            ids[i, width - n :] = torch.tensor(seq.prompt_ids)
+            mask[i, width - n :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        batch = Batch(rows, DynamicCache(config=self.model.config), mask, positions[:, -1] + 1)
+        want_prefill = any(seq.params.decoder_input_details for seq in rows)
+        logits = self._forward(batch, ids, positions, all_logits=want_prefill)
+        if want_prefill:
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for i, seq in enumerate(rows):
+                if seq.params.decoder_input_details:
+                    n = len(seq.prompt_ids)
+                    targets = ids[i, width - n + 1 :]
+                    picked = logprobs[i, width - n : -1].gather(1, targets[:, None])[:, 0]
+                    seq.set_prefill(picked.tolist())
+        self._choose(batch, logits[:, -1])
+        return batch
+
+    def _forward(self, batch: Batch, ids, positions, all_logits: bool = False):
+        kwargs = {self._cache_arg: batch.cache}
+        if self._takes_positions:
+            kwargs["position_ids"] = positions
+        with self.model_lock:
+            self.routing.set_rows([seq.adapter_key for seq in batch.rows], self.device)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=batch.attention_mask,
+                use_cache=True,
+                logits_to_keep=0 if all_logits else 1,
+                **kwargs,
+            )
+        return out.logits
+
+    def _choose(self, batch: Batch, logits: torch.Tensor) -> None:
+        """Give each row its next token; keep the rows that go on."""
+        keep = []
+        for i, seq in enumerate(batch.rows):
+            if self._dropped(seq):
+                continue
+            seq.add(*seq.chooser(logits[i], seq.prompt_ids + seq.ids))
+            if not seq.done:
+                keep.append(i)
+        batch.keep(keep)
+
+    @staticmethod
+    def _dropped(seq: Sequence) -> bool:
+        if seq.cancelled.is_set() and not seq.done:
+            seq.fail(Cancelled("the client cancelled the request"))
+        return seq.done

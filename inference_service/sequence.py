@@ -1,0 +1,212 @@
+"""One request in flight: its tokens, its text as it grows, when it stops, what it returns.
+
+The engine thread feeds a Sequence one token at a time; the waiting gRPC thread reads the
+chunks it posts to its own queue.
+"""
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from tuneyard.errors import TuneyardError, Unavailable
+
+from .params import Parameters
+from .sampling import NextTokenChooser
+
+LENGTH, EOS_TOKEN, STOP_SEQUENCE = "length", "eos_token", "stop_sequence"
+
+
+@dataclass
+class TokenInfo:
+    id: int
+    text: str
+    logprob: float
+    special: bool = False
+
+
+@dataclass
+class Details:
+    finish_reason: str
+    generated_tokens: int
+    prompt_tokens: int
+    seed: int | None
+    adapter: str
+    prefill: list[TokenInfo] = field(default_factory=list)
+    tokens: list[TokenInfo] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    generated_text: str
+    details: Details
+
+
+@dataclass
+class StreamChunk:
+    """One generated token; the last chunk also carries the text and the details."""
+
+    token: TokenInfo
+    generated_text: str | None = None
+    details: Details | None = None
+
+
+class Cancelled(Exception):
+    """The client went away; nobody waits for the answer."""
+
+
+class Sequence:
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        prompt_text: str,
+        prompt_ids: list[int],
+        params: Parameters,
+        max_new_tokens: int,
+        eos_ids: set[int],
+        chooser: NextTokenChooser,
+        seed: int | None,
+        adapter_key: str | None,
+        answered_by: str = "",
+        on_close: Callable[["Sequence", str], None] = lambda seq, status: None,
+    ):
+        self.tokenizer = tokenizer
+        self.prompt_text = prompt_text
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.max_new_tokens = max_new_tokens
+        self.eos_ids = eos_ids
+        self.chooser = chooser
+        self.seed = seed
+        self.adapter_key = adapter_key  # the rows' LoRA routing; None for base or merged
+        self.answered_by = answered_by  # "name@version" reported in the details
+        self.on_close = on_close
+        self.ids: list[int] = []
+        self.tokens: list[TokenInfo] = []
+        self.prefill: list[TokenInfo] = []
+        self.text = ""  # generated text emitted so far
+        self.finish_reason: str | None = None
+        self.created_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self.cancelled = threading.Event()
+        self._out: queue.Queue = queue.Queue()
+        self._closed = False
+        self._context = prompt_ids[-4:]
+        self._context_text = self._decode(self._context)
+        self._longest_stop = max((len(s) for s in params.stop), default=0)
+
+    # Engine thread side.
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self._closed
+
+    def set_prefill(self, logprobs: list[float]) -> None:
+        """Prompt-token logprobs (the first has none: NaN)."""
+        special = set(self.tokenizer.all_special_ids)
+        self.prefill = [
+            TokenInfo(i, self.tokenizer.decode([i]), lp, i in special)
+            for i, lp in zip(self.prompt_ids, [math.nan, *logprobs], strict=True)
+        ]
+
+    def add(self, token_id: int, logprob: float) -> None:
+        """Append a generated token, work out the new text and whether to stop, post it."""
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        self.ids.append(token_id)
+        if token_id in self.eos_ids:
+            self.finish_reason = EOS_TOKEN
+            token = TokenInfo(token_id, self.tokenizer.decode([token_id]), logprob, True)
+        else:
+            token = TokenInfo(
+                token_id, self._next_text(), logprob, token_id in self.tokenizer.all_special_ids
+            )
+            if self.finish_reason is None and len(self.ids) >= self.max_new_tokens:
+                self.finish_reason = LENGTH
+        self.tokens.append(token)
+        if self.finish_reason is None:
+            self._out.put(StreamChunk(token))
+            return
+        self._out.put(StreamChunk(token, self._full_text(), self.details()))
+        self._close("ok")
+
+    def fail(self, error: Exception) -> None:
+        self._out.put(error)
+        self._close("cancelled" if isinstance(error, Cancelled) else "error")
+
+    def _next_text(self) -> str:
+        """The text this token adds: decode everything and take the new suffix, so tokens
+        that end inside a multi-byte character wait for the rest of it."""
+        full = self._decode_generated()
+        if full.endswith("\ufffd") or not full.startswith(self.text):
+            return ""
+        start = max(0, len(self.text) - self._longest_stop + 1)
+        for stop in self.params.stop:
+            at = full.find(stop, start)
+            if at >= 0:
+                full = full[: at + len(stop)]  # as TGI: the text ends with the stop sequence
+                self.finish_reason = STOP_SEQUENCE
+                break
+        added, self.text = full[len(self.text) :], full
+        return added
+
+    def _decode_generated(self) -> str:
+        # Decoded after a few prompt tokens, as TGI does: SentencePiece tokenizers drop the
+        # leading space of the first token of a decode.
+        text = self._decode(self._context + self.ids)
+        if text.startswith(self._context_text):
+            return text[len(self._context_text) :]
+        return self._decode(self.ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def _full_text(self) -> str:
+        return self.prompt_text + self.text if self.params.return_full_text else self.text
+
+    def details(self) -> Details:
+        return Details(
+            finish_reason=self.finish_reason or LENGTH,
+            generated_tokens=len(self.ids),
+            prompt_tokens=len(self.prompt_ids),
+            seed=self.seed,
+            adapter=self.answered_by,
+            prefill=self.prefill if self.params.decoder_input_details else [],
+            tokens=self.tokens if self.params.details else [],
+        )
+
+    def _close(self, status: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self.on_close(self, status)
+
+    # Waiting side (a gRPC thread).
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def stream(self, timeout: float | None = None) -> Iterator[StreamChunk]:
+        while True:
+            try:
+                item = self._out.get(timeout=timeout)
+            except queue.Empty:
+                self.cancel()
+                raise Unavailable(f"no token within {timeout} s") from None
+            if isinstance(item, Exception):
+                if isinstance(item, TuneyardError | Cancelled):
+                    raise item
+                raise Unavailable(f"generation failed: {item}") from item
+            yield item
+            if item.details is not None:
+                return
+
+    def result(self, timeout: float | None = None) -> Generation:
+        for chunk in self.stream(timeout):
+            if chunk.details is not None:
+                return Generation(chunk.generated_text or "", chunk.details)
+        raise Unavailable("generation ended without a result")

@@ -1,0 +1,76 @@
+"""Starting and stopping the inference service: engine, gRPC server, /metrics."""
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from tuneyard.grpc_server import add_health_and_reflection, build_server, serve_until_signal
+from tuneyard.v1 import inference_pb2, inference_pb2_grpc
+
+from .engine import Engine
+from .metrics import Metrics
+from .servicer import InferenceServicer
+from .settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    health: object
+    engine: Engine
+    metrics: Metrics
+    port: int
+    metrics_server: object | None = None
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_server.server_port if self.metrics_server else 0
+
+    def stop(self, grace: float = 5) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.engine.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+
+
+def serve(settings: InferenceSettings) -> RunningServer:
+    """Load the model and start serving; returns at once (port 0 picks a free port)."""
+    metrics = Metrics()
+    engine = Engine.load(settings, metrics)
+    server = build_server(max_workers=max(16, settings.max_queue + settings.max_batch_size))
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    address = f"{settings.inference_host}:{settings.inference_port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        engine.stop()
+        raise RuntimeError(f"cannot bind {address}")
+    server.start()
+    running = RunningServer(server, health, engine, metrics, port)
+    if settings.inference_metrics_port:
+        try:
+            running.metrics_server = metrics.serve(
+                settings.inference_metrics_port, settings.inference_host
+            )
+        except OSError:
+            running.stop(grace=0)
+            raise
+    log.info("inference ready on %s:%d", settings.inference_host, port)
+    return running
+
+
+def main() -> None:
+    settings = InferenceSettings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    running = serve(settings)
+    serve_until_signal(running.server, running.health)  # drains in-flight requests
+    running.stop(grace=0)

@@ -1,0 +1,129 @@
+"""InferenceService over gRPC: proto messages in and out, the engine does the work."""
+
+import grpc
+
+from tuneyard.grpc_server import maps_errors, maps_stream_errors
+from tuneyard.v1 import inference_pb2 as pb
+from tuneyard.v1 import inference_pb2_grpc
+
+from .adapter_cache import AdapterInfo
+from .engine import Engine
+from .params import GenerateInput, Parameters
+from .sequence import Cancelled, Details, TokenInfo
+
+FINISH_REASONS = {"length": pb.LENGTH, "eos_token": pb.EOS_TOKEN, "stop_sequence": pb.STOP_SEQUENCE}
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @maps_errors
+    def Generate(self, request, context):
+        seq = self.engine.submit(to_input(request))
+        context.add_callback(seq.cancel)  # runs when the client goes away, too
+        try:
+            result = seq.result()
+        except Cancelled as err:
+            context.abort(grpc.StatusCode.CANCELLED, str(err))
+        return pb.GenerateResponse(
+            generated_text=result.generated_text, details=to_details(result.details)
+        )
+
+    @maps_stream_errors
+    def GenerateStream(self, request, context):
+        seq = self.engine.submit(to_input(request))
+        context.add_callback(seq.cancel)
+        try:
+            for chunk in seq.stream():
+                message = pb.GenerateStreamResponse(token=to_token(chunk.token))
+                if chunk.details is not None:
+                    message.generated_text = chunk.generated_text
+                    message.details.CopyFrom(to_details(chunk.details))
+                yield message
+        except Cancelled as err:
+            context.abort(grpc.StatusCode.CANCELLED, str(err))
+        finally:
+            seq.cancel()  # a no-op once finished; stops the work if the stream is closed early
+
+    @maps_errors
+    def LoadAdapter(self, request, context):
+        return to_adapter(self.engine.adapters.load(request.adapter_id))
+
+    @maps_errors
+    def UnloadAdapter(self, request, context):
+        return to_adapter(self.engine.adapters.unload(request.adapter_id))
+
+    @maps_errors
+    def ListAdapters(self, request, context):
+        return pb.ListAdaptersResponse(
+            adapters=[to_adapter(a) for a in self.engine.adapters.list()]
+        )
+
+    @maps_errors
+    def Info(self, request, context):
+        return pb.InfoResponse(**self.engine.info())
+
+
+def to_input(request: pb.GenerateRequest) -> GenerateInput:
+    p = request.parameters
+    optional = {
+        name: getattr(p, name) if p.HasField(name) else None
+        for name in (
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "top_k",
+            "repetition_penalty",
+            "seed",
+            "truncate",
+        )
+    }
+    params = Parameters(
+        **optional,
+        do_sample=p.do_sample,
+        stop=list(p.stop),
+        return_full_text=p.return_full_text,
+        details=p.details,
+        decoder_input_details=p.decoder_input_details,
+    )
+    return GenerateInput(
+        inputs=request.inputs,
+        adapter_id=request.adapter_id,
+        parameters=params,
+        fields=dict(request.fields),
+        messages=[{"role": m.role, "content": m.content} for m in request.messages],
+    )
+
+
+def to_token(token: TokenInfo) -> pb.Token:
+    return pb.Token(id=token.id, text=token.text, logprob=token.logprob, special=token.special)
+
+
+def to_details(details: Details) -> pb.GenerateDetails:
+    return pb.GenerateDetails(
+        finish_reason=FINISH_REASONS[details.finish_reason],
+        generated_tokens=details.generated_tokens,
+        prompt_tokens=details.prompt_tokens,
+        seed=details.seed,
+        prefill=[to_token(t) for t in details.prefill],
+        tokens=[to_token(t) for t in details.tokens],
+        adapter=details.adapter,
+    )
+
+
+def to_adapter(info: AdapterInfo) -> pb.Adapter:
+    return pb.Adapter(
+        id=info.id,
+        name=info.name,
+        version=info.version,
+        loaded=info.loaded,
+        rank=info.rank,
+        target_modules=info.target_modules,
+        size_bytes=info.size_bytes,
+        last_used_at=info.last_used_at,
+        base_model=info.base_model,
+        created_at=int(info.created_at),
+        state=info.state,
+        recipe=info.recipe,
+    )

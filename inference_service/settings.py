@@ -1,0 +1,36 @@
+"""Settings of the inference service (environment variables with the TUNEYARD_ prefix)."""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tuneyard.config import CommonSettings
+
+
+class InferenceSettings(CommonSettings):
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 50052
+    inference_metrics_port: int = Field(9102, description="Prometheus /metrics port; 0 = off.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1...")
+    dtype: str = Field("auto", description="auto (bf16 on GPUs, fp32 on CPUs) or a torch dtype.")
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    merged_adapter: str = Field(
+        "", description="Serve only this adapter, merged into the base weights; '' = off."
+    )
+    max_loaded_adapters: int = Field(8, ge=1)
+    max_adapter_rank: int = Field(64, ge=1)
+    max_input_tokens: int = Field(1024, ge=1)
+    max_total_tokens: int = Field(2048, ge=2)
+    default_max_new_tokens: int = Field(100, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    max_batch_wait_ms: float = Field(5.0, ge=0)
+    max_queue: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _input_fits_total(self):
+        if self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                f"max_input_tokens ({self.max_input_tokens}) must be below "
+                f"max_total_tokens ({self.max_total_tokens})"
+            )
+        return self

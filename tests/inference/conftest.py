@@ -1,0 +1,90 @@
+"""Fixtures of the inference tests: real PEFT adapters published to a real adapter store,
+and one engine on tiny_llama shared by a module."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference_service.engine import Engine
+from inference_service.settings import InferenceSettings
+from tests.conftest import EMAIL_TEMPLATE
+from tuneyard.adapter_store import AdapterStore, Manifest
+from tuneyard.modeling import resolve_base_model
+
+
+def make_adapter(
+    base_path: Path,
+    adapters_dir: Path,
+    name: str,
+    *,
+    seed: int = 1,
+    r: int = 4,
+    target_modules=("q_proj", "v_proj"),
+    base_model: str | None = None,
+    **lora_kwargs,
+):
+    """Train nothing: a PEFT LoRA with random non-zero A and B, published with a manifest."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_path)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        target_modules=list(target_modules),
+        init_lora_weights=False,
+        **lora_kwargs,
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(20)  # strong enough to change greedy tokens of a random model
+    store = AdapterStore(adapters_dir)
+    staging = store.staging_dir(name)
+    peft_model.save_pretrained(staging)
+    ref = resolve_base_model(str(base_path))
+    manifest = Manifest(
+        name=name,
+        base_model=base_model if base_model is not None else ref.id,
+        base_model_revision=ref.revision if base_model is None else "",
+        recipe="causal_lm",
+        template_prompt=EMAIL_TEMPLATE["prompt"],
+        template_response=EMAIL_TEMPLATE["response"],
+        template_sha256="x",
+    )
+    return store.publish(staging, manifest)
+
+
+def edit_adapter_config(version, **changes):
+    path = version.path / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def make_engine(base_path: Path, adapters_dir: Path, **settings) -> Engine:
+    values = dict(
+        base_model=str(base_path),
+        adapters_dir=adapters_dir,
+        device="cpu",
+        inference_metrics_port=0,
+        max_batch_wait_ms=50,
+    )
+    values.update(settings)
+    return Engine.load(InferenceSettings(**values))
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama, adapters_dir):
+    engine = make_engine(tiny_llama, adapters_dir)
+    yield engine
+    engine.stop()

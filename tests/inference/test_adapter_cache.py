@@ -1,0 +1,182 @@
+"""Adapter validation, the LRU and hot reload, through a real adapter store."""
+
+import pytest
+
+from inference_service.params import GenerateInput, Parameters
+from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+
+from .conftest import edit_adapter_config, make_adapter, make_engine
+
+
+@pytest.fixture(scope="module")
+def small_engine(tiny_llama, adapters_dir):
+    """max_loaded_adapters=2, max_adapter_rank=8."""
+    engine = make_engine(tiny_llama, adapters_dir, max_loaded_adapters=2, max_adapter_rank=8)
+    yield engine
+    engine.stop()
+
+
+def generate(engine, adapter_id: str):
+    return engine.submit(
+        GenerateInput(
+            inputs="Hi there", adapter_id=adapter_id, parameters=Parameters(max_new_tokens=4)
+        )
+    ).result(60)
+
+
+def test_unknown_adapter_is_not_found(small_engine, tiny_llama, adapters_dir):
+    with pytest.raises(NotFound, match="'ghost' not found"):
+        generate(small_engine, "ghost")
+    make_adapter(tiny_llama, adapters_dir, "known")
+    with pytest.raises(NotFound, match="no version 7; versions: 1"):
+        generate(small_engine, "known@7")
+
+
+@pytest.mark.parametrize("adapter_id", ["../escape", "a/b", "", "x@y"])
+def test_names_cannot_escape_the_store(small_engine, adapter_id):
+    with pytest.raises(InvalidArgument):
+        small_engine.adapters.load(adapter_id)
+
+
+def refused(engine, version, match: str):
+    with pytest.raises(FailedPrecondition, match=match):
+        engine.adapters.load(version.id)
+    info = next(a for a in engine.adapters.list() if a.id == version.id)
+    assert info.state == "failed" and info.error
+    # The service goes on serving.
+    assert generate(engine, "").details.generated_tokens == 4
+
+
+def test_wrong_base_model(small_engine, tiny_llama, adapters_dir):
+    version = make_adapter(tiny_llama, adapters_dir, "wrongbase", base_model="other/model")
+    refused(small_engine, version, "trained on 'other/model'")
+
+
+def test_rank_too_high(small_engine, tiny_llama, adapters_dir):
+    refused(
+        small_engine,
+        make_adapter(tiny_llama, adapters_dir, "bigrank", r=16),
+        "rank 16 exceeds max_adapter_rank 8",
+    )
+
+
+def test_missing_target_module(small_engine, tiny_llama, tiny_bloom, adapters_dir):
+    # Trained on BLOOM but claiming the Llama base: its modules do not exist here.
+    version = make_adapter(
+        tiny_bloom,
+        adapters_dir,
+        "bloomonllama",
+        target_modules=("query_key_value",),
+        base_model=str(tiny_llama),
+    )
+    refused(small_engine, version, "has no module .*query_key_value")
+
+
+def test_target_not_linear(small_engine, tiny_llama, adapters_dir):
+    from safetensors.torch import load_file, save_file
+
+    version = make_adapter(tiny_llama, adapters_dir, "notlinear")
+    weights = version.path / "adapter_model.safetensors"
+    tensors = {
+        key.replace("self_attn.q_proj", "input_layernorm"): t
+        for key, t in load_file(weights).items()
+    }
+    save_file(tensors, weights)
+    refused(small_engine, version, "input_layernorm is a LlamaRMSNorm, not a Linear layer")
+
+
+def test_embedding_adapter_refused(small_engine, tiny_llama, adapters_dir):
+    version = make_adapter(tiny_llama, adapters_dir, "embeds", target_modules=("embed_tokens",))
+    refused(small_engine, version, "unexpected tensor .*embed_tokens")
+
+
+def test_pickle_weights_refused(small_engine, tiny_llama, adapters_dir):
+    version = make_adapter(tiny_llama, adapters_dir, "pickled")
+    weights = version.path / "adapter_model.safetensors"
+    weights.rename(version.path / "adapter_model.bin")
+    refused(small_engine, version, r"no adapter_model.safetensors \(found adapter_model.bin")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"bias": "all"}, "bias 'all'"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ],
+)
+def test_unsupported_configs(small_engine, tiny_llama, adapters_dir, change, match):
+    version = make_adapter(tiny_llama, adapters_dir, f"cfg-{next(iter(change))}")
+    edit_adapter_config(version, **change)
+    refused(small_engine, version, match)
+
+
+def test_missing_manifest_is_not_a_version(small_engine, tiny_llama, adapters_dir):
+    version = make_adapter(tiny_llama, adapters_dir, "nomanifest")
+    (version.path / "tuneyard.json").unlink()
+    with pytest.raises(NotFound):
+        generate(small_engine, "nomanifest")
+
+
+def test_corrupt_manifest(small_engine, tiny_llama, adapters_dir):
+    version = make_adapter(tiny_llama, adapters_dir, "badmanifest")
+    (version.path / "tuneyard.json").write_text("{not json")
+    refused(small_engine, version, "no readable manifest")
+
+
+def test_lru_evicts_least_recently_used(small_engine, tiny_llama, adapters_dir):
+    for name in ("lru-a", "lru-b", "lru-c"):
+        make_adapter(tiny_llama, adapters_dir, name)
+    cache = small_engine.adapters
+    generate(small_engine, "lru-a")
+    generate(small_engine, "lru-b")
+    generate(small_engine, "lru-a")  # b is now the least recently used
+    generate(small_engine, "lru-c")
+    states = {a.name: a.state for a in cache.list()}
+    assert (states["lru-a"], states["lru-b"], states["lru-c"]) == ("loaded", "available", "loaded")
+    assert cache.num_loaded == 2
+
+
+def test_adapters_in_use_are_not_evicted(small_engine, tiny_llama, adapters_dir):
+    for name in ("pin-a", "pin-b", "pin-c"):
+        make_adapter(tiny_llama, adapters_dir, name)
+    cache = small_engine.adapters
+    a, b = cache.acquire("pin-a"), cache.acquire("pin-b")
+    try:
+        with pytest.raises(ResourceExhausted, match="in use"):
+            cache.acquire("pin-c")
+        with pytest.raises(FailedPrecondition, match="in use"):
+            cache.unload("pin-a")
+    finally:
+        cache.release(a)
+        cache.release(b)
+    assert generate(small_engine, "pin-c").details.adapter == "pin-c@1"
+
+
+def test_hot_reload_new_version(small_engine, tiny_llama, adapters_dir):
+    make_adapter(tiny_llama, adapters_dir, "hot", seed=1)
+    v1 = generate(small_engine, "hot")
+    assert v1.details.adapter == "hot@1"
+    in_flight = small_engine.submit(
+        GenerateInput(inputs="Hi", adapter_id="hot", parameters=Parameters(max_new_tokens=40))
+    )
+    next(in_flight.stream(60))
+    make_adapter(tiny_llama, adapters_dir, "hot", seed=99)
+    v2 = generate(small_engine, "hot")
+    assert v2.details.adapter == "hot@2"
+    assert v2.generated_text != v1.generated_text
+    assert generate(small_engine, "hot@1").generated_text == v1.generated_text
+    # The request that started on version 1 finishes on it.
+    assert in_flight.result(60).details.adapter == "hot@1"
+
+
+def test_load_unload_list(small_engine, tiny_llama, adapters_dir):
+    make_adapter(tiny_llama, adapters_dir, "admin", r=8)
+    cache = small_engine.adapters
+    info = cache.load("admin")
+    assert (info.id, info.state, info.rank, info.version) == ("admin@1", "loaded", 8, "1")
+    assert info.size_bytes > 0 and info.base_model == str(tiny_llama)
+    assert info.target_modules == ["q_proj", "v_proj"]
+    assert cache.unload("admin@1").state == "available"
+    with pytest.raises(NotFound):
+        cache.unload("never-there")

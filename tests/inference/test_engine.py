@@ -1,0 +1,335 @@
+"""The engine against PEFT's own generate: same greedy tokens, alone and in mixed batches."""
+
+import threading
+
+import pytest
+import torch
+
+from inference_service.params import GenerateInput, Parameters
+from inference_service.sequence import EOS_TOKEN, LENGTH, STOP_SEQUENCE
+
+from .conftest import make_adapter, make_engine
+
+PROMPTS = ["Hi there, our new product", "The quick brown fox", "Order today and save"]
+
+
+def peft_greedy(base_path, version, prompt: str, n: int) -> list[int]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    model = AutoModelForCausalLM.from_pretrained(base_path)
+    if version is not None:
+        model = PeftModel.from_pretrained(model, version.path)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1] :].tolist()
+
+
+def greedy(engine, prompt: str, adapter_id: str = "", n: int = 8, **params) -> list[int]:
+    params = Parameters(max_new_tokens=n, details=True, **params)
+    result = engine.submit(
+        GenerateInput(inputs=prompt, adapter_id=adapter_id, parameters=params)
+    ).result(timeout=60)
+    return [t.id for t in result.details.tokens]
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tiny_llama, adapters_dir):
+    return (
+        make_adapter(tiny_llama, adapters_dir, "alpha", seed=1),
+        make_adapter(
+            tiny_llama,
+            adapters_dir,
+            "beta",
+            seed=2,
+            r=8,
+            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"),
+        ),
+    )
+
+
+def test_greedy_tokens_equal_peft(engine, tiny_llama, two_adapters):
+    alpha, beta = two_adapters
+    for version in (None, alpha, beta):
+        expected = peft_greedy(tiny_llama, version, PROMPTS[0], 8)
+        got = greedy(engine, PROMPTS[0], version.name if version else "")
+        assert got == expected, version
+    # The adapters really change the output, so the comparison above means something.
+    assert greedy(engine, PROMPTS[0], "alpha") != greedy(engine, PROMPTS[0])
+
+
+def test_mixed_batch_rows_equal_each_alone(engine, two_adapters):
+    cases = [(p, a) for p in PROMPTS for a in ("alpha", "beta", "")]
+    alone = [greedy(engine, p, a) for p, a in cases]
+    batch_sizes, record = [], engine.scheduler.on_batch
+    engine.scheduler.on_batch = lambda n: (batch_sizes.append(n), record(n))
+    try:
+        seqs = [
+            engine.submit(
+                GenerateInput(
+                    inputs=p, adapter_id=a, parameters=Parameters(max_new_tokens=8, details=True)
+                )
+            )
+            for p, a in cases
+        ]
+        together = [[t.id for t in s.result(60).details.tokens] for s in seqs]
+    finally:
+        engine.scheduler.on_batch = record
+    assert max(batch_sizes) > 1, "the requests were not batched"
+    assert together == alone
+
+
+def test_rows_finish_independently(engine):
+    seqs = [
+        engine.submit(GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=n)))
+        for n in (2, 9, 5)
+    ]
+    results = [s.result(60) for s in seqs]
+    assert [r.details.generated_tokens for r in results] == [2, 9, 5]
+    assert all(r.details.finish_reason == LENGTH for r in results)
+    assert greedy(engine, PROMPTS[0], n=9)[:5] == greedy(engine, PROMPTS[0], n=5)
+
+
+def test_bloom_adapter(tiny_bloom, tmp_path):
+    version = make_adapter(tiny_bloom, tmp_path, "bloomy", target_modules=("query_key_value",))
+    engine = make_engine(tiny_bloom, tmp_path)
+    try:
+        got = greedy(engine, PROMPTS[1], "bloomy")
+        assert got == peft_greedy(tiny_bloom, version, PROMPTS[1], 8)
+        assert got != greedy(engine, PROMPTS[1])
+    finally:
+        engine.stop()
+
+
+def test_merged_mode_equals_unmerged(tiny_llama, adapters_dir, engine, two_adapters):
+    merged = make_engine(tiny_llama, adapters_dir, merged_adapter="beta")
+    try:
+        assert greedy(merged, PROMPTS[2], "beta") == greedy(engine, PROMPTS[2], "beta")
+        result = merged.submit(GenerateInput(inputs="x", adapter_id="beta@1")).result(60)
+        assert result.details.adapter == "beta@1"
+        from tuneyard.errors import FailedPrecondition
+
+        for other in ("", "alpha", "beta@2"):
+            with pytest.raises(FailedPrecondition, match="merged"):
+                merged.submit(GenerateInput(inputs="x", adapter_id=other))
+    finally:
+        merged.stop()
+
+
+def test_streaming_text_equals_generate(engine, two_adapters):
+    params = Parameters(max_new_tokens=12)
+    whole = engine.submit(
+        GenerateInput(inputs=PROMPTS[1], adapter_id="alpha", parameters=params)
+    ).result(60)
+    chunks = list(
+        engine.submit(
+            GenerateInput(inputs=PROMPTS[1], adapter_id="alpha", parameters=params)
+        ).stream(60)
+    )
+    assert len(chunks) == 12
+    assert all(c.details is None for c in chunks[:-1])
+    assert "".join(c.token.text for c in chunks if not c.token.special) == whole.generated_text
+    assert chunks[-1].generated_text == whole.generated_text
+
+
+def test_stop_sequence_ends_text(engine):
+    text = (
+        engine.submit(GenerateInput(inputs=PROMPTS[2], parameters=Parameters(max_new_tokens=10)))
+        .result(60)
+        .generated_text
+    )
+    stop = text[3:5]
+    result = engine.submit(
+        GenerateInput(
+            inputs=PROMPTS[2],
+            parameters=Parameters(max_new_tokens=10, stop=["never appears", stop]),
+        )
+    ).result(60)
+    assert result.details.finish_reason == STOP_SEQUENCE
+    assert result.generated_text == text[: text.index(stop) + len(stop)]
+
+
+def test_eos_token_stops(tiny_llama, adapters_dir):
+    engine = make_engine(tiny_llama, adapters_dir)
+    try:
+        first = greedy(engine, PROMPTS[0], n=1)[0]
+        engine.eos_ids = {first}  # the model's first greedy token now ends the request
+        result = engine.submit(
+            GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=5, details=True))
+        ).result(60)
+        assert result.details.finish_reason == EOS_TOKEN
+        assert result.details.generated_tokens == 1 and result.generated_text == ""
+        assert result.details.tokens[0].special
+    finally:
+        engine.stop()
+
+
+def test_details_and_prefill(engine):
+    prompt_ids = engine.tokenizer(PROMPTS[0])["input_ids"]
+    result = engine.submit(
+        GenerateInput(
+            inputs=PROMPTS[0],
+            parameters=Parameters(max_new_tokens=4, details=True, decoder_input_details=True),
+        )
+    ).result(60)
+    d = result.details
+    assert (d.generated_tokens, d.prompt_tokens, d.seed) == (4, len(prompt_ids), None)
+    assert [t.id for t in d.prefill] == prompt_ids
+    assert torch.isnan(torch.tensor(d.prefill[0].logprob))
+    assert all(t.logprob < 0 for t in d.prefill[1:] + d.tokens)
+    assert "".join(t.text for t in d.tokens) == result.generated_text
+    plain = engine.submit(
+        GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=4))
+    ).result(60)
+    assert plain.details.tokens == [] and plain.details.prefill == []
+
+
+def test_sampling_is_seeded(engine):
+    def sample(seed):
+        return greedy(
+            engine,
+            PROMPTS[0],
+            n=10,
+            do_sample=True,
+            temperature=1.5,
+            top_k=50,
+            top_p=0.95,
+            seed=seed,
+        )
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+    result = engine.submit(
+        GenerateInput(inputs="x", parameters=Parameters(max_new_tokens=2, do_sample=True))
+    ).result(60)
+    assert result.details.seed is not None
+
+
+def test_repetition_penalty_changes_greedy(engine):
+    plain = greedy(engine, PROMPTS[0], n=10)
+    assert len(set(plain)) < 10  # a random tiny model repeats itself
+    assert greedy(engine, PROMPTS[0], n=10, repetition_penalty=100.0) != plain
+
+
+def test_return_full_text_and_truncate(engine):
+    full = engine.submit(
+        GenerateInput(
+            inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=3, return_full_text=True)
+        )
+    ).result(60)
+    short = engine.submit(
+        GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=3))
+    ).result(60)
+    assert full.generated_text == PROMPTS[0] + short.generated_text
+    truncated = engine.submit(
+        GenerateInput(
+            inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=3, truncate=2, details=True)
+        )
+    ).result(60)
+    assert truncated.details.prompt_tokens == 2
+
+
+def test_fields_use_the_adapter_template(engine, two_adapters):
+    fields = {"product": "Lamp", "description": "A fine thing."}
+    rendered = "### Product\nLamp\n\n### Description\nA fine thing.\n\n### Email\n"
+    by_fields = engine.submit(
+        GenerateInput(
+            fields=fields,
+            adapter_id="alpha",
+            parameters=Parameters(max_new_tokens=5, return_full_text=True),
+        )
+    ).result(60)
+    by_text = engine.submit(
+        GenerateInput(
+            inputs=rendered,
+            adapter_id="alpha",
+            parameters=Parameters(max_new_tokens=5, return_full_text=True),
+        )
+    ).result(60)
+    assert by_fields.generated_text == by_text.generated_text
+    assert by_fields.generated_text.startswith(rendered)
+
+
+def test_chat_messages_use_the_chat_template(engine):
+    messages = [{"role": "user", "content": "Hi there"}]
+    rendered = "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    result = engine.submit(
+        GenerateInput(
+            messages=messages,
+            parameters=Parameters(max_new_tokens=3, return_full_text=True, details=True),
+        )
+    ).result(60)
+    assert result.generated_text.startswith(rendered)
+    assert result.details.prompt_tokens == len(
+        engine.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    )
+
+
+def test_cancelled_request_leaves_the_batch(engine):
+    seq = engine.submit(GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=200)))
+    other = engine.submit(
+        GenerateInput(inputs=PROMPTS[1], parameters=Parameters(max_new_tokens=20))
+    )
+    first = next(seq.stream(60))
+    assert first.token is not None
+    seq.cancel()
+    assert other.result(60).details.generated_tokens == 20
+    with pytest.raises(Exception, match="cancelled"):
+        seq.result(60)
+    assert len(seq.ids) < 200
+
+
+def test_engine_thread_survives_concurrent_clients(engine, two_adapters):
+    errors, texts = [], []
+
+    def client(i):
+        try:
+            texts.append(
+                engine.submit(
+                    GenerateInput(
+                        inputs=PROMPTS[i % 3],
+                        adapter_id=["alpha", "beta", ""][i % 3],
+                        parameters=Parameters(max_new_tokens=4),
+                    )
+                )
+                .result(60)
+                .generated_text
+            )
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(texts) == 12
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_base_serves_adapters(tiny_llama, adapters_dir, two_adapters, quantization):
+    engine = make_engine(tiny_llama, adapters_dir, quantization=quantization)
+    try:
+        alone = [greedy(engine, PROMPTS[0], a) for a in ("alpha", "")]
+        assert alone[0] != alone[1]
+        seqs = [
+            engine.submit(
+                GenerateInput(
+                    inputs=PROMPTS[0],
+                    adapter_id=a,
+                    parameters=Parameters(max_new_tokens=8, details=True),
+                )
+            )
+            for a in ("alpha", "")
+        ]
+        assert [[t.id for t in s.result(60).details.tokens] for s in seqs] == alone
+    finally:
+        engine.stop()
+
+
+def test_merging_into_a_quantized_base_is_refused(tiny_llama, adapters_dir, two_adapters):
+    from tuneyard.errors import FailedPrecondition
+
+    with pytest.raises(FailedPrecondition, match="cannot merge into .*quantized"):
+        make_engine(tiny_llama, adapters_dir, quantization="8bit", merged_adapter="alpha")
