@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export TUNEYARD_HOME ?= $(CURDIR)/.tuneyard
 
-.PHONY: help venv model proto demo test test-fast lint format bench up down logs clean
+.PHONY: help venv model proto demo test test-fast lint format bench up up-cpu down logs deploy-check clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,3 +45,22 @@ bench: model ## side-by-side benchmarks, JSON in benchmarks/results/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- deploy (docker compose; see deploy/README.md) -------------------------------------
+COMPOSE ?= docker compose
+COMPOSE_FILES = -f docker-compose.yml -f $(if $(UP_CPU),docker-compose.cpu.yml,docker-compose.gpu.yml)
+
+up: ## start the stack with Docker on a GPU host (UP_CPU=1: without a GPU)
+	$(COMPOSE) $(COMPOSE_FILES) up -d --build
+
+up-cpu: ## start the stack with Docker on a machine without a GPU
+	$(MAKE) up UP_CPU=1
+
+down: ## stop the stack (volumes are kept)
+	$(COMPOSE) $(COMPOSE_FILES) down
+
+logs: ## follow the stack's logs
+	$(COMPOSE) $(COMPOSE_FILES) logs -f --tail=100
+
+deploy-check: venv ## validate deploy/, compose files and the kubernetes executor offline
+	$(PY) -m pytest -q tests/deploy

@@ -16,7 +16,7 @@ class TrainerSettings(CommonSettings):
     max_concurrent_jobs: int = Field(1, ge=1)
     inference_addr: str = Field("", description="host:port to notify of new adapters; '' = none.")
     trainer_device: str = Field("auto", description="Worker device: auto, cpu, cuda, cuda:1...")
-    executor: str = Field("local", description="How workers run: local (child process).")
+    executor: str = Field("local", description="How workers run: local (a child process) or kubernetes (a batch/v1 Job each).")
 
     @property
     def resolved_trainer_db(self) -> Path:

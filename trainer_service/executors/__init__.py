@@ -10,4 +10,13 @@ def make_executor(settings: TrainerSettings) -> Executor:
         from trainer_service.executors.local import LocalExecutor
 
         return LocalExecutor(settings)
-    raise InvalidArgument(f"unknown executor {settings.executor!r}; known: local", param="executor")
+    if settings.executor == "kubernetes":
+        from trainer_service.executors.kubernetes import (
+            KubernetesExecutor,
+            KubernetesExecutorSettings,
+        )
+
+        return KubernetesExecutor(KubernetesExecutorSettings())
+    raise InvalidArgument(
+        f"unknown executor {settings.executor!r}; known: local, kubernetes", param="executor"
+    )
