@@ -1,39 +1,18 @@
 """The gateway's Prometheus metrics, in a registry of their own per app (tests start many
 apps in one process). Requests are counted by route template, never by raw path, and the
-`adapter` label takes at most `max_adapter_values` distinct values."""
+`adapter` label takes at most `max_adapter_values` distinct values. The engine's own
+metrics (queue, batch size, adapters loaded, evictions) are on the inference service's
+/metrics; Prometheus scrapes both."""
 
-import threading
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-BASE_LABEL = "(base)"
-OTHER_LABEL = "other"
+from tuneyard.metrics import AdapterLabels
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-
-
-class AdapterLabels:
-    """The first `limit` adapter names seen keep their own label value; later ones share
-    "other", so an unbounded number of adapters cannot blow up the series count."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self, adapter_id: str) -> str:
-        name = adapter_id.partition("@")[0]
-        if not name:
-            return BASE_LABEL
-        with self._lock:
-            if name in self._seen:
-                return name
-            if len(self._seen) < self.limit:
-                self._seen.add(name)
-                return name
-        return OTHER_LABEL
 
 
 class GatewayMetrics:
@@ -80,6 +59,18 @@ class GatewayMetrics:
             prefix + "prompt_tokens",
             "Prompt tokens of answered requests.",
             ["adapter"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            prefix + "requests_in_flight",
+            "HTTP requests being served now (waiting or generating).",
+            registry=self.registry,
+        )
+        self.adapter_load_duration = Histogram(
+            prefix + "adapter_load_duration_seconds",
+            "Adapter load requests through the adapters API, end to end.",
+            ["adapter"],
+            buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
 
@@ -129,9 +120,11 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            self.metrics.in_flight.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe_request(
                 route, scope["method"], status, time.perf_counter() - start

@@ -78,6 +78,7 @@ class AdapterCache:
         model_lock: threading.Lock,
         on_change: Callable[[int], None] = lambda num_loaded: None,
         on_evict: Callable[[], None] = lambda: None,
+        on_load: Callable[[str, float], None] = lambda key, seconds: None,
     ):
         self.store = store
         self.lora = lora
@@ -87,6 +88,7 @@ class AdapterCache:
         self.model_lock = model_lock
         self.on_change = on_change
         self.on_evict = on_evict
+        self.on_load = on_load
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recent first
         self._failed: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -163,6 +165,7 @@ class AdapterCache:
     def _load(self, version: AdapterVersion) -> LoadedAdapter:
         if version.id in self._loaded:
             return self._loaded[version.id]
+        start = time.perf_counter()
         try:
             adapter = self.read(version)
         except TuneyardError as err:
@@ -174,8 +177,12 @@ class AdapterCache:
             self.lora.add(adapter.key, adapter.weights)
         self._loaded[adapter.key] = adapter
         self._failed.pop(adapter.key, None)
-        log.info("adapter %s loaded (rank %d)", adapter.key, adapter.weights.rank)
+        seconds = time.perf_counter() - start
+        log.info(
+            "adapter %s loaded in %.3f s (rank %d)", adapter.key, seconds, adapter.weights.rank
+        )
         self.on_change(len(self._loaded))
+        self.on_load(adapter.key, seconds)
         return adapter
 
     def _make_room(self) -> None:

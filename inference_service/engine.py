@@ -10,6 +10,7 @@ import time
 import tuneyard
 from tuneyard.adapter_store import AdapterStore
 from tuneyard.errors import FailedPrecondition, InvalidArgument, TuneyardError
+from tuneyard.metrics import BASE_LABEL, OTHER_LABEL
 from tuneyard.modeling import (
     BaseModelRef,
     load_model,
@@ -44,7 +45,7 @@ class Engine:
         self.base = base
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(settings.metrics_max_adapters)
         self.device = next(model.parameters()).device
         self.lora = MultiLora(model)
         model_lock = threading.Lock()
@@ -57,6 +58,7 @@ class Engine:
             model_lock=model_lock,
             on_change=self.metrics.adapters_loaded.set,
             on_evict=self.metrics.adapter_evictions.inc,
+            on_load=self.metrics.observe_load,
         )
         self.eos_ids = self._eos_ids()
         self.merged: LoadedAdapter | None = None
@@ -89,20 +91,25 @@ class Engine:
     def stop(self) -> None:
         self.scheduler.stop()
 
-    def submit(self, request: GenerateInput) -> Sequence:
-        """Validate and queue a request. Raises InvalidArgument, NotFound,
-        FailedPrecondition or ResourceExhausted; the request is then not queued."""
+    def submit(self, request: GenerateInput, route: str = "Generate") -> Sequence:
+        """Validate and queue a request (`route`, the RPC, labels its metrics). Raises
+        InvalidArgument, NotFound, FailedPrecondition or ResourceExhausted; the request is
+        then not queued."""
         adapter = None
         try:
             request.check_one_input()
             request.parameters.validate(max_input_tokens=self.settings.max_input_tokens)
             adapter, manifest_adapter = self._adapter(request.adapter_id)
-            seq = self._sequence(request, adapter, manifest_adapter)
+            seq = self._sequence(request, adapter, manifest_adapter, route)
             self.scheduler.submit(seq)
         except TuneyardError as err:
             if adapter is not None:
                 self.adapters.release(adapter)
-            self.metrics.requests.labels(status=err.code.lower()).inc()
+            # Only adapters that exist take one of the capped label values.
+            label = self.metrics.adapter_label(adapter.key) if adapter else OTHER_LABEL
+            if not request.adapter_id:
+                label = BASE_LABEL
+            self.metrics.requests.labels(route, err.code.lower(), label).inc()
             raise
         return seq
 
@@ -121,7 +128,7 @@ class Engine:
         adapter = self.adapters.acquire(adapter_id)
         return adapter, adapter
 
-    def _sequence(self, request: GenerateInput, adapter, manifest_adapter) -> Sequence:
+    def _sequence(self, request: GenerateInput, adapter, manifest_adapter, route: str) -> Sequence:
         params = request.parameters
         prompt, add_special = self._prompt(request, manifest_adapter)
         ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
@@ -169,7 +176,7 @@ class Engine:
             seed=seed,
             adapter_key=adapter.key if adapter else None,
             answered_by=manifest_adapter.key if manifest_adapter else "",
-            on_close=lambda seq, status: self._closed(seq, status, adapter),
+            on_close=lambda seq, status: self._closed(seq, status, adapter, route),
         )
 
     def _prompt(self, request: GenerateInput, adapter: LoadedAdapter | None) -> tuple[str, bool]:
@@ -202,19 +209,23 @@ class Engine:
         # Chat templates write their own special tokens.
         return prompt, False
 
-    def _closed(self, seq: Sequence, status: str, adapter: LoadedAdapter | None) -> None:
+    def _closed(
+        self, seq: Sequence, status: str, adapter: LoadedAdapter | None, route: str
+    ) -> None:
         if adapter is not None:
             self.adapters.release(adapter)
         m = self.metrics
-        m.requests.labels(status=status).inc()
-        m.prompt_tokens.inc(len(seq.prompt_ids))
-        m.generated_tokens.inc(len(seq.ids))
+        label = m.adapter_label(seq.answered_by)
+        m.requests.labels(route, status, label).inc()
+        m.prompt_tokens.labels(label).inc(len(seq.prompt_ids))
+        m.generated_tokens.labels(label).inc(len(seq.ids))
         now = time.monotonic()
         if seq.first_token_at is not None:
-            m.time_to_first_token.observe(seq.first_token_at - seq.created_at)
+            m.time_to_first_token.labels(label).observe(seq.first_token_at - seq.created_at)
             if len(seq.ids) > 1:
-                m.time_per_output_token.observe((now - seq.first_token_at) / (len(seq.ids) - 1))
-        m.request_duration.observe(now - seq.created_at)
+                per_token = (now - seq.first_token_at) / (len(seq.ids) - 1)
+                m.time_per_output_token.labels(label).observe(per_token)
+        m.request_duration.labels(route).observe(now - seq.created_at)
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}

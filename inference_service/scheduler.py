@@ -1,10 +1,10 @@
-"""The engine thread: gathers waiting requests into a batch, prefills them together and
-decodes them step by step with the KV cache, rows on different adapters side by side.
+"""The engine thread: continuous batching. Between two decode steps, waiting requests are
+prefilled together and merged into the running batch; every row then decodes one token per
+step with the KV cache, rows on different adapters side by side.
 
 Rows are left-padded; each row's positions count its own tokens only. A row that finishes
-or whose client has gone is dropped from the batch (and from the KV cache) at once. New
-requests wait for the next batch; `Batch` keeps rows, mask, positions and cache together so
-that letting them join a running batch later is a change here only.
+or whose client has gone is dropped from the batch (and from the KV cache) at once, so each
+request joins and leaves on its own.
 """
 
 import inspect
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from tuneyard.errors import ResourceExhausted, Unavailable
 
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class Batch:
+    """Rows decoding together, with their KV cache, attention mask and positions.
+
+    The cache and the mask are left-aligned to the same length: row i's tokens sit at the
+    right end, zeros in the mask before them. `keep` drops rows (and padding columns no row
+    needs any more); `extend` appends the rows of a freshly prefilled batch, padding the
+    shorter of the two on the left, as TGI's filter/concatenate do.
+    """
+
     def __init__(self, rows: list[Sequence], cache, attention_mask, positions):
         self.rows = rows
         self.cache = cache
@@ -43,6 +52,41 @@ class Batch:
         self.cache.batch_select_indices(index)
         self.attention_mask = self.attention_mask[index]
         self.positions = self.positions[index]
+        unused = int(self.attention_mask.any(0).int().argmax())  # leading all-padding columns
+        if unused and self.can_join(self.cache):
+            self.attention_mask = self.attention_mask[:, unused:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+    def extend(self, other: "Batch") -> None:
+        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat(
+                [_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)]
+            )
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)]
+            )
+        self.attention_mask = torch.cat(
+            [_pad_left(self.attention_mask, width, 1), _pad_left(other.attention_mask, width, 1)]
+        )
+        self.positions = torch.cat([self.positions, other.positions])
+        self.rows = self.rows + other.rows
+
+    @staticmethod
+    def can_join(cache) -> bool:
+        """Only plain dynamic layers (full attention) can be padded, trimmed and
+        concatenated; a batch of another cache (sliding windows) takes no new rows."""
+        return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
 class Scheduler:
@@ -96,47 +140,63 @@ class Scheduler:
         return self.waiting.qsize()
 
     def _run(self) -> None:
+        batch: Batch | None = None
         while not self._stop.is_set():
-            rows = self._next_rows()
-            if not rows:
-                continue
+            new = self._next_rows(batch)
             try:
-                self._generate(rows)
-            except Exception as err:  # one bad batch must not stop the engine thread
-                log.exception("batch of %d failed", len(rows))
+                batch = self._step(batch, new)
+            except Exception as err:  # one bad step must not stop the engine thread
+                rows = (batch.rows if batch else []) + new
+                log.exception("engine step failed; failing its %d rows", len(rows))
                 for seq in rows:
                     if not seq.done:
                         seq.fail(err)
+                batch = None
+        for seq in batch.rows if batch else []:
+            seq.fail(Unavailable("the inference service is stopping"))
 
-    def _next_rows(self) -> list[Sequence]:
-        try:
-            rows = [self.waiting.get(timeout=0.1)]
-        except queue.Empty:
+    def _next_rows(self, batch: Batch | None) -> list[Sequence]:
+        """Requests to prefill now. With nothing running, wait for a first one, then up to
+        max_batch_wait for company; with a batch running, take what is waiting, at once."""
+        room = self.max_batch_size - (len(batch.rows) if batch else 0)
+        if room <= 0 or (batch is not None and not Batch.can_join(batch.cache)):
             return []
-        deadline = time.monotonic() + self.max_batch_wait_s
-        while len(rows) < self.max_batch_size:
+        rows = []
+        if batch is None:
+            try:
+                rows.append(self.waiting.get(timeout=0.1))
+            except queue.Empty:
+                return []
+        deadline = time.monotonic() + (self.max_batch_wait_s if batch is None else 0)
+        while len(rows) < room:
             try:
                 rows.append(self.waiting.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
-        return rows
+        return [seq for seq in rows if not self._dropped(seq)]
 
     @torch.inference_mode()
-    def _generate(self, rows: list[Sequence]) -> None:
-        batch = self._prefill([seq for seq in rows if not self._dropped(seq)])
-        while batch is not None and batch.rows:
-            next_ids = torch.tensor([[seq.ids[-1]] for seq in batch.rows], device=self.device)
-            batch.attention_mask = torch.cat(
-                [batch.attention_mask, batch.attention_mask.new_ones(len(batch.rows), 1)], dim=1
-            )
-            logits = self._forward(batch, next_ids, batch.positions[:, None])[:, -1]
-            batch.positions = batch.positions + 1
-            self._choose(batch, logits)
-
-    def _prefill(self, rows: list[Sequence]) -> Batch | None:
-        if not rows:
+    def _step(self, batch: Batch | None, new: list[Sequence]) -> Batch | None:
+        """Prefill the new rows into the batch, then decode one token for every row."""
+        if new:
+            joining = self._prefill(new)
+            if batch is None or not batch.rows:
+                batch = joining
+            elif joining.rows:
+                batch.extend(joining)
+        if batch is None or not batch.rows:
             return None
-        self.on_batch(len(rows))
+        self.on_batch(len(batch.rows))
+        next_ids = torch.tensor([[seq.ids[-1]] for seq in batch.rows], device=self.device)
+        batch.attention_mask = torch.cat(
+            [batch.attention_mask, batch.attention_mask.new_ones(len(batch.rows), 1)], dim=1
+        )
+        logits = self._forward(batch, next_ids, batch.positions[:, None])[:, -1]
+        batch.positions = batch.positions + 1
+        self._choose(batch, logits)
+        return batch if batch.rows else None
+
+    def _prefill(self, rows: list[Sequence]) -> Batch:
         width = max(len(seq.prompt_ids) for seq in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from tuneyard.grpc_server import add_health_and_reflection, build_server, serve_until_signal
+from tuneyard.grpc_server import add_health_and_reflection, build_server, run_until_signal
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 from .engine import Engine
@@ -42,7 +42,7 @@ class RunningServer:
 
 def serve(settings: InferenceSettings) -> RunningServer:
     """Load the model and start serving; returns at once (port 0 picks a free port)."""
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_max_adapters)
     engine = Engine.load(settings, metrics)
     server = build_server(max_workers=max(16, settings.max_queue + settings.max_batch_size))
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), server)
@@ -71,6 +71,5 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    running = serve(settings)
-    serve_until_signal(running.server, running.health)  # drains in-flight requests
-    running.stop(grace=0)
+    # stop() reports NOT_SERVING, then lets in-flight requests finish (5 s grace).
+    run_until_signal(lambda: serve(settings), lambda running: running.stop())

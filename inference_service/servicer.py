@@ -20,7 +20,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @maps_errors
     def Generate(self, request, context):
-        seq = self.engine.submit(to_input(request))
+        seq = self.engine.submit(to_input(request), route="Generate")
         context.add_callback(seq.cancel)  # runs when the client goes away, too
         try:
             result = seq.result()
@@ -32,7 +32,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @maps_stream_errors
     def GenerateStream(self, request, context):
-        seq = self.engine.submit(to_input(request))
+        seq = self.engine.submit(to_input(request), route="GenerateStream")
         context.add_callback(seq.cancel)
         try:
             for chunk in seq.stream():

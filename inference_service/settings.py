@@ -25,6 +25,9 @@ class InferenceSettings(CommonSettings):
     max_batch_size: int = Field(8, ge=1)
     max_batch_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
+    metrics_max_adapters: int = Field(
+        20, ge=1, description="Distinct `adapter` label values in metrics; others are 'other'."
+    )
 
     @model_validator(mode="after")
     def _input_fits_total(self):

@@ -6,6 +6,7 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from tuneyard.errors import TuneyardError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def build_server(max_workers: int = 16) -> grpc.Server:
@@ -64,14 +66,13 @@ def maps_stream_errors(method: Callable) -> Callable:
     return wrapper
 
 
-def serve_until_signal(server: grpc.Server, health_servicer, on_stop: Callable = lambda: None,
-                       grace: float = 5.0) -> None:
-    """Block until SIGTERM/SIGINT, then report NOT_SERVING, drain and stop."""
-    stop = threading.Event()
+def run_until_signal(serve: Callable[[], T], stop: Callable[[T], None]) -> None:
+    """Serve until SIGTERM/SIGINT, then stop. The handlers go in before `serve` logs
+    "ready", so a supervisor that signals right after seeing it still gets a clean stop."""
+    stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+        signal.signal(sig, lambda *_: stopping.set())
+    running = serve()
+    stopping.wait()
     log.info("stopping")
-    health_servicer.enter_graceful_shutdown()
-    on_stop()
-    server.stop(grace).wait()
+    stop(running)

@@ -1,6 +1,8 @@
 """Adapters on the inference service: list (state, version, rank, size, loaded, last use),
 load and unload."""
 
+import time
+
 from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import require_admin, require_key
@@ -37,8 +39,13 @@ async def list_adapters(request: Request) -> dict:
 
 @router.post("/{adapter_id}/load", dependencies=[Depends(require_admin)])
 async def load_adapter(request: Request, adapter_id: str) -> dict:
+    start = time.perf_counter()
     adapter = await request.app.state.backends.inference.call(
         "LoadAdapter", inference_pb2.LoadAdapterRequest(adapter_id=adapter_id)
+    )
+    metrics = request.app.state.metrics
+    metrics.adapter_load_duration.labels(metrics.adapter_label(adapter_id)).observe(
+        time.perf_counter() - start
     )
     return adapter_json(adapter)
 

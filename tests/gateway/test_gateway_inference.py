@@ -14,7 +14,7 @@ from text_generation.errors import ValidationError
 from inference_service.server import serve
 from inference_service.settings import InferenceSettings
 from tests.gateway.conftest import start_gateway
-from tests.inference.conftest import make_adapter
+from tests.inference.conftest import count_requests, make_adapter, promtool_check
 from tuneyard.local_stack import free_port
 
 
@@ -273,11 +273,16 @@ def test_metrics_after_generation(gateway, http):
         "/generate",
         json={"inputs": "x", "parameters": {"adapter_id": "emails", "max_new_tokens": 2}},
     )
+    assert http.post("/v1/adapters/emails@1/load").status_code == 200
     text = http.get("/metrics").text
     assert 'tuneyard_gateway_time_to_first_token_seconds_count{adapter="(base)"}' in text
     assert 'tuneyard_gateway_generated_tokens_total{adapter="emails"}' in text
+    assert 'tuneyard_gateway_adapter_load_duration_seconds_count{adapter="emails"}' in text
+    # The scrape itself is the one request in flight.
+    assert "tuneyard_gateway_requests_in_flight 1.0" in text
     # The text-generation client posts to `/`.
     assert 'tuneyard_gateway_requests_total{method="POST",route="/",status="200"}' in text
+    promtool_check(text)
 
 
 # --- a backend that goes away and comes back ---------------------------------------------
@@ -309,10 +314,7 @@ def test_inference_down_then_back(tiny_llama, adapters_dir):
 
 
 def _inference_requests(running, status: str) -> float:
-    value = running.metrics.registry.get_sample_value(
-        "tuneyard_inference_requests_total", {"status": status}
-    )
-    return value or 0.0
+    return count_requests(running.metrics.registry, status)
 
 
 def test_client_disconnect_cancels_generation(inference, http):
@@ -345,3 +347,50 @@ def test_queue_full_is_429_overloaded(tiny_llama, adapters_dir):
     finally:
         gateway.stop()
         running.stop(grace=0)
+
+
+# --- hot reload under load -----------------------------------------------------------------
+def test_hot_reload_under_concurrent_load(gateway, tiny_llama, adapters_dir):
+    """Clients keep generating with `reload` while its version 2 is published: no request
+    fails, each answer is version 1's or version 2's, and every request sent after the
+    publication gets version 2."""
+    make_adapter(tiny_llama, adapters_dir, "reload", seed=4)
+    body = {"inputs": "Subject: Meet", "parameters": {"max_new_tokens": 6}}
+
+    def generate(http, adapter_id):
+        request = {**body, "parameters": {**body["parameters"], "adapter_id": adapter_id}}
+        return http.post("/generate", json=request)
+
+    published_at = None
+    results = []  # (sent at, status, text)
+
+    def client(_):
+        with httpx.Client(base_url=gateway.url, timeout=60) as http:
+            after = 0
+            while after < 3:
+                sent = time.monotonic()
+                response = generate(http, "reload")
+                text = response.json().get("generated_text")
+                results.append((sent, response.status_code, text))
+                if published_at is not None and sent > published_at:
+                    after += 1
+
+    with ThreadPoolExecutor(6) as pool:
+        running = pool.map(client, range(6))
+        deadline = time.monotonic() + 30
+        while len(results) < 12:
+            assert time.monotonic() < deadline, "no load"
+            time.sleep(0.01)
+        make_adapter(tiny_llama, adapters_dir, "reload", seed=5)
+        published_at = time.monotonic()
+        list(running)
+
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        v1 = generate(http, "reload@1").json()["generated_text"]
+        v2 = generate(http, "reload@2").json()["generated_text"]
+    assert v1 != v2
+    assert {status for _, status, _ in results} == {200}
+    assert {text for _, _, text in results} <= {v1, v2}
+    after = [text for sent, _, text in results if sent > published_at]
+    assert len(after) >= 18 and set(after) == {v2}
+    assert sum(text == v1 for sent, _, text in results if sent < published_at) >= 12

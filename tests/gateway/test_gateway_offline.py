@@ -222,6 +222,14 @@ def test_python_m_gateway_serves_and_stops_on_sigterm(tmp_path):
         assert f"gateway ready on 127.0.0.1:{port}" in line, line
         response = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert response.status_code == 503 and response.json()["error_type"] == "unavailable"
+        # Small responses are not held back by Nagle's algorithm (about 40 ms each).
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            took = []
+            for _ in range(7):
+                start = time.perf_counter()
+                assert http.get("/metrics").status_code == 200
+                took.append(time.perf_counter() - start)
+        assert sorted(took)[3] < 0.025, took
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)

@@ -6,10 +6,11 @@ import pytest
 
 from gateway.auth import ApiKeys
 from gateway.errors import PermissionDenied, Unauthenticated, http_status, openai_body, tgi_body
-from gateway.metrics import BASE_LABEL, OTHER_LABEL, AdapterLabels, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.routes import jobs, tgi
 from tests.conftest import EMAIL_TEMPLATE
 from tuneyard.errors import InvalidArgument
+from tuneyard.metrics import BASE_LABEL, OTHER_LABEL, AdapterLabels
 from tuneyard.v1 import inference_pb2, trainer_pb2
 
 

@@ -2,6 +2,8 @@
 and one engine on tiny_llama shared by a module."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,27 @@ def make_engine(base_path: Path, adapters_dir: Path, **settings) -> Engine:
     )
     values.update(settings)
     return Engine.load(InferenceSettings(**values))
+
+
+def count_requests(registry, status: str) -> float:
+    """tuneyard_inference_requests_total with this status, over every route and adapter."""
+    return sum(
+        sample.value
+        for family in registry.collect()
+        if family.name == "tuneyard_inference_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["status"] == status
+    )
+
+
+def promtool_check(text: str) -> None:
+    """`promtool check metrics` passes on an exposition (skips when promtool is missing)."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, text=True, capture_output=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.fixture(scope="module")

@@ -333,3 +333,49 @@ def test_merging_into_a_quantized_base_is_refused(tiny_llama, adapters_dir, two_
 
     with pytest.raises(FailedPrecondition, match="cannot merge into .*quantized"):
         make_engine(tiny_llama, adapters_dir, quantization="8bit", merged_adapter="alpha")
+
+
+def test_requests_join_a_running_batch(engine, two_adapters):
+    """Requests arriving mid-generation are prefilled and merged into the running batch,
+    with prompts both longer and shorter than its cache, and give the same greedy tokens
+    as alone; the long request goes on unchanged after they leave."""
+    joiners = [(PROMPTS[0] * 3, "alpha"), ("x", "beta"), (PROMPTS[2], "")]
+    alone_long = greedy(engine, PROMPTS[1], "alpha", n=24)
+    alone = [greedy(engine, p, a) for p, a in joiners]
+
+    def submit(prompt, adapter_id, n):
+        params = Parameters(max_new_tokens=n, details=True)
+        return engine.submit(GenerateInput(inputs=prompt, adapter_id=adapter_id, parameters=params))
+
+    sizes, joined, record = [], [], engine.scheduler.on_batch
+
+    def on_step(n):
+        sizes.append(n)
+        if len(sizes) == 4:  # the long request is decoding alone: send the others now
+            joined.extend(submit(p, a, 8) for p, a in joiners)
+        record(n)
+
+    engine.scheduler.on_batch = on_step
+    try:
+        long = submit(PROMPTS[1], "alpha", 24)
+        long_tokens = [t.id for t in long.result(60).details.tokens]
+        together = [[t.id for t in s.result(60).details.tokens] for s in joined]
+    finally:
+        engine.scheduler.on_batch = record
+    # Alone for 4 steps, then 4 rows in one batch, then alone again once the others left.
+    assert sizes[:4] == [1, 1, 1, 1] and max(sizes) == 4 and sizes[-1] == 1
+    assert together == alone
+    assert long_tokens == alone_long
+
+
+def test_stopping_fails_the_running_rows(tiny_llama, adapters_dir):
+    from tuneyard.errors import Unavailable
+
+    engine = make_engine(tiny_llama, adapters_dir)
+    seq = engine.submit(
+        GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=1500))
+    )
+    next(seq.stream(60))
+    engine.stop()
+    with pytest.raises(Unavailable, match="stopping"):
+        seq.result(10)

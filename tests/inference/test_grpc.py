@@ -13,7 +13,7 @@ from inference_service.settings import InferenceSettings
 from tuneyard.v1 import inference_pb2 as pb
 from tuneyard.v1 import inference_pb2_grpc
 
-from .conftest import make_adapter
+from .conftest import count_requests, make_adapter, promtool_check
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +157,7 @@ def test_metrics_endpoint(tiny_llama, adapters_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    make_adapter(tiny_llama, adapters_dir, "capped", seed=3)
     server = serve(
         InferenceSettings(
             base_model=str(tiny_llama),
@@ -164,13 +165,17 @@ def test_metrics_endpoint(tiny_llama, adapters_dir):
             inference_port=0,
             inference_metrics_port=port,
             device="cpu",
+            metrics_max_adapters=1,
         )
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            inference_pb2_grpc.InferenceServiceStub(channel).Generate(
-                request(inputs="Hi", adapter_id="emails"), timeout=30
-            )
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError):
+                stub.Generate(request(inputs="Hi", adapter_id="ghost"), timeout=30)
+            stub.Generate(request(inputs="Hi", adapter_id="emails"), timeout=30)
+            list(stub.GenerateStream(request(inputs="Hi", adapter_id="capped"), timeout=30))
+            stub.Generate(request(inputs="Hi"), timeout=30)
         text = (
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         )
@@ -178,23 +183,36 @@ def test_metrics_endpoint(tiny_llama, adapters_dir):
         server.stop(grace=0)
     for name in (
         "requests_total",
+        "request_duration_seconds_count",
         "generated_tokens_total",
-        "time_to_first_token_seconds",
-        "batch_size",
+        "prompt_tokens_total",
+        "time_to_first_token_seconds_count",
+        "time_per_output_token_seconds_count",
+        "batch_size_count",
         "queue_size",
         "adapters_loaded",
+        "adapter_load_duration_seconds_count",
+        "adapter_evictions_total",
     ):
-        assert f"tuneyard_inference_{name}" in text
-    assert 'tuneyard_inference_requests_total{status="ok"} 1.0' in text
-    assert "tuneyard_inference_adapters_loaded 1.0" in text
+        assert f"tuneyard_inference_{name}" in text, name
+    p = "tuneyard_inference_"
+    # An unknown adapter takes no label value; the cap of 1 goes to the first real adapter.
+    assert p + 'requests_total{adapter="other",route="Generate",status="not_found"} 1.0' in text
+    assert p + 'requests_total{adapter="emails",route="Generate",status="ok"} 1.0' in text
+    assert p + 'requests_total{adapter="other",route="GenerateStream",status="ok"} 1.0' in text
+    assert p + 'requests_total{adapter="(base)",route="Generate",status="ok"} 1.0' in text
+    assert p + 'generated_tokens_total{adapter="emails"} 6.0' in text
+    assert p + 'adapter_load_duration_seconds_count{adapter="emails"} 1.0' in text
+    assert p + 'adapter_load_duration_seconds_count{adapter="other"} 1.0' in text
+    assert p + 'request_duration_seconds_count{route="GenerateStream"} 1.0' in text
+    assert p + "adapters_loaded 2.0" in text
+    assert "capped" not in text and "ghost" not in text
+    promtool_check(text)
 
 
 def test_client_cancel_stops_the_work(stub, running):
     def cancelled() -> float:
-        value = running.metrics.registry.get_sample_value(
-            "tuneyard_inference_requests_total", {"status": "cancelled"}
-        )
-        return value or 0.0
+        return count_requests(running.metrics.registry, "cancelled")
 
     before = cancelled()
     call = stub.GenerateStream(
@@ -206,7 +224,11 @@ def test_client_cancel_stops_the_work(stub, running):
     while cancelled() == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cancelled() == before + 1
-    generated = running.metrics.registry.get_sample_value(
-        "tuneyard_inference_generated_tokens_total"
+    generated = sum(
+        s.value
+        for f in running.metrics.registry.collect()
+        if f.name == "tuneyard_inference_generated_tokens"
+        for s in f.samples
+        if s.name.endswith("_total")
     )
     assert generated < 1000  # it stopped long before max_new_tokens

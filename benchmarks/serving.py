@@ -1,0 +1,450 @@
+"""Serving benchmark: the naive way against the service, on the same prompts, in one run.
+
+- naive: one request at a time, transformers `generate` on a PEFT model, `set_adapter` per
+  request (what a seed script does);
+- service: the inference service and the gateway as real processes (tuneyard.local_stack),
+  `--clients` concurrent streaming clients spread over `--adapters` adapters;
+- gateway overhead: p50 of a 1-token request through the gateway minus the same request
+  straight to the inference service over gRPC, from this (separate) process;
+- hot load: from the publication of a new adapter version to its first generated token.
+
+CPU (default): the embedded SmolLM2-135M, 16 clients over 4 random r=16 q/v adapters.
+GPU host: `--model llama-1b --device cuda --dtype bfloat16 --clients 64 --adapters 8`
+(a randomly initialised 1.1B Llama). `--model llama-tiny` runs that same path on a CPU.
+Writes benchmarks/results/serving-<time>.json and prints a table.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import torch
+
+from tuneyard.adapter_store import AdapterStore, Manifest
+from tuneyard.local_stack import LocalStack
+from tuneyard.modeling import resolve_base_model
+from tuneyard.v1 import inference_pb2, inference_pb2_grpc
+
+RESULTS_DIR = Path(__file__).parent / "results"
+# The issue's targets: on the CPU against the naive way, on a GPU in absolute tokens/s.
+CPU_TARGETS = {"speedup_min": 6.0, "gateway_overhead_ms_max": 3.0}
+GPU_TARGETS = {"one_stream_tokens_per_s_min": 200.0, "concurrent_tokens_per_s_min": 5000.0}
+# Randomly initialised Llamas: TinyLlama-1.1B's shape, and a tiny one for CPU smoke runs.
+LLAMA_SHAPES = {
+    "llama-1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+    ),
+    "llama-tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
+VOCAB = 32000
+WORDS = [
+    "product",
+    "email",
+    "order",
+    "today",
+    "save",
+    "bamboo",
+    "lamp",
+    "garden",
+    "coffee",
+    "team",
+    "quality",
+    "fresh",
+    "design",
+    "price",
+    "offer",
+    "launch",
+    "customer",
+    "delivery",
+    "style",
+    "comfort",
+    "light",
+    "travel",
+    "winter",
+    "summer",
+    "gift",
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="embedded", help="embedded, llama-1b, llama-tiny or a path")
+    p.add_argument("--home", type=Path, default=Path(".tuneyard"), help="holds the embedded model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="bfloat16", help="both sides use it")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads on both sides; 0: torch's default"
+    )
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--adapters", type=int, default=4)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--naive-requests", type=int, default=0, help="0: all the prompts")
+    p.add_argument("--overhead-requests", type=int, default=100)
+    p.add_argument("--max-batch-wait-ms", type=float, default=20)
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    return p.parse_args(argv)
+
+
+# --- setup ---------------------------------------------------------------------------------
+def prepare_base(args, work: Path) -> Path:
+    if args.model == "embedded":
+        from tuneyard.embedded_model import prepare
+
+        return prepare(args.home)
+    if args.model not in LLAMA_SHAPES:
+        return Path(args.model)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = work / args.model
+    tokenizer = word_tokenizer()
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **LLAMA_SHAPES[args.model],
+    )
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = LlamaForCausalLM(config).to(getattr(torch, args.dtype))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def word_tokenizer():
+    """A word-level tokenizer with the whole vocabulary, so every id the random model
+    picks decodes to text and every prompt word is exactly one token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    vocab.update({f"w{i}": i for i in range(len(vocab), VOCAB)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+
+
+def make_adapters(base: Path, store: AdapterStore, count: int, rank: int) -> list[str]:
+    """Random, non-zero LoRA adapters on q/v, published as trained ones would be."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    ref = resolve_base_model(str(base))
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(model, config)
+    names = []
+    for i in range(count):
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.normal_(0, 0.02)
+        staging = store.staging_dir(f"bench-{i}")
+        peft_model.save_pretrained(staging)
+        manifest = Manifest(
+            name=f"bench-{i}",
+            base_model=ref.id,
+            base_model_revision=ref.revision,
+            recipe="causal_lm",
+            template_prompt="{{ text }}",
+            template_response="",
+            template_sha256="",
+        )
+        names.append(store.publish(staging, manifest).name)
+    return names
+
+
+def publish_new_version(store: AdapterStore, name: str):
+    latest = store.resolve(name)
+    staging = store.staging_dir(name)
+    for file in latest.path.iterdir():
+        shutil.copy(file, staging / file.name)
+    return store.publish(staging, latest.manifest())
+
+
+def make_prompts(count: int, tokens: int) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(tokens)) for _ in range(count)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+# --- naive -------------------------------------------------------------------------------------
+def run_naive(args, base: Path, store: AdapterStore, jobs: list[tuple[str, str]]) -> dict:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, args.dtype))
+    names = sorted({name for name, _ in jobs})
+    model = PeftModel.from_pretrained(model, store.resolve(names[0]).path, adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(store.resolve(name).path, adapter_name=name)
+    model.to(args.device).eval()
+    tokens = 0
+    start = time.perf_counter()
+    for name, prompt in jobs:
+        model.set_adapter(name)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(args.device)
+        with torch.inference_mode():
+            out = model.generate(
+                ids,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        tokens += out.shape[1] - ids.shape[1]
+    seconds = time.perf_counter() - start
+    del model
+    return {
+        "requests": len(jobs),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+    }
+
+
+def combine(*runs: dict) -> dict:
+    requests, tokens = sum(r["requests"] for r in runs), sum(r["tokens"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    return {
+        "requests": requests,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+    }
+
+
+# --- service -----------------------------------------------------------------------------------
+async def stream_one(http: httpx.AsyncClient, prompt: str, adapter: str, max_new: int) -> tuple:
+    """(seconds to the first token, generated tokens) of one streamed request."""
+    body = {
+        "inputs": prompt,
+        "parameters": {"adapter_id": adapter, "max_new_tokens": max_new, "details": True},
+    }
+    start = time.perf_counter()
+    first = None
+    async with http.stream("POST", "/generate_stream", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            if first is None:
+                first = time.perf_counter() - start
+            event = json.loads(line.removeprefix("data:"))
+            if event["details"] is not None:
+                return first, event["details"]["generated_tokens"]
+    raise RuntimeError("the stream ended without details")
+
+
+async def run_load(url: str, jobs: list[tuple[str, str]], clients: int, max_new: int) -> dict:
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+
+        async def client(mine):
+            return [await stream_one(http, prompt, name, max_new) for name, prompt in mine]
+
+        start = time.perf_counter()
+        done = await asyncio.gather(*(client(jobs[i::clients]) for i in range(clients)))
+        seconds = time.perf_counter() - start
+    results = [r for per_client in done for r in per_client]
+    ttft = [first for first, _ in results]
+    tokens = sum(n for _, n in results)
+    return {
+        "requests": len(results),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p95_s": percentile(ttft, 95),
+    }
+
+
+def gateway_overhead(url: str, inference_addr: str, n: int) -> dict:
+    """Alternate 1-token requests through the gateway and straight over gRPC."""
+    body = {"inputs": "order today", "parameters": {"max_new_tokens": 1}}
+    request = inference_pb2.GenerateRequest(
+        inputs="order today", parameters=inference_pb2.GenerationParameters(max_new_tokens=1)
+    )
+    via_gateway, via_grpc = [], []
+    with (
+        httpx.Client(base_url=url, timeout=60) as http,
+        grpc.insecure_channel(inference_addr) as ch,
+    ):
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        for i in range(n + 10):
+            start = time.perf_counter()
+            http.post("/generate", json=body).raise_for_status()
+            middle = time.perf_counter()
+            stub.Generate(request, timeout=60)
+            end = time.perf_counter()
+            if i >= 10:  # warm-up
+                via_gateway.append(middle - start)
+                via_grpc.append(end - middle)
+    gateway_p50, grpc_p50 = statistics.median(via_gateway), statistics.median(via_grpc)
+    return {
+        "requests": n,
+        "gateway_p50_ms": gateway_p50 * 1000,
+        "grpc_p50_ms": grpc_p50 * 1000,
+        "overhead_p50_ms": (gateway_p50 - grpc_p50) * 1000,
+    }
+
+
+def hot_load(url: str, store: AdapterStore, name: str, max_new: int) -> dict:
+    version = publish_new_version(store, name)
+    start = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=60) as http:
+        body = {"inputs": "order today", "parameters": {"adapter_id": name, "max_new_tokens": 1}}
+        with http.stream("POST", "/generate_stream", json=body) as response:
+            response.raise_for_status()
+            next(line for line in response.iter_lines() if line.startswith("data:"))
+            seconds = time.perf_counter() - start
+        listed = http.get("/v1/adapters").json()["data"]
+    loaded = any(a["id"] == version.id and a["loaded"] for a in listed)
+    return {"adapter": version.id, "seconds": seconds, "new_version_loaded": loaded}
+
+
+def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names) -> dict:
+    env = {
+        "TUNEYARD_ADAPTERS_DIR": str(store.root),
+        "TUNEYARD_DEVICE": args.device,
+        "TUNEYARD_DTYPE": args.dtype,
+        "TUNEYARD_MAX_BATCH_SIZE": str(args.clients),
+        "TUNEYARD_MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
+        "TUNEYARD_MAX_QUEUE": str(4 * args.clients),
+        "TUNEYARD_MAX_LOADED_ADAPTERS": str(len(names) + 2),
+        "TUNEYARD_LOG_LEVEL": "WARNING",
+    }
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    with LocalStack(home=home, base_model=str(base), extra_env=env) as stack:
+        url = stack.gateway_url
+        # Adapters loaded and the engine warm before timing, as in the naive run.
+        warm = [(name, jobs[0][1]) for name in names]
+        asyncio.run(run_load(url, warm, len(warm), 2))
+        one = asyncio.run(run_load(url, jobs[:1], 1, args.max_new_tokens))
+        load = asyncio.run(run_load(url, jobs, args.clients, args.max_new_tokens))
+        overhead = gateway_overhead(url, stack.inference_addr, args.overhead_requests)
+        hot = hot_load(url, store, names[0], args.max_new_tokens)
+    return {"one_stream": one, "concurrent": load, "gateway_overhead": overhead, "hot_load": hot}
+
+
+# --- report ------------------------------------------------------------------------------------
+def table(result: dict) -> str:
+    naive, svc = result["naive"], result["service"]
+    load, over, hot = svc["concurrent"], svc["gateway_overhead"], svc["hot_load"]
+    rows = [
+        ("naive, one at a time (tokens/s)", f"{naive['tokens_per_s']:.1f}"),
+        ("service, one stream (tokens/s)", f"{svc['one_stream']['tokens_per_s']:.1f}"),
+        (
+            f"service, {result['config']['clients']} clients / "
+            f"{result['config']['adapters']} adapters (tokens/s)",
+            f"{load['tokens_per_s']:.1f}",
+        ),
+        ("speed-up over naive", f"{result['speedup']:.1f}x"),
+        (
+            "TTFT p50 / p95 under load (ms)",
+            f"{load['ttft_p50_s'] * 1000:.0f} / {load['ttft_p95_s'] * 1000:.0f}",
+        ),
+        (
+            "1-token p50: gateway / gRPC (ms)",
+            f"{over['gateway_p50_ms']:.2f} / {over['grpc_p50_ms']:.2f}",
+        ),
+        ("gateway overhead p50 (ms)", f"{over['overhead_p50_ms']:.2f}"),
+        (f"hot load of {hot['adapter']} to first token (ms)", f"{hot['seconds'] * 1000:.0f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value:>12}" for name, value in rows)
+
+
+def check_targets(result: dict, device: str) -> dict:
+    svc = result["service"]
+    overhead = svc["gateway_overhead"]["overhead_p50_ms"]
+    if device == "cpu":
+        return {
+            **CPU_TARGETS,
+            "speedup_met": result["speedup"] >= CPU_TARGETS["speedup_min"],
+            "gateway_overhead_met": overhead <= CPU_TARGETS["gateway_overhead_ms_max"],
+        }
+    return {
+        **GPU_TARGETS,
+        "one_stream_met": svc["one_stream"]["tokens_per_s"]
+        >= GPU_TARGETS["one_stream_tokens_per_s_min"],
+        "concurrent_met": svc["concurrent"]["tokens_per_s"]
+        >= GPU_TARGETS["concurrent_tokens_per_s_min"],
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="tuneyard-bench-"))
+    try:
+        base = prepare_base(args, work)
+        store = AdapterStore(work / "adapters")
+        names = make_adapters(base, store, args.adapters, args.rank)
+        prompts = make_prompts(args.clients * args.requests_per_client, args.prompt_tokens)
+        jobs = [(names[i % len(names)], prompt) for i, prompt in enumerate(prompts)]
+        # Half the naive requests before the service and half after, so that a change in
+        # what else runs on the machine weighs on both sides alike.
+        naive_jobs = jobs[: args.naive_requests or None]
+        before = run_naive(args, base, store, naive_jobs[::2])
+        service = run_service(args, base, work / "home", store, jobs, names)
+        naive = combine(before, run_naive(args, base, store, naive_jobs[1::2]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "benchmark": "serving",
+        "created_at": time.time(),
+        "config": {**vars(args), "home": str(args.home), "out": str(args.out), "base": str(base)},
+        "naive": naive,
+        "service": service,
+        "speedup": service["concurrent"]["tokens_per_s"] / naive["tokens_per_s"],
+    }
+    result["targets"] = check_targets(result, args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"serving-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(table(result))
+    print("targets:", json.dumps(result["targets"]))
+    print(f"\nwritten to {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
