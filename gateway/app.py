@@ -8,7 +8,7 @@ from gateway.auth import ApiKeys
 from gateway.backends import Backends
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
-from gateway.routes import adapters, jobs, openai, tgi
+from gateway.routes import adapters, evaluations, files, jobs, openai, tgi
 from gateway.settings import GatewaySettings
 
 
@@ -26,7 +26,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.metrics = metrics = GatewayMetrics(settings.max_adapter_label_values)
 
     install_error_handlers(app)
-    for module in (tgi, openai, jobs, adapters):
+    for module in (tgi, openai, jobs, files, adapters, evaluations):
         for router in module.routers:
             app.include_router(router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

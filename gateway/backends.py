@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.errors import from_rpc_error
 from gateway.settings import GatewaySettings
-from tuneyard.v1 import inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
+from tuneyard.v1 import evaluation_pb2_grpc, inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
 
 
 class Backend:
@@ -120,6 +120,14 @@ class Backends:
             trainer_pb2_grpc.TrainerServiceStub,
             settings,
         )
+        # Evaluations run in the trainer process: its own service on the trainer's address.
+        self.evaluations = Backend(
+            "trainer",
+            settings.trainer_addr,
+            "tuneyard.v1.EvaluationService",
+            evaluation_pb2_grpc.EvaluationServiceStub,
+            settings,
+        )
         self.watch_timeout_s = settings.watch_timeout_s
         self._info: inference_pb2.InfoResponse | None = None
 
@@ -132,3 +140,4 @@ class Backends:
     async def close(self) -> None:
         await self.inference.close()
         await self.trainer.close()
+        await self.evaluations.close()

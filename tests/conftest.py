@@ -49,12 +49,23 @@ def make_tiny_model(folder: Path, arch: str) -> Path:
 
     torch.manual_seed(0)
     tokenizer = make_tokenizer()
-    common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                  bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id)
+    common = dict(
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     if arch == "llama":
-        config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=1024, tie_word_embeddings=True, **common)
+        config = LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            **common,
+        )
     elif arch == "bloom":
         config = BloomConfig(hidden_size=64, n_layer=2, n_head=4, **common)
     else:
@@ -77,9 +88,12 @@ def tiny_bloom(tmp_path_factory) -> Path:
 
 
 EMAIL_ROWS = [
-    {"product": f"Product {i}", "description": f"A fine thing number {i} for your home.",
-     "email": f"Subject: Meet Product {i}\nHi there,\nProduct {i} is here. Order today!\n"
-              "Best regards,\nThe Team"}
+    {
+        "product": f"Product {i}",
+        "description": f"A fine thing number {i} for your home.",
+        "email": f"Subject: Meet Product {i}\nHi there,\nProduct {i} is here. Order today!\n"
+        "Best regards,\nThe Team",
+    }
     for i in range(12)
 ]
 

@@ -44,6 +44,7 @@ class Job:
     trained_tokens: int = 0
     estimated_finish: float = 0.0
     result_files: list[str] = field(default_factory=list)
+    resumes: int = 0  # times the job was resumed from a checkpoint after a restart
 
     @property
     def terminal(self) -> bool:
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     trained_tokens INTEGER NOT NULL DEFAULT 0,
     estimated_finish REAL NOT NULL DEFAULT 0,
-    result_files TEXT NOT NULL DEFAULT '[]'
+    result_files TEXT NOT NULL DEFAULT '[]',
+    resumes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS events (
@@ -97,6 +99,7 @@ _UPDATABLE = {
     "trained_tokens",
     "estimated_finish",
     "result_files",
+    "resumes",
 }
 
 
@@ -116,6 +119,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        if "resumes" not in columns:  # a store written before resumes existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -237,4 +243,5 @@ def _job(row: sqlite3.Row) -> Job:
         trained_tokens=row["trained_tokens"],
         estimated_finish=row["estimated_finish"],
         result_files=json.loads(row["result_files"]),
+        resumes=row["resumes"],
     )

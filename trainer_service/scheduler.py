@@ -14,7 +14,10 @@ import time
 from collections import deque
 from pathlib import Path
 
+from trainer_service.checkpoints import last_checkpoint
+from trainer_service.evaluation.service import EvaluationService, evaluate_job_output
 from trainer_service.executors.base import CANCELLED_EXIT, ExecutionHandle, Executor
+from trainer_service.files import files_dir
 from trainer_service.job_store import (
     CANCELLED,
     FAILED,
@@ -44,13 +47,16 @@ class Scheduler:
         executor: Executor,
         metrics: TrainerMetrics | None = None,
         notifier: InferenceNotifier | None = None,
+        evaluations: EvaluationService | None = None,
     ):
         self.settings = settings
         self.store = store
         self.executor = executor
         self.metrics = metrics
         self.notifier = notifier
+        self.evaluations = evaluations
         self.workdir = Path(settings.resolved_trainer_workdir)
+        self.files_root = files_dir(settings)
         self._lock = threading.Condition()
         self._version = 0  # bumped on every change; see wait_for_change
         self._queue: deque[str] = deque()
@@ -61,13 +67,30 @@ class Scheduler:
 
     # --- public --------------------------------------------------------------------------
     def start(self) -> None:
-        """Recover what a previous trainer left: running jobs lost their worker (failed),
-        validating and queued ones start over in their original order."""
+        """Recover what a previous trainer left: a running job lost its worker, and resumes
+        from its last checkpoint (queued first) or fails saying why; validating and queued
+        jobs start over in their original order."""
         for job in self.store.jobs_with_status(RUNNING):
+            checkpoint = last_checkpoint(self.workdir / job.id)
+            if checkpoint is None:
+                reason = "it has no checkpoint to resume from (training.save_steps is 0 or "
+                reason += "none was saved yet)"
+            elif job.resumes >= self.settings.max_resumes:
+                reason = f"it was resumed {job.resumes} times already (max_resumes)"
+            else:
+                self.store.update(job.id, status=QUEUED, resumes=job.resumes + 1)
+                self._event(
+                    job.id,
+                    f"the trainer restarted while the job was running; it will resume from "
+                    f"{checkpoint.name}",
+                    level="warn",
+                )
+                continue
             self._finish(
                 job.id,
                 FAILED,
-                "the trainer restarted while the job was running; its worker was lost",
+                f"the trainer restarted while the job was running and its worker was lost; "
+                f"{reason}",
                 code="worker_lost",
             )
         for job in self.store.jobs_with_status(VALIDATING_FILES, QUEUED):
@@ -79,10 +102,20 @@ class Scheduler:
                 self._spawn(self._validate, job.id)
         self._dispatch()
 
+    def with_default_base(self, spec: JobSpec) -> JobSpec:
+        """The service's base model for an empty one; a relative local folder or data path
+        made absolute, since the worker runs in its job folder."""
+        base = spec.base_model or self.settings.resolved_base_model
+        if Path(base).is_dir():
+            base = str(Path(base).resolve())
+        data = spec.data
+        if data.path and Path(data.path).exists():
+            data = data.model_copy(update={"path": str(Path(data.path).resolve())})
+        return spec.model_copy(update={"base_model": base, "data": data})
+
     def create(self, spec: JobSpec) -> Job:
         """Store the job and validate it in the background; returns it validating_files."""
-        if not spec.base_model:
-            spec = spec.model_copy(update={"base_model": self.settings.resolved_base_model})
+        spec = self.with_default_base(spec)
         job = self.store.create_job(spec.model_dump())
         self._event(job.id, "job created; validating data")
         self._spawn(self._validate, job.id)
@@ -131,7 +164,7 @@ class Scheduler:
     def _validate(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
         try:
-            report = validate(JobSpec.model_validate(job.spec))
+            report = validate(JobSpec.model_validate(job.spec), self.files_root)
         except JobValidationError as err:
             with self._lock:
                 if self.store.get_job(job_id).status == VALIDATING_FILES:
@@ -206,6 +239,8 @@ class Scheduler:
                 self._on_metrics(job_id, event.get("metrics") or {})
             elif kind == "result":
                 result = event
+            elif kind == "checkpoint":
+                self._event(job_id, f"checkpoint saved at step {event.get('step')}")
             elif kind == "message":
                 level = event.get("level", "info")
                 if level == "error":
@@ -220,9 +255,7 @@ class Scheduler:
         elif cancelled:
             self._finish(job_id, CANCELLED, "cancelled; nothing was published")
         elif closed:
-            self._finish(
-                job_id, FAILED, "the trainer service stopped during the job", code="interrupted"
-            )
+            self._interrupted(job_id)
         else:
             reason = last_error or (
                 "the worker ended without publishing a result"
@@ -230,6 +263,28 @@ class Scheduler:
                 else "the worker crashed"
             )
             self._finish(job_id, FAILED, f"{reason} ({_describe_exit(code)})", code="worker_failed")
+
+    def _interrupted(self, job_id: str) -> None:
+        """The trainer stopped under a running job: queue it to resume from its checkpoint
+        at the next start, or fail it."""
+        checkpoint = last_checkpoint(self.workdir / job_id)
+        if checkpoint is None:
+            self._finish(
+                job_id,
+                FAILED,
+                "the trainer service stopped during the job, which had no checkpoint",
+                code="interrupted",
+            )
+            return
+        with self._lock:
+            resumes = self.store.get_job(job_id).resumes + 1
+            self.store.update(job_id, status=QUEUED, estimated_finish=0, resumes=resumes)
+            self._event(
+                job_id,
+                f"the trainer service stopped during the job; it will resume from "
+                f"{checkpoint.name} when the trainer starts again",
+                level="warn",
+            )
 
     def _on_metrics(self, job_id: str, metrics: dict) -> None:
         fields = {}
@@ -266,6 +321,10 @@ class Scheduler:
                     level="warn",
                 )
         self._finish(job_id, SUCCEEDED, f"succeeded: published {model}")
+        # After SUCCEEDED: only a succeeded job's adapter can be evaluated.
+        evaluation = JobSpec.model_validate(self.store.get_job(job_id).spec).evaluation
+        if evaluation is not None and self.evaluations is not None:
+            evaluate_job_output(self.store.get_job(job_id), self.evaluations, evaluation)
 
     # --- helpers -------------------------------------------------------------------------
     def _finish(self, job_id: str, status: str, message: str, **error) -> None:

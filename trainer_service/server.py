@@ -1,14 +1,15 @@
 """Wiring: store, executor, scheduler, gRPC server with health and reflection, /metrics."""
 
 import logging
-import signal
-import threading
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import start_http_server
 
+from trainer_service.evaluation import servicer as evaluation_servicer
+from trainer_service.evaluation.service import EvaluationService
+from trainer_service.evaluation.settings import EvaluationSettings
 from trainer_service.executors import make_executor
 from trainer_service.job_store import JobStore
 from trainer_service.metrics import TrainerMetrics
@@ -17,7 +18,7 @@ from trainer_service.scheduler import Scheduler
 from trainer_service.servicer import TrainerServicer, add_to_server
 from trainer_service.settings import TrainerSettings
 from tuneyard.errors import Unavailable
-from tuneyard.grpc_server import add_health_and_reflection, build_server
+from tuneyard.grpc_server import add_health_and_reflection, build_server, run_until_signal
 
 log = logging.getLogger("trainer_service")
 
@@ -32,6 +33,7 @@ class RunningServer:
     metrics: TrainerMetrics
     metrics_server: WSGIServer | None = None
     notifier: InferenceNotifier | None = None
+    evaluations: EvaluationService | None = None
 
     def stop(self, grace: float = 5) -> None:
         self.health.enter_graceful_shutdown()
@@ -42,6 +44,8 @@ class RunningServer:
             self.metrics_server.server_close()
         if self.notifier is not None:
             self.notifier.close()
+        if self.evaluations is not None:
+            self.evaluations.close()
         self.store.close()
 
 
@@ -50,16 +54,22 @@ def serve(settings: TrainerSettings) -> RunningServer:
     store = JobStore(settings.resolved_trainer_db)
     metrics = TrainerMetrics(store)
     notifier = InferenceNotifier(settings.inference_addr) if settings.inference_addr else None
-    scheduler = Scheduler(settings, store, make_executor(settings), metrics, notifier)
+    evaluations = EvaluationService(EvaluationSettings.of(settings), store)
+    evaluations.start()
+    scheduler = Scheduler(settings, store, make_executor(settings), metrics, notifier, evaluations)
     scheduler.start()
 
     server = build_server()
-    name = add_to_server(TrainerServicer(scheduler), server)
-    health = add_health_and_reflection(server, [name])
+    names = [
+        add_to_server(TrainerServicer(scheduler), server),
+        evaluation_servicer.add_to_server(evaluations, server),
+    ]
+    health = add_health_and_reflection(server, names)
     address = f"{settings.trainer_host}:{settings.trainer_port}"
     port = server.add_insecure_port(address)
     if port == 0:
         scheduler.close()
+        evaluations.close()
         store.close()
         raise Unavailable(f"cannot listen on {address}")
     server.start()
@@ -70,20 +80,14 @@ def serve(settings: TrainerSettings) -> RunningServer:
             settings.trainer_metrics_port, addr=settings.trainer_host, registry=metrics.registry
         )
     log.info("trainer ready on %s:%d", settings.trainer_host, port)
-    return RunningServer(server, health, port, scheduler, store, metrics, metrics_server, notifier)
+    return RunningServer(
+        server, health, port, scheduler, store, metrics, metrics_server, notifier, evaluations
+    )
 
 
 def main() -> None:
-    """Serve until SIGTERM/SIGINT. The handlers go in before "ready" is logged, so a
-    supervisor that signals right after seeing it still gets a clean stop."""
     settings = TrainerSettings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    running = serve(settings)
-    stop.wait()
-    log.info("stopping")
-    running.stop()
+    run_until_signal(lambda: serve(settings), lambda running: running.stop())

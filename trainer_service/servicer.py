@@ -1,9 +1,14 @@
 """TrainerService over gRPC: proto in, plain calls to the scheduler and store, proto out."""
 
+from dataclasses import asdict
+
 import grpc
 
-from trainer_service import job_store
+from trainer_service import checkpoints, job_store
+from trainer_service.files import FileInfo, FileStore
 from trainer_service.scheduler import Scheduler
+from trainer_service.validation import JobValidationError, ValidationReport, validate
+from tuneyard.adapter_store import AdapterStore
 from tuneyard.errors import InvalidArgument
 from tuneyard.grpc_server import maps_errors, maps_stream_errors
 from tuneyard.jobspec import JobSpec
@@ -71,10 +76,46 @@ def metrics_to_proto(metrics: dict) -> trainer_pb2.Metrics:
     return message
 
 
+def report_to_proto(report: ValidationReport) -> trainer_pb2.ValidationReport:
+    return trainer_pb2.ValidationReport(
+        ok=True,
+        base_model=report.base_model.id,
+        rows=report.rows,
+        train_rows=report.train_rows,
+        eval_rows=report.eval_rows,
+        too_long=report.too_long,
+        too_long_lines=report.too_long_lines,
+        tokens=trainer_pb2.TokenStats(**asdict(report.tokens)) if report.tokens else None,
+        warnings=report.warnings,
+    )
+
+
+def checkpoint_to_proto(checkpoint: checkpoints.Checkpoint) -> trainer_pb2.Checkpoint:
+    return trainer_pb2.Checkpoint(
+        job_id=checkpoint.job_id,
+        step=checkpoint.step,
+        created_at=int(checkpoint.created_at),
+        metrics=metrics_to_proto(checkpoint.metrics),
+        published_as=checkpoint.published_as,
+    )
+
+
+def file_to_proto(info: FileInfo) -> trainer_pb2.File:
+    return trainer_pb2.File(
+        id=info.id,
+        bytes=info.bytes,
+        created_at=int(info.created_at),
+        filename=info.filename,
+        purpose=info.purpose,
+    )
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
         self.store = scheduler.store
+        self.files = FileStore(scheduler.files_root)
+        self.adapters = AdapterStore(scheduler.settings.resolved_adapters_dir)
 
     @maps_errors
     def CreateJob(self, request, context):
@@ -116,6 +157,53 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.store.get_job(request.job_id)
         events = self.store.events(request.job_id, after_seq=request.after_seq, limit=request.limit)
         return trainer_pb2.ListJobEventsResponse(events=[event_to_proto(e) for e in events])
+
+    @maps_errors
+    def ValidateDataset(self, request, context):
+        if not request.HasField("spec"):
+            raise InvalidArgument("spec is required", param="spec")
+        spec = self.scheduler.with_default_base(JobSpec.from_proto(request.spec))
+        try:
+            return report_to_proto(validate(spec, self.scheduler.files_root))
+        except JobValidationError as err:
+            return trainer_pb2.ValidationReport(
+                ok=False,
+                base_model=spec.base_model,
+                error=trainer_pb2.JobError(
+                    code=err.reason, message=err.message, param=err.param, line=err.line
+                ),
+            )
+
+    @maps_errors
+    def ListCheckpoints(self, request, context):
+        self.store.get_job(request.job_id)
+        found = checkpoints.list_checkpoints(self._workdir(request.job_id), request.job_id)
+        return trainer_pb2.ListCheckpointsResponse(
+            checkpoints=[checkpoint_to_proto(c) for c in found]
+        )
+
+    @maps_errors
+    def PublishCheckpoint(self, request, context):
+        self.store.get_job(request.job_id)
+        checkpoint = checkpoints.publish_checkpoint(
+            self.adapters, self._workdir(request.job_id), request.job_id, request.step
+        )
+        return checkpoint_to_proto(checkpoint)
+
+    @maps_errors
+    def UploadFile(self, request, context):
+        return file_to_proto(self.files.put(request.filename, request.purpose, request.content))
+
+    @maps_errors
+    def GetFile(self, request, context):
+        return file_to_proto(self.files.get(request.file_id))
+
+    @maps_errors
+    def ListFiles(self, request, context):
+        return trainer_pb2.ListFilesResponse(files=[file_to_proto(f) for f in self.files.list()])
+
+    def _workdir(self, job_id: str):
+        return self.scheduler.workdir / job_id
 
 
 def add_to_server(servicer: TrainerServicer, server: grpc.Server) -> str:

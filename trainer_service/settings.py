@@ -14,9 +14,15 @@ class TrainerSettings(CommonSettings):
     trainer_db: Path | None = Field(None, description="SQLite file; default home/trainer/jobs.db")
     trainer_workdir: Path | None = Field(None, description="Job folders; default home/trainer/jobs")
     max_concurrent_jobs: int = Field(1, ge=1)
+    max_resumes: int = Field(
+        3, ge=0, description="Times a job resumes from its checkpoint after restarts."
+    )
     inference_addr: str = Field("", description="host:port to notify of new adapters; '' = none.")
     trainer_device: str = Field("auto", description="Worker device: auto, cpu, cuda, cuda:1...")
-    executor: str = Field("local", description="How workers run: local (a child process) or kubernetes (a batch/v1 Job each).")
+    executor: str = Field(
+        "local",
+        description="How workers run: local (a child process) or kubernetes (a batch/v1 Job each).",
+    )
 
     @property
     def resolved_trainer_db(self) -> Path:

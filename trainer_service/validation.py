@@ -1,17 +1,20 @@
-"""Validation of a job before it spends compute: the base model, the data file, every
-row against the template, token lengths and rows left. The first problem found is raised
-as a JobValidationError naming the spec field and, where it is a row, the line."""
+"""Validation of a job before it spends compute: the base model, the data, every row
+against the template, token lengths and rows left. The first problem found is raised as a
+JobValidationError naming the spec field and, where it is a row, the line.
 
+The worker runs the same function, so it trains on exactly the rows validation kept."""
+
+import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import jinja2
 from jinja2 import nodes
 
-from trainer_service.dataset import Row, read_rows, split_rows
+from trainer_service.dataset import Row, load_data, split_rows
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import BaseModelRef, load_tokenizer, resolve_base_model
-from tuneyard.templates import PromptTemplate
 
 MAX_EXAMPLES = 5
 
@@ -25,6 +28,24 @@ class JobValidationError(InvalidArgument):
 
 
 @dataclass
+class TokenStats:
+    min: int
+    mean: float
+    p50: int
+    p95: int
+    max: int
+
+    @classmethod
+    def of(cls, lengths: list[int]) -> "TokenStats":
+        ordered = sorted(lengths)
+
+        def pct(q: float) -> int:
+            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+        return cls(ordered[0], statistics.fmean(ordered), pct(0.5), pct(0.95), ordered[-1])
+
+
+@dataclass
 class ValidationReport:
     base_model: BaseModelRef
     rows: int
@@ -34,28 +55,42 @@ class ValidationReport:
     too_long: int = 0
     too_long_lines: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    tokens: TokenStats | None = None
+    # What the worker trains on (not part of the report a client sees).
+    train: list[Row] = field(default_factory=list, repr=False)
+    eval: list[Row] = field(default_factory=list, repr=False)
+    data_source: str = ""
+    data_sha256: str = ""
 
 
-def validate(spec: JobSpec) -> ValidationReport:
+def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
     try:
         ref = resolve_base_model(spec.base_model)
     except InvalidArgument as err:
         raise JobValidationError("invalid_base_model", err.message, param="base_model") from err
     try:
-        rows = read_rows(spec.data.path, spec.data.columns)
+        loaded = load_data(spec.data, files_root)
     except InvalidArgument as err:
         reason = "invalid_json" if err.line else "invalid_file"
         raise JobValidationError(reason, err.message, param=err.param, line=err.line) from err
+    rows = loaded.rows
     if not rows:
         raise JobValidationError(
-            "no_rows", f"data file {spec.data.path} has no rows", param="data.path"
+            "no_rows", f"{loaded.source} has no rows", param=_source_param(spec)
         )
 
-    template = spec.template.build()
-    required = printed_fields(template.prompt) | printed_fields(template.response)
+    tokenizer = load_tokenizer(ref)
+    try:
+        template = spec.template.build(tokenizer)
+    except InvalidArgument as err:
+        raise JobValidationError("template_error", err.message, param=err.param) from err
+    required = (
+        set(template.fields)
+        if spec.template.is_chat
+        else printed_fields(template.prompt) | printed_fields(template.response)
+    )
     texts = [_render(template, row, required, spec.data.columns) for row in rows]
 
-    tokenizer = load_tokenizer(ref)
     # Counted exactly as the recipes encode: special tokens, then the EOS that ends a row.
     eos = tokenizer.eos_token or ""
     lengths = [len(ids) for ids in tokenizer([t + eos for t in texts])["input_ids"]]
@@ -102,10 +137,19 @@ def validate(spec: JobSpec) -> ValidationReport:
         len(too_long),
         too_long[:MAX_EXAMPLES],
         warnings,
+        TokenStats.of(lengths),
+        train,
+        held_out,
+        loaded.source,
+        loaded.sha256,
     )
 
 
-def _render(template: PromptTemplate, row: Row, required: set[str], columns: dict[str, str]) -> str:
+def _source_param(spec: JobSpec) -> str:
+    return next(f"data.{k}" for k in ("path", "dataset", "file_id") if getattr(spec.data, k))
+
+
+def _render(template, row: Row, required: set[str], columns: dict[str, str]) -> str:
     for name in sorted(required):
         column = columns.get(name, name)
         if name not in row.fields:

@@ -76,8 +76,9 @@ def parse_adapter_id(adapter_id: str) -> tuple[str, str | None]:
     name, _, version = adapter_id.partition("@")
     check_name(name)
     if version and not version.isdigit():
-        raise InvalidArgument(f"invalid adapter version {version!r}: expected a number",
-                              param="adapter_id")
+        raise InvalidArgument(
+            f"invalid adapter version {version!r}: expected a number", param="adapter_id"
+        )
     return name, version or None
 
 
@@ -142,4 +143,3 @@ class AdapterStore:
     @staticmethod
     def discard(staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
-

@@ -13,6 +13,7 @@ import httpx
 from tuneyard.client import GatewayClient, GatewayError
 from tuneyard.config import CommonSettings
 from tuneyard.errors import TuneyardError
+from tuneyard.eval_cli import add_eval_parser
 from tuneyard.jobspec import JobSpec
 from tuneyard.progress import follow_job
 
@@ -30,6 +31,34 @@ def cmd_train(args, client: GatewayClient) -> int:
     job = follow_job(client, job["id"])
     _print(job)
     return 0 if job["status"] == "succeeded" else 1
+
+
+def cmd_validate(args, client: GatewayClient) -> int:
+    """Validate a spec's data on the trainer (no job): rows, token lengths, problems."""
+    report = client.validate_job(JobSpec.from_yaml(args.spec))
+    if args.json:
+        _print(report)
+        return 0 if report["ok"] else 1
+    print(f"base model: {report['base_model']}")
+    if not report["ok"]:
+        error = report["error"]
+        where = f" (line {error['line']})" if error.get("line") else ""
+        print(f"INVALID [{error['code']}] {error['param'] or 'spec'}{where}: {error['message']}")
+        return 1
+    print(f"rows: {report['rows']} ({report['train_rows']} train, {report['eval_rows']} eval)")
+    tokens = report["tokens"]
+    print(
+        "tokens per row: min {min}  mean {mean:.1f}  p50 {p50}  p95 {p95}  max {max}".format(
+            **tokens
+        )
+    )
+    if report["too_long"]:
+        lines = ", ".join(map(str, report["too_long_lines"]))
+        print(f"over max_seq_length: {report['too_long']} rows (lines {lines}...)")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
+    print("OK")
+    return 0
 
 
 def cmd_jobs(args, client: GatewayClient) -> int:
@@ -59,23 +88,32 @@ def cmd_serve(args, _client) -> int:
     from tuneyard.local_stack import LocalStack
 
     settings = CommonSettings()
-    stack = LocalStack(home=settings.home, gateway_port=args.port,
-                       trainer_port=50051, inference_port=50052,
-                       trainer_metrics_port=9101, inference_metrics_port=9102)
+    stack = LocalStack(
+        home=settings.home,
+        gateway_port=args.port,
+        trainer_port=50051,
+        inference_port=50052,
+        trainer_metrics_port=9101,
+        inference_metrics_port=9102,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with stack:
-        print(f"tuneyard is up: gateway {stack.gateway_url} (logs in {settings.home}/logs); "
-              "Ctrl-C stops it", file=sys.stderr)
+        print(
+            f"tuneyard is up: gateway {stack.gateway_url} (logs in {settings.home}/logs); "
+            "Ctrl-C stops it",
+            file=sys.stderr,
+        )
         stop.wait()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneyard", description=__doc__)
-    parser.add_argument("--url", default=os.environ.get("TUNEYARD_GATEWAY_URL",
-                                                        "http://127.0.0.1:8080"))
+    parser.add_argument(
+        "--url", default=os.environ.get("TUNEYARD_GATEWAY_URL", "http://127.0.0.1:8080")
+    )
     parser.add_argument("--api-key", default=os.environ.get("TUNEYARD_API_KEY", ""))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -83,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.add_argument("--follow", action="store_true", help="show progress until it ends")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="validate a job spec's data without creating a job")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("jobs", help="list jobs, newest first")
     p.add_argument("--limit", type=int, default=20)
@@ -102,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, help="'name' or 'name@version'")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.set_defaults(func=cmd_generate)
+
+    add_eval_parser(sub)
 
     p = sub.add_parser("serve", help="run the three services locally until Ctrl-C")
     p.add_argument("--port", type=int, default=8080, help="gateway port")

@@ -1,6 +1,7 @@
 """A small HTTP client of the gateway, for the CLI and the demo."""
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -30,14 +31,11 @@ class GatewayClient:
 
     # --- jobs -----------------------------------------------------------------------
     def create_job(self, spec: JobSpec) -> dict:
-        body = {
-            "model": spec.base_model or None,
-            "training_file": spec.data.path,
-            "suffix": spec.adapter_name,
-            "seed": spec.training.seed,
-            "tuneyard": spec.model_dump(),
-        }
-        return self._call("POST", "/v1/fine_tuning/jobs", json=body)
+        return self._call("POST", "/v1/fine_tuning/jobs", json=_job_body(spec))
+
+    def validate_job(self, spec: JobSpec) -> dict:
+        """The trainer's validation report for the spec; no job is created."""
+        return self._call("POST", "/v1/fine_tuning/jobs/validate", json=_job_body(spec))
 
     def get_job(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}")
@@ -50,8 +48,9 @@ class GatewayClient:
 
     def stream_events(self, job_id: str) -> Iterator[dict]:
         """Every event of the job, oldest first, until the job ends."""
-        with self.http.stream("GET", f"/v1/fine_tuning/jobs/{job_id}/events",
-                              params={"stream": "true"}, timeout=None) as response:
+        with self.http.stream(
+            "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"stream": "true"}, timeout=None
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 raise GatewayError(response.status_code, _error_text(response))
@@ -65,6 +64,44 @@ class GatewayClient:
     def generate(self, inputs: str, adapter_id: str | None = None, **parameters) -> dict:
         parameters = {"adapter_id": adapter_id, **parameters}
         return self._call("POST", "/generate", json={"inputs": inputs, "parameters": parameters})
+
+    # --- evaluations ------------------------------------------------------------------
+    def create_evaluation(self, spec: dict) -> dict:
+        """`spec`: EvaluationSpec fields (proto JSON names)."""
+        return self._call("POST", "/v1/evaluations", json=spec)
+
+    def get_evaluation(self, evaluation_id: str) -> dict:
+        return self._call("GET", f"/v1/evaluations/{evaluation_id}")
+
+    def list_evaluations(self, limit: int = 20) -> list[dict]:
+        return self._call("GET", "/v1/evaluations", params={"limit": limit})["data"]
+
+    def evaluation_report(self, evaluation_id: str, fmt: str = "html") -> bytes:
+        response = self.http.get(f"/v1/evaluations/{evaluation_id}/report.{fmt}")
+        if response.status_code >= 400:
+            raise GatewayError(response.status_code, _error_text(response))
+        return response.content
+
+    def wait_evaluation(
+        self, evaluation_id: str, poll_s: float = 1.0, on_poll=lambda evaluation: None
+    ) -> dict:
+        """Poll until the evaluation ends; `on_poll` sees each state (for progress)."""
+        while True:
+            evaluation = self.get_evaluation(evaluation_id)
+            on_poll(evaluation)
+            if evaluation["status"] in TERMINAL:
+                return evaluation
+            time.sleep(poll_s)
+
+
+def _job_body(spec: JobSpec) -> dict:
+    return {
+        "model": spec.base_model or None,
+        "training_file": spec.data.file_id or spec.data.path or None,
+        "suffix": spec.adapter_name,
+        "seed": spec.training.seed,
+        "tuneyard": spec.model_dump(),
+    }
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tuneyard.adapter_store import check_name
 from tuneyard.errors import InvalidArgument
-from tuneyard.templates import PromptTemplate
-from tuneyard.v1 import trainer_pb2
+from tuneyard.templates import ChatTemplate, PromptTemplate
+from tuneyard.v1 import evaluation_pb2, trainer_pb2
+
+ALL_LINEAR = "all-linear"
 
 
 class _Strict(BaseModel):
@@ -23,16 +25,55 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    path: str
+    """Exactly one source: `path` (a local .jsonl/.csv/.parquet file), `dataset` (a hub id,
+    or a local dataset folder/file, read with `datasets.load_dataset`) or `file_id`."""
+
+    path: str = ""
+    dataset: str = ""
+    config: str = ""
+    split: str = ""
+    file_id: str = ""
     columns: dict[str, str] = Field(default_factory=dict)
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
 
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [name for name in ("path", "dataset", "file_id") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of data.path, data.dataset or data.file_id"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if (self.config or self.split) and not self.dataset:
+            raise ValueError("data.config and data.split apply to data.dataset only")
+        return self
+
 
 class TemplateSpec(_Strict):
-    prompt: str
-    response: str
+    """A built-in template (`alpaca`, `chat`) or a custom prompt/response pair."""
 
-    def build(self) -> PromptTemplate:
+    builtin: Literal["", "alpaca", "chat"] = ""
+    prompt: str = ""
+    response: str = ""
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.builtin and (self.prompt or self.response):
+            raise ValueError("give template.builtin or template.prompt/response, not both")
+        if not self.builtin and not (self.prompt and self.response):
+            raise ValueError("template needs builtin, or both prompt and response")
+        return self
+
+    @property
+    def is_chat(self) -> bool:
+        return self.builtin == "chat"
+
+    def build(self, tokenizer=None):
+        """The row formatter: a PromptTemplate, or a ChatTemplate over `tokenizer`."""
+        if self.is_chat:
+            return ChatTemplate(tokenizer) if tokenizer is not None else None
+        if self.builtin:
+            return PromptTemplate.builtin(self.builtin)
         return PromptTemplate(self.prompt, self.response)
 
 
@@ -40,7 +81,24 @@ class LoraSpec(_Strict):
     r: int = Field(16, ge=1, le=1024)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=list)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: list[str] = Field(
+        default_factory=list, description="Empty: the architecture's default; ['all-linear']."
+    )
+
+    @model_validator(mode="after")
+    def _all_linear_alone(self):
+        if ALL_LINEAR in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError(f"{ALL_LINEAR!r} cannot be combined with module names")
+        return self
+
+
+class QuantizationSpec(_Strict):
+    """bitsandbytes 4-bit settings (the QLoRA defaults)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
 
 
 class TrainingSpec(_Strict):
@@ -54,6 +112,14 @@ class TrainingSpec(_Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     logging_steps: int = Field(1, ge=1)
+    optimizer: Literal["adamw_torch", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit"] = (
+        "adamw_torch"
+    )
+    gradient_checkpointing: bool = False
+    eval_steps: int = Field(0, ge=0, description="0: eval once per epoch.")
+    save_steps: int = Field(0, ge=0, description="0: no checkpoints (no resume).")
+    completion_only_loss: bool = Field(True, description="sft only.")
+    packing: bool = Field(False, description="sft only: TRL's bfd packing.")
 
 
 class JobSpec(_Strict):
@@ -65,11 +131,22 @@ class JobSpec(_Strict):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     quantization: Literal["none", "8bit", "4bit"] = "none"
+    quantization_options: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    merge: bool = False
+    # EvaluationSpec fields (evaluation.proto) to evaluate the adapter once published.
+    evaluation: dict | None = None
 
     @model_validator(mode="after")
     def _check(self):
         check_name(self.adapter_name)
+        if self.evaluation is not None:
+            try:
+                json_format.ParseDict(self.evaluation, evaluation_pb2.EvaluationSpec())
+            except json_format.ParseError as err:
+                raise ValueError(f"evaluation: {err}") from err
         self.template.build()
+        if self.template.is_chat and self.recipe != "sft":
+            raise ValueError("template.builtin 'chat' needs recipe 'sft'")
         return self
 
     # --- conversions -------------------------------------------------------------------
@@ -83,18 +160,18 @@ class JobSpec(_Strict):
                 f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in err.errors()
             )
             first = err.errors()[0]["loc"] if err.errors() else ()
-            raise InvalidArgument(f"invalid job spec: {problems}",
-                                  param=".".join(str(p) for p in first)) from err
+            raise InvalidArgument(
+                f"invalid job spec: {problems}", param=".".join(str(p) for p in first)
+            ) from err
 
     @classmethod
     def from_proto(cls, message: trainer_pb2.JobSpec) -> "JobSpec":
         data = json_format.MessageToDict(message, preserving_proto_field_name=True)
         # proto3 strings have no presence: empty means "not set".
-        for key in ("recipe", "quantization"):
-            if not data.get(key):
-                data.pop(key, None)
-        if not data.get("training", {}).get("lr_scheduler", "x"):
-            data["training"].pop("lr_scheduler")
+        _drop_empty(data, ("recipe", "quantization"))
+        _drop_empty(data.get("training", {}), ("lr_scheduler", "optimizer"))
+        _drop_empty(data.get("lora", {}), ("bias",))
+        _drop_empty(data.get("quantization_options", {}), ("quant_type", "compute_dtype"))
         return cls.parse(data)
 
     def to_proto(self) -> trainer_pb2.JobSpec:
@@ -107,7 +184,17 @@ class JobSpec(_Strict):
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise InvalidArgument(f"{path}: a job spec must be a mapping")
-        data_path = (data.get("data") or {}).get("path")
-        if data_path and not Path(data_path).is_absolute():
-            data["data"]["path"] = str((path.parent / data_path).resolve())
+        source = data.get("data") or {}
+        for key in ("path", "dataset"):
+            # A hub id looks like a relative path: only an existing local one is rebased.
+            value = source.get(key)
+            local = path.parent / value if value else None
+            if value and not Path(value).is_absolute() and (key == "path" or local.exists()):
+                source[key] = str(local.resolve())
         return cls.parse(data)
+
+
+def _drop_empty(data: dict, keys) -> None:
+    for key in keys:
+        if key in data and not data[key]:
+            data.pop(key)

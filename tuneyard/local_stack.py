@@ -97,7 +97,10 @@ class LocalStack:
             with open(service.log_path, "ab") as log:
                 service.process = subprocess.Popen(
                     [sys.executable, "-m", service.module],
-                    env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                     # Own process group: Ctrl-C in a terminal reaches us, and we stop them.
                     start_new_session=True,
                 )
@@ -124,8 +127,10 @@ class LocalStack:
                         f"last lines of {service.log_path}:\n{service.log_tail()}"
                     )
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not ready after {self.startup_timeout_s:.0f}s; "
-                                       f"last lines of {service.log_path}:\n{service.log_tail()}")
+                    raise TimeoutError(
+                        f"{name} not ready after {self.startup_timeout_s:.0f}s; "
+                        f"last lines of {service.log_path}:\n{service.log_tail()}"
+                    )
                 time.sleep(0.25)
 
     def stop(self, grace_s: float = 15.0) -> None:
@@ -152,7 +157,8 @@ def _grpc_serving(addr: str) -> bool:
     with grpc.insecure_channel(addr) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0
+            )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING

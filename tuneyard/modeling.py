@@ -48,8 +48,9 @@ def resolve_base_model(model_id: str) -> BaseModelRef:
     local = Path(model_id).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise InvalidArgument(f"base model folder {local} has no config.json",
-                                  param="base_model")
+            raise InvalidArgument(
+                f"base model folder {local} has no config.json", param="base_model"
+            )
         return BaseModelRef(model_id, local.resolve(), _fingerprint(local))
     if model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1:
         raise InvalidArgument(f"base model folder {model_id} does not exist", param="base_model")
@@ -110,8 +111,18 @@ def load_tokenizer(ref: BaseModelRef):
     return tokenizer
 
 
-def load_model(ref: BaseModelRef, *, device: str, dtype, quantization: str = "none"):
-    """Load the causal LM, optionally 8-bit or 4-bit NF4 through bitsandbytes."""
+def load_model(
+    ref: BaseModelRef,
+    *,
+    device: str,
+    dtype,
+    quantization: str = "none",
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype=None,
+):
+    """Load the causal LM, optionally 8-bit or 4-bit (NF4/FP4, double quantization, compute
+    dtype `compute_dtype` or `dtype`) through bitsandbytes."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype}
@@ -123,15 +134,16 @@ def load_model(ref: BaseModelRef, *, device: str, dtype, quantization: str = "no
             if quantization == "8bit"
             else BitsAndBytesConfig(
                 load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=dtype,
+                bnb_4bit_quant_type=quant_type,
+                bnb_4bit_use_double_quant=double_quant,
+                bnb_4bit_compute_dtype=compute_dtype or dtype,
             )
         )
         kwargs["device_map"] = {"": device}
     elif quantization != "none":
-        raise InvalidArgument(f"unknown quantization {quantization!r}: none, 8bit or 4bit",
-                              param="quantization")
+        raise InvalidArgument(
+            f"unknown quantization {quantization!r}: none, 8bit or 4bit", param="quantization"
+        )
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     if quantization == "none":
         model.to(device)

@@ -15,8 +15,13 @@ def follow_job(client: GatewayClient, job_id: str, out=sys.stderr) -> dict:
             metrics = event.get("data") or {}
             if event.get("type") == "metrics" and metrics.get("step") is not None:
                 if bar is None:
-                    bar = tqdm(total=metrics.get("total_steps"), unit="step", file=out,
-                               desc="training", dynamic_ncols=True)
+                    bar = tqdm(
+                        total=metrics.get("total_steps"),
+                        unit="step",
+                        file=out,
+                        desc="training",
+                        dynamic_ncols=True,
+                    )
                 bar.update(metrics["step"] - bar.n)
                 bar.set_postfix_str(_postfix(metrics), refresh=True)
             elif event.get("message"):

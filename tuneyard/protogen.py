@@ -13,9 +13,17 @@ PROTO_DIR = ROOT / "proto"
 
 
 def generate(out_dir: Path) -> list[Path]:
-    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "tuneyard/v1").glob("*.proto"))
-    args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-            f"--grpc_python_out={out_dir}", *protos]
+    protos = sorted(
+        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "tuneyard/v1").glob("*.proto")
+    )
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed")
     return sorted((out_dir / "tuneyard/v1").glob("*_pb2*.py*"))

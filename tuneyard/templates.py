@@ -11,7 +11,6 @@ import jinja2.meta
 from tuneyard.errors import InvalidArgument
 
 
-
 class _OptionalUndefined(jinja2.StrictUndefined):
     """A missing field may be tested (`{% if context %}`) but not printed."""
 
@@ -88,3 +87,62 @@ class PromptTemplate:
             raise InvalidArgument(f"missing field: {err.message}", param="fields") from err
         except jinja2.TemplateError as err:
             raise InvalidArgument(f"template does not render: {err}", param="template") from err
+
+
+class ChatTemplate:
+    """The `chat` built-in: the tokenizer's own chat template over a row's `messages`
+    (a list of {role, content} ending with the assistant's turn, which is trained on).
+    The manifest keeps the chat template's source as the prompt text."""
+
+    MESSAGES = "messages"
+
+    def __init__(self, tokenizer):
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidArgument(
+                "template 'chat' needs a tokenizer with a chat template; this base model's "
+                "tokenizer has none",
+                param="template.builtin",
+            )
+        self.tokenizer = tokenizer
+        self.prompt = tokenizer.chat_template
+        self.response = ""
+
+    fields = prompt_fields = frozenset({MESSAGES})
+    response_fields = frozenset()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(f"{self.prompt}\0{self.response}".encode()).hexdigest()
+
+    def render_prompt(self, row: dict) -> str:
+        """Every turn but the last, then the assistant's generation prompt."""
+        return self.tokenizer.apply_chat_template(
+            self._messages(row)[:-1], tokenize=False, add_generation_prompt=True
+        )
+
+    def render_response(self, row: dict) -> str:
+        """The assistant's last turn as the template writes it (end-of-turn marker too)."""
+        messages = self._messages(row)
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = self.render_prompt(row)
+        return full[len(prompt) :] if full.startswith(prompt) else messages[-1]["content"]
+
+    def _messages(self, row: dict) -> list[dict]:
+        messages = row.get(self.MESSAGES)
+        if not isinstance(messages, list) or not messages:
+            raise InvalidArgument("'messages' must be a non-empty list", param="fields")
+        for turn in messages:
+            if not (
+                isinstance(turn, dict)
+                and isinstance(turn.get("role"), str)
+                and isinstance(turn.get("content"), str)
+            ):
+                raise InvalidArgument(
+                    "each message needs a string 'role' and 'content'", param="fields"
+                )
+        if messages[-1]["role"] != "assistant":
+            raise InvalidArgument(
+                f"the last message must be the assistant's (got {messages[-1]['role']!r})",
+                param="fields",
+            )
+        return messages

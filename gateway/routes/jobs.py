@@ -1,9 +1,10 @@
 """Fine-tuning jobs in the shapes of OpenAI's fine-tuning API, backed by the trainer.
 
-A create request takes OpenAI's fields (`model`, `training_file` as a server-side path,
-`suffix` as the adapter name, `hyperparameters`, `seed`) plus a `tuneyard` object with any
-JobSpec fields (recipe, template, lora, training, data.columns...), so a whole spec can be
-posted; an OpenAI field and the same field in `tuneyard` must agree.
+A create request takes OpenAI's fields (`model`, `training_file` as an uploaded file id
+"file-..." or a server-side path, `suffix` as the adapter name, `hyperparameters`, `seed`)
+plus a `tuneyard` object with any JobSpec fields (recipe, template, lora, training,
+data.columns...), so a whole spec can be posted; an OpenAI field and the same field in
+`tuneyard` must agree. `/validate` takes the same body and answers the validation report.
 """
 
 import copy
@@ -33,6 +34,8 @@ STATUS = {
     trainer_pb2.CANCELLED: "cancelled",
 }
 EVENT_ID_PREFIX = "ftevent-"
+CHECKPOINT_ID_PREFIX = "ftckpt-"
+FILE_ID_PREFIX = "file-"
 
 
 class Hyperparameters(BaseModel):
@@ -80,7 +83,10 @@ def _put(spec: dict, path: tuple[str, ...], value, source: str) -> None:
 def spec_from_body(body: CreateJobBody) -> JobSpec:
     spec = copy.deepcopy(body.tuneyard)
     _put(spec, ("base_model",), body.model, "model")
-    _put(spec, ("data", "path"), body.training_file, "training_file")
+    if body.training_file and body.training_file.startswith(FILE_ID_PREFIX):
+        _put(spec, ("data", "file_id"), body.training_file, "training_file")
+    else:
+        _put(spec, ("data", "path"), body.training_file, "training_file")
     _put(spec, ("adapter_name",), body.suffix, "suffix")
     _put(spec, ("training", "seed"), body.seed, "seed")
     hp = body.hyperparameters or Hyperparameters()
@@ -130,7 +136,7 @@ def job_json(job: trainer_pb2.Job) -> dict:
                 learning_rate / LEARNING_RATE_UNIT if learning_rate else "auto"
             ),
         },
-        "training_file": spec.data.path,
+        "training_file": spec.data.file_id or spec.data.path or spec.data.dataset,
         "validation_file": None,
         "seed": _optional(training, "seed"),
         "suffix": spec.adapter_name or None,
@@ -175,6 +181,46 @@ async def create_job(request: Request, body: CreateJobBody) -> dict:
         "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto())
     )
     return job_json(job)
+
+
+@router.post("/validate")
+async def validate_job(request: Request, body: CreateJobBody) -> dict:
+    """The validation a job would get, with token-length statistics, without a job."""
+    spec = spec_from_body(body)
+    report = await request.app.state.backends.trainer.call(
+        "ValidateDataset", trainer_pb2.ValidateDatasetRequest(spec=spec.to_proto())
+    )
+    return validation_json(report)
+
+
+def validation_json(report: trainer_pb2.ValidationReport) -> dict:
+    error = None
+    if not report.ok:
+        error = {
+            "code": report.error.code,
+            "message": report.error.message,
+            "param": report.error.param or None,
+            "line": report.error.line or None,
+        }
+    return {
+        "object": "fine_tuning.validation",
+        "ok": report.ok,
+        "error": error,
+        "base_model": report.base_model,
+        "rows": report.rows,
+        "train_rows": report.train_rows,
+        "eval_rows": report.eval_rows,
+        "too_long": report.too_long,
+        "too_long_lines": list(report.too_long_lines),
+        "tokens": json_format.MessageToDict(
+            report.tokens,
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
+        )
+        if report.ok
+        else None,
+        "warnings": list(report.warnings),
+    }
 
 
 @router.get("")
@@ -233,6 +279,50 @@ async def job_events(
         "data": [event_json(e) for e in newest_first[:limit]],
         "has_more": len(newest_first) > limit,
     }
+
+
+def checkpoint_json(checkpoint: trainer_pb2.Checkpoint) -> dict:
+    metrics = json_format.MessageToDict(checkpoint.metrics, preserving_proto_field_name=True)
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": f"{CHECKPOINT_ID_PREFIX}{checkpoint.job_id.removeprefix('ftjob-')}-{checkpoint.step}",
+        "created_at": checkpoint.created_at,
+        "fine_tuned_model_checkpoint": checkpoint.published_as or None,
+        "fine_tuning_job_id": checkpoint.job_id,
+        "step_number": checkpoint.step,
+        # OpenAI's names, then every metric the trainer has.
+        "metrics": {
+            "step": checkpoint.step,
+            "train_loss": metrics.get("loss"),
+            "valid_loss": metrics.get("eval_loss"),
+            **metrics,
+        },
+    }
+
+
+@router.get("/{job_id}/checkpoints")
+async def list_checkpoints(
+    request: Request, job_id: str, limit: int = Query(10, ge=1, le=100)
+) -> dict:
+    """Newest first, as OpenAI lists them."""
+    reply = await request.app.state.backends.trainer.call(
+        "ListCheckpoints", trainer_pb2.ListCheckpointsRequest(job_id=job_id)
+    )
+    newest_first = list(reversed(reply.checkpoints))
+    return {
+        "object": "list",
+        "data": [checkpoint_json(c) for c in newest_first[:limit]],
+        "has_more": len(newest_first) > limit,
+    }
+
+
+@router.post("/{job_id}/checkpoints/{step}/publish", dependencies=[Depends(require_admin)])
+async def publish_checkpoint(request: Request, job_id: str, step: int) -> dict:
+    """Publish one checkpoint as a new version of the job's adapter."""
+    checkpoint = await request.app.state.backends.trainer.call(
+        "PublishCheckpoint", trainer_pb2.PublishCheckpointRequest(job_id=job_id, step=step)
+    )
+    return checkpoint_json(checkpoint)
 
 
 routers = [router]

@@ -8,8 +8,14 @@ from tuneyard.errors import InvalidArgument, NotFound
 
 
 def manifest(name: str) -> Manifest:
-    return Manifest(name=name, base_model="base", recipe="causal_lm", template_prompt="p",
-                    template_response="r", template_sha256="h")
+    return Manifest(
+        name=name,
+        base_model="base",
+        recipe="causal_lm",
+        template_prompt="p",
+        template_response="r",
+        template_sha256="h",
+    )
 
 
 def publish(store: AdapterStore, name: str, payload: str = "x"):
@@ -43,8 +49,10 @@ def test_staging_folders_are_invisible_and_discarded(tmp_path):
 def test_concurrent_publishers_never_share_a_version(tmp_path):
     store = AdapterStore(tmp_path)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(publish(store, "race").version))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(publish(store, "race").version))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:

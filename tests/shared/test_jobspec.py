@@ -6,8 +6,11 @@ from tuneyard.jobspec import JobSpec
 
 
 def spec_dict(**overrides):
-    data = {"adapter_name": "emails", "data": {"path": "/data/emails.jsonl"},
-            "template": dict(EMAIL_TEMPLATE)}
+    data = {
+        "adapter_name": "emails",
+        "data": {"path": "/data/emails.jsonl"},
+        "template": dict(EMAIL_TEMPLATE),
+    }
     data.update(overrides)
     return data
 
@@ -21,8 +24,7 @@ def test_defaults_and_proto_round_trip():
 
 def test_every_bad_field_is_named():
     with pytest.raises(InvalidArgument) as err:
-        JobSpec.parse(spec_dict(training={"batch_size": 0, "learning_rate": -1},
-                                recipe="dpo"))
+        JobSpec.parse(spec_dict(training={"batch_size": 0, "learning_rate": -1}, recipe="dpo"))
     message = str(err.value)
     assert "training.batch_size" in message
     assert "training.learning_rate" in message

@@ -44,15 +44,22 @@ def hub_cache(tmp_path, tiny_llama, repo="acme/tiny-llama", commit="0123abcd" * 
     return tmp_path / "hub"
 
 
-RESOLVE = ("import sys; from tuneyard.modeling import resolve_base_model as r\n"
-           "try:\n    ref = r(sys.argv[1]); print(ref.revision, ref.path)\n"
-           "except Exception as e:\n    print('ERR', e)")
+RESOLVE = (
+    "import sys; from tuneyard.modeling import resolve_base_model as r\n"
+    "try:\n    ref = r(sys.argv[1]); print(ref.revision, ref.path)\n"
+    "except Exception as e:\n    print('ERR', e)"
+)
 
 
 def run_offline(cache, model_id):
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", RESOLVE, model_id], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", RESOLVE, model_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return out.stdout.strip()
 
 

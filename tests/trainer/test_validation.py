@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -6,6 +7,9 @@ from tests.conftest import EMAIL_ROWS
 from tests.trainer.conftest import make_spec
 from trainer_service.validation import JobValidationError, printed_fields, validate
 from tuneyard.templates import ALPACA_PROMPT
+
+# No test here reads an uploaded file: a folder that does not exist is enough.
+FILES = Path("/nonexistent-tuneyard-files")
 
 
 def write_rows(path, rows):
@@ -15,12 +19,12 @@ def write_rows(path, rows):
 
 def fails(spec) -> JobValidationError:
     with pytest.raises(JobValidationError) as caught:
-        validate(spec)
+        validate(spec, FILES)
     return caught.value
 
 
 def test_valid_spec_reports_rows_and_split(tiny_llama, email_jsonl):
-    report = validate(make_spec(tiny_llama, email_jsonl, data={"eval_fraction": 0.25}))
+    report = validate(make_spec(tiny_llama, email_jsonl, data={"eval_fraction": 0.25}), FILES)
     assert (report.rows, report.train_rows, report.eval_rows) == (12, 9, 3)
     assert 10 < report.max_tokens < 128 and report.too_long == 0 and not report.warnings
 
@@ -55,7 +59,9 @@ def test_column_mapping_is_applied(tiny_llama, tmp_path):
         for r in EMAIL_ROWS[:3]
     ]
     data = write_rows(tmp_path / "d.jsonl", rows)
-    assert validate(make_spec(tiny_llama, data, data={"columns": {"email": "body"}})).rows == 3
+    assert (
+        validate(make_spec(tiny_llama, data, data={"columns": {"email": "body"}}), FILES).rows == 3
+    )
     err = fails(make_spec(tiny_llama, data))
     assert err.reason == "missing_column"
 
@@ -79,7 +85,7 @@ def test_optional_field_may_be_missing(tiny_llama, tmp_path):
         write_rows(tmp_path / "d.jsonl", rows),
         template={"prompt": ALPACA_PROMPT, "response": "{{ response }}"},
     )
-    assert validate(spec).rows == 2
+    assert validate(spec, FILES).rows == 2
 
 
 def test_template_that_does_not_render(tiny_llama, email_jsonl):
@@ -108,7 +114,7 @@ def test_empty_eval_split(tiny_llama, tmp_path):
 
 
 def test_long_rows_are_reported_for_causal_lm(tiny_llama, email_jsonl):
-    report = validate(make_spec(tiny_llama, email_jsonl, training={"max_seq_length": 16}))
+    report = validate(make_spec(tiny_llama, email_jsonl, training={"max_seq_length": 16}), FILES)
     assert report.too_long == 12 and report.too_long_lines == [1, 2, 3, 4, 5]
     assert "12 of 12 rows are longer than max_seq_length=16" in report.warnings[0]
     assert "truncated" in report.warnings[0]

@@ -98,11 +98,34 @@ def test_worker_bloom_end_to_end(settings, tiny_bloom, email_jsonl):
 
 @pytest.mark.slow
 def test_worker_4bit_qlora(settings, tiny_llama, email_jsonl):
-    spec = make_spec(tiny_llama, email_jsonl, quantization="4bit", data={"eval_fraction": 0.25})
+    """4-bit FP4 without double quantization (NF4 + double quant: test_example_specs.py),
+    with gradient checkpointing, a cosine schedule and a paged 8-bit optimizer."""
+    spec = make_spec(
+        tiny_llama,
+        email_jsonl,
+        quantization="4bit",
+        quantization_options={"quant_type": "fp4", "double_quant": False},
+        data={"eval_fraction": 0.25},
+        training={
+            "gradient_checkpointing": True,
+            "optimizer": "paged_adamw_8bit",
+            "lr_scheduler": "cosine",
+            "warmup_steps": 1,
+        },
+    )
     code, events, workdir = run_worker(settings, spec)
     assert code == 0, (workdir / "worker.log").read_text()[-3000:]
     version = AdapterStore(settings.resolved_adapters_dir).resolve("emails")
-    assert version.manifest().hyperparameters["quantization"] == "4bit"
+    hyperparameters = version.manifest().hyperparameters
+    assert hyperparameters["quantization"] == "4bit"
+    assert hyperparameters["quantization_options"] == {
+        "quant_type": "fp4",
+        "double_quant": False,
+        "compute_dtype": "auto",
+    }
+    assert hyperparameters["training"]["optimizer"] == "paged_adamw_8bit"
+    log = (workdir / "worker.log").read_text()
+    assert "Paged optimizers are not supported on CPU" in log  # bitsandbytes' own optimizer ran
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), version.path)
 
 

@@ -6,8 +6,14 @@ per line (a pod's log on Kubernetes), and nothing else is read from it:
 
     {"type": "message", "level": "info", "message": "loading base model"}
     {"type": "metrics", "metrics": {"step": 3, "total_steps": 40, "loss": 2.1, ...}}
+    {"type": "checkpoint", "step": 20, "path": ".../trainer/checkpoint-20", "metrics": {...}}
     {"type": "result", "fine_tuned_model": "name@2", "result_files": [...],
      "trained_tokens": 12345}
+
+Checkpoints go to `workdir/trainer/checkpoint-<step>/`; a worker started on a workdir that
+holds one resumes from the newest, so the workdir must outlive the worker (a volume on
+Kubernetes) for jobs to resume after a restart. Uploaded files are read from
+TUNEYARD_HOME/files.
 
 Exit status 0 means published; CANCELLED_EXIT means it stopped on SIGTERM and published
 nothing; anything else is a failure, explained by the last "error" message.

@@ -19,6 +19,9 @@ class EventWriter:
     def metrics(self, metrics: dict) -> None:
         self._write({"type": "metrics", "metrics": metrics})
 
+    def checkpoint(self, step: int, path: str, metrics: dict) -> None:
+        self._write({"type": "checkpoint", "step": step, "path": path, "metrics": metrics})
+
     def result(
         self, fine_tuned_model: str, result_files: list[str], trained_tokens: int, metrics: dict
     ) -> None:

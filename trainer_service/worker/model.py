@@ -2,19 +2,33 @@
 
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-from tuneyard.jobspec import JobSpec
-from tuneyard.modeling import BaseModelRef, default_target_modules, load_model
+from tuneyard.jobspec import ALL_LINEAR, JobSpec
+from tuneyard.modeling import BaseModelRef, default_target_modules, load_model, pick_dtype
 
 
 def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
     """Load the base (8-bit/4-bit through bitsandbytes if asked) and wrap it in LoRA."""
-    model = load_model(ref, device=device, dtype=dtype, quantization=spec.quantization)
+    q = spec.quantization_options
+    model = load_model(
+        ref,
+        device=device,
+        dtype=dtype,
+        quantization=spec.quantization,
+        quant_type=q.quant_type,
+        double_quant=q.double_quant,
+        compute_dtype=pick_dtype(q.compute_dtype, device),
+    )
+    checkpointing = spec.training.gradient_checkpointing
     if spec.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # frozen embeddings: checkpoints still need grads
     config = LoraConfig(
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
+        bias=spec.lora.bias,
         target_modules=target_modules(spec, ref),
         task_type="CAUSAL_LM",
     )
@@ -24,5 +38,8 @@ def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
         raise ValueError(f"LoRA does not fit {ref.model_type} model: {err}") from err
 
 
-def target_modules(spec: JobSpec, ref: BaseModelRef) -> list[str]:
+def target_modules(spec: JobSpec, ref: BaseModelRef) -> list[str] | str:
+    """The spec's modules, the architecture's default, or PEFT's "all-linear"."""
+    if spec.lora.target_modules == [ALL_LINEAR]:
+        return ALL_LINEAR
     return spec.lora.target_modules or default_target_modules(ref.model_type)

@@ -40,6 +40,11 @@ class ProgressCallback(TrainerCallback):
             control.should_save = False
             control.should_evaluate = False
 
+    def on_save(self, args, state, control, **kwargs):
+        """A checkpoint folder is complete: announce it with the latest metrics."""
+        path = f"{args.output_dir}/checkpoint-{state.global_step}"
+        self.events.checkpoint(state.global_step, path, dict(self.last))
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if "train_loss" in logs:  # the end-of-training summary, not a step

@@ -1,5 +1,6 @@
 """One job from spec to published adapter. SIGTERM stops it at the next step boundary;
-it then publishes nothing and exits CANCELLED_EXIT."""
+it then publishes nothing and exits CANCELLED_EXIT. A job folder that already holds a
+checkpoint (the trainer restarted mid-job) resumes from the newest one."""
 
 import logging
 import signal
@@ -8,13 +9,15 @@ import threading
 import traceback
 from pathlib import Path
 
-from trainer_service.dataset import file_sha256, read_rows, split_rows
+from trainer_service.checkpoints import CHECKPOINTS, MANIFEST_DRAFT, last_checkpoint
 from trainer_service.executors.base import CANCELLED_EXIT
+from trainer_service.files import files_dir
+from trainer_service.validation import validate
 from trainer_service.worker.events import EventWriter
 from trainer_service.worker.settings import WorkerSettings
 from tuneyard.adapter_store import AdapterStore, Manifest
 from tuneyard.jobspec import JobSpec
-from tuneyard.modeling import load_tokenizer, pick_device, pick_dtype, resolve_base_model
+from tuneyard.modeling import load_tokenizer, pick_device, pick_dtype
 
 log = logging.getLogger("trainer_service.worker")
 
@@ -50,11 +53,12 @@ def run(
         if stop.is_set():
             raise Cancelled
 
-    # Spec and data first: a bad one fails before seconds of heavy imports.
+    # Spec, data and tokenizer first: a bad one fails before seconds of heavy imports.
     spec = JobSpec.model_validate_json((workdir / "spec.json").read_text())
-    rows = read_rows(spec.data.path, spec.data.columns)
-    train_rows, eval_rows = split_rows(rows, spec.data.eval_fraction, spec.training.seed)
-    ref = resolve_base_model(spec.base_model or settings.resolved_base_model)
+    if not spec.base_model:
+        spec = spec.model_copy(update={"base_model": settings.resolved_base_model})
+    report = validate(spec, files_dir(settings))
+    ref = report.base_model
 
     # torch, transformers, peft: imported only once the cheap checks passed.
     from trainer_service.worker.model import lora_model, target_modules
@@ -68,12 +72,39 @@ def run(
     events.message(f"loading {ref.id} on {device} ({spec.quantization} quantization)")
 
     tokenizer = load_tokenizer(ref)
+    template = spec.template.build(tokenizer)
     model = lora_model(spec, ref, device, dtype)
     trainable, total = model.get_nb_trainable_parameters()
     events.message(
-        f"training {spec.recipe} on {len(train_rows)} rows ({len(eval_rows)} eval); "
+        f"training {spec.recipe} on {len(report.train)} rows ({len(report.eval)} eval); "
         f"LoRA r={spec.lora.r}: {trainable:,} of {total:,} parameters trainable"
     )
+    manifest = Manifest(
+        name=spec.adapter_name,
+        base_model=ref.id,
+        base_model_revision=ref.revision,
+        recipe=spec.recipe,
+        template_prompt=template.prompt,
+        template_response=template.response,
+        template_sha256=template.sha256,
+        eos_token=tokenizer.eos_token or "",
+        stop=[tokenizer.eos_token] if tokenizer.eos_token else [],
+        dataset_path=report.data_source,
+        dataset_sha256=report.data_sha256,
+        rows={"total": report.rows, "train": len(report.train), "eval": len(report.eval)},
+        hyperparameters={
+            "quantization": spec.quantization,
+            "quantization_options": spec.quantization_options.model_dump(),
+            "lora": {**spec.lora.model_dump(), "target_modules": target_modules(spec, ref)},
+            "training": spec.training.model_dump(),
+            "merge": spec.merge,
+        },
+        job_id=job_id,
+    )
+    (workdir / MANIFEST_DRAFT).write_text(manifest.model_dump_json(indent=2))
+    resume_from = last_checkpoint(workdir)
+    if resume_from is not None:
+        events.message(f"resuming from {resume_from.name}")
     check_stop()
 
     progress = ProgressCallback(events, stop, device)
@@ -82,12 +113,14 @@ def run(
             spec=spec,
             model=model,
             tokenizer=tokenizer,
-            train_rows=train_rows,
-            eval_rows=eval_rows,
-            output_dir=workdir / "trainer",
+            template=template,
+            train_rows=report.train,
+            eval_rows=report.eval,
+            output_dir=workdir / CHECKPOINTS,
             device=device,
             dtype=dtype,
             progress=progress,
+            resume_from=str(resume_from) if resume_from else None,
         )
     )
     check_stop()
@@ -99,36 +132,20 @@ def run(
         progress.eval_losses,
         f"{spec.adapter_name} ({job_id})",
     )
-    template = spec.template.build()
-    manifest = Manifest(
-        name=spec.adapter_name,
-        base_model=ref.id,
-        base_model_revision=ref.revision,
-        recipe=spec.recipe,
-        template_prompt=template.prompt,
-        template_response=template.response,
-        template_sha256=template.sha256,
-        eos_token=tokenizer.eos_token or "",
-        stop=[tokenizer.eos_token] if tokenizer.eos_token else [],
-        dataset_path=str(Path(spec.data.path).resolve()),
-        dataset_sha256=file_sha256(spec.data.path),
-        rows={"total": len(rows), "train": len(train_rows), "eval": len(eval_rows)},
-        hyperparameters={
-            "quantization": spec.quantization,
-            "lora": {**spec.lora.model_dump(), "target_modules": target_modules(spec, ref)},
-            "training": spec.training.model_dump(),
-        },
-        metrics=metrics,
-        job_id=job_id,
-    )
+    manifest.metrics = metrics
     check_stop()
+    if spec.merge:
+        events.message("merging the adapter into an unquantized copy of the base")
     version = publish(
-        AdapterStore(settings.resolved_adapters_dir), model, tokenizer, manifest, loss_curve
+        AdapterStore(settings.resolved_adapters_dir),
+        model,
+        tokenizer,
+        manifest,
+        loss_curve,
+        merge_with=(ref, device) if spec.merge else None,
     )
     events.message(f"published {version.id} to {version.path}")
-    events.result(
-        version.id,
-        [str(loss_curve), str(version.path / LOSS_CURVE)],
-        metrics["trained_tokens"],
-        metrics,
-    )
+    files = [str(loss_curve), str(version.path / LOSS_CURVE)]
+    if spec.merge:
+        files.append(str(version.path / "merged"))
+    events.result(version.id, files, metrics["trained_tokens"], version.manifest().metrics)

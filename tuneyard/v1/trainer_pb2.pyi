@@ -1,3 +1,4 @@
+from tuneyard.v1 import evaluation_pb2 as _evaluation_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -25,7 +26,7 @@ FAILED: JobStatus
 CANCELLED: JobStatus
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization")
+    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +35,9 @@ class JobSpec(_message.Message):
     LORA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     adapter_name: str
     recipe: str
@@ -42,10 +46,23 @@ class JobSpec(_message.Message):
     lora: LoraSpec
     training: TrainingSpec
     quantization: str
-    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ...) -> None: ...
+    quantization_options: QuantizationSpec
+    merge: bool
+    evaluation: _evaluation_pb2.EvaluationSpec
+    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+
+class QuantizationSpec(_message.Message):
+    __slots__ = ("quant_type", "double_quant", "compute_dtype")
+    QUANT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_QUANT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    quant_type: str
+    double_quant: bool
+    compute_dtype: str
+    def __init__(self, quant_type: _Optional[str] = ..., double_quant: _Optional[bool] = ..., compute_dtype: _Optional[str] = ...) -> None: ...
 
 class DataSpec(_message.Message):
-    __slots__ = ("path", "columns", "eval_fraction")
+    __slots__ = ("path", "columns", "eval_fraction", "dataset", "config", "split", "file_id")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,33 +73,45 @@ class DataSpec(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     EVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
     path: str
     columns: _containers.ScalarMap[str, str]
     eval_fraction: float
-    def __init__(self, path: _Optional[str] = ..., columns: _Optional[_Mapping[str, str]] = ..., eval_fraction: _Optional[float] = ...) -> None: ...
+    dataset: str
+    config: str
+    split: str
+    file_id: str
+    def __init__(self, path: _Optional[str] = ..., columns: _Optional[_Mapping[str, str]] = ..., eval_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., config: _Optional[str] = ..., split: _Optional[str] = ..., file_id: _Optional[str] = ...) -> None: ...
 
 class TemplateSpec(_message.Message):
-    __slots__ = ("prompt", "response")
+    __slots__ = ("builtin", "prompt", "response")
+    BUILTIN_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    builtin: str
     prompt: str
     response: str
-    def __init__(self, prompt: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
+    def __init__(self, builtin: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
 
 class LoraSpec(_message.Message):
-    __slots__ = ("r", "alpha", "dropout", "target_modules")
+    __slots__ = ("r", "alpha", "dropout", "target_modules", "bias")
     R_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    BIAS_FIELD_NUMBER: _ClassVar[int]
     r: int
     alpha: float
     dropout: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    bias: str
+    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., bias: _Optional[str] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "max_seq_length", "seed", "warmup_steps", "lr_scheduler", "logging_steps")
+    __slots__ = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "max_seq_length", "seed", "warmup_steps", "lr_scheduler", "logging_steps", "optimizer", "gradient_checkpointing", "eval_steps", "save_steps", "completion_only_loss", "packing")
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +122,12 @@ class TrainingSpec(_message.Message):
     WARMUP_STEPS_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     LOGGING_STEPS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
+    EVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SAVE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_ONLY_LOSS_FIELD_NUMBER: _ClassVar[int]
+    PACKING_FIELD_NUMBER: _ClassVar[int]
     max_steps: int
     epochs: float
     learning_rate: float
@@ -103,7 +138,13 @@ class TrainingSpec(_message.Message):
     warmup_steps: int
     lr_scheduler: str
     logging_steps: int
-    def __init__(self, max_steps: _Optional[int] = ..., epochs: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., logging_steps: _Optional[int] = ...) -> None: ...
+    optimizer: str
+    gradient_checkpointing: bool
+    eval_steps: int
+    save_steps: int
+    completion_only_loss: bool
+    packing: bool
+    def __init__(self, max_steps: _Optional[int] = ..., epochs: _Optional[float] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., max_seq_length: _Optional[int] = ..., seed: _Optional[int] = ..., warmup_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., logging_steps: _Optional[int] = ..., optimizer: _Optional[str] = ..., gradient_checkpointing: _Optional[bool] = ..., eval_steps: _Optional[int] = ..., save_steps: _Optional[int] = ..., completion_only_loss: _Optional[bool] = ..., packing: _Optional[bool] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("code", "message", "param", "line")
@@ -184,6 +225,124 @@ class JobEvent(_message.Message):
     message: str
     metrics: Metrics
     def __init__(self, seq: _Optional[int] = ..., job_id: _Optional[str] = ..., created_at: _Optional[int] = ..., level: _Optional[str] = ..., message: _Optional[str] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
+
+class ValidateDatasetRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+
+class TokenStats(_message.Message):
+    __slots__ = ("min", "mean", "p50", "p95", "max")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    min: int
+    mean: float
+    p50: int
+    p95: int
+    max: int
+    def __init__(self, min: _Optional[int] = ..., mean: _Optional[float] = ..., p50: _Optional[int] = ..., p95: _Optional[int] = ..., max: _Optional[int] = ...) -> None: ...
+
+class ValidationReport(_message.Message):
+    __slots__ = ("ok", "error", "base_model", "rows", "train_rows", "eval_rows", "too_long", "too_long_lines", "tokens", "warnings")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOO_LONG_FIELD_NUMBER: _ClassVar[int]
+    TOO_LONG_LINES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    error: JobError
+    base_model: str
+    rows: int
+    train_rows: int
+    eval_rows: int
+    too_long: int
+    too_long_lines: _containers.RepeatedScalarFieldContainer[int]
+    tokens: TokenStats
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., base_model: _Optional[str] = ..., rows: _Optional[int] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., too_long: _Optional[int] = ..., too_long_lines: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Union[TokenStats, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("job_id", "step", "created_at", "metrics", "published_as")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    created_at: int
+    metrics: Metrics
+    published_as: str
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., created_at: _Optional[int] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., published_as: _Optional[str] = ...) -> None: ...
+
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...) -> None: ...
+
+class PublishCheckpointRequest(_message.Message):
+    __slots__ = ("job_id", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: int
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+
+class File(_message.Message):
+    __slots__ = ("id", "bytes", "created_at", "filename", "purpose")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    def __init__(self, id: _Optional[str] = ..., bytes: _Optional[int] = ..., created_at: _Optional[int] = ..., filename: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
+
+class UploadFileRequest(_message.Message):
+    __slots__ = ("filename", "purpose", "content")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    purpose: str
+    content: bytes
+    def __init__(self, filename: _Optional[str] = ..., purpose: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class GetFileRequest(_message.Message):
+    __slots__ = ("file_id",)
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    file_id: str
+    def __init__(self, file_id: _Optional[str] = ...) -> None: ...
+
+class ListFilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFilesResponse(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[File]
+    def __init__(self, files: _Optional[_Iterable[_Union[File, _Mapping]]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec",)

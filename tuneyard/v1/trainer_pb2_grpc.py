@@ -64,6 +64,36 @@ class TrainerServiceStub:
                 request_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListJobEventsRequest.SerializeToString,
                 response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListJobEventsResponse.FromString,
                 _registered_method=True)
+        self.ValidateDataset = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/ValidateDataset',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.ValidateDatasetRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ValidationReport.FromString,
+                _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/ListCheckpoints',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
+        self.PublishCheckpoint = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/PublishCheckpoint',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.PublishCheckpointRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.Checkpoint.FromString,
+                _registered_method=True)
+        self.UploadFile = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/UploadFile',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.UploadFileRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.File.FromString,
+                _registered_method=True)
+        self.GetFile = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/GetFile',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.GetFileRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.File.FromString,
+                _registered_method=True)
+        self.ListFiles = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/ListFiles',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -109,6 +139,48 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateDataset(self, request, context):
+        """The validation a job gets before it runs, with token-length statistics, without
+        creating a job. A spec of the wrong shape is INVALID_ARGUMENT; bad data is a report
+        with `error` set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Checkpoints saved during a job (every `training.save_steps`), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishCheckpoint(self, request, context):
+        """Publishes one checkpoint as a new version of the job's adapter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadFile(self, request, context):
+        """Training files (OpenAI's /v1/files): stored by the trainer where its workers read them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +213,36 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ListJobEvents,
                     request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListJobEventsRequest.FromString,
                     response_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListJobEventsResponse.SerializeToString,
+            ),
+            'ValidateDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateDataset,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ValidateDatasetRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.ValidationReport.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListCheckpointsResponse.SerializeToString,
+            ),
+            'PublishCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishCheckpoint,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.PublishCheckpointRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.Checkpoint.SerializeToString,
+            ),
+            'UploadFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadFile,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.UploadFileRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.File.SerializeToString,
+            ),
+            'GetFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFile,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.GetFileRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.File.SerializeToString,
+            ),
+            'ListFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFiles,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +407,168 @@ class TrainerService:
             '/tuneyard.v1.TrainerService/ListJobEvents',
             tuneyard_dot_v1_dot_trainer__pb2.ListJobEventsRequest.SerializeToString,
             tuneyard_dot_v1_dot_trainer__pb2.ListJobEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/ValidateDataset',
+            tuneyard_dot_v1_dot_trainer__pb2.ValidateDatasetRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.ValidationReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/ListCheckpoints',
+            tuneyard_dot_v1_dot_trainer__pb2.ListCheckpointsRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.ListCheckpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/PublishCheckpoint',
+            tuneyard_dot_v1_dot_trainer__pb2.PublishCheckpointRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/UploadFile',
+            tuneyard_dot_v1_dot_trainer__pb2.UploadFileRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.File.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/GetFile',
+            tuneyard_dot_v1_dot_trainer__pb2.GetFileRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.File.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/ListFiles',
+            tuneyard_dot_v1_dot_trainer__pb2.ListFilesRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.ListFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@ the whole text, plain Trainer with the causal-LM collator (mlm=False)."""
 
 from transformers import DataCollatorForLanguageModeling, Trainer
 
-from trainer_service.worker.recipes import RecipeContext, training_arguments
+from trainer_service.worker.recipes import RecipeContext, run_trainer, training_arguments
 
 
 class _CausalLMCollator(DataCollatorForLanguageModeling):
@@ -17,7 +17,7 @@ class _CausalLMCollator(DataCollatorForLanguageModeling):
 
 
 def encode(ctx: RecipeContext, rows) -> list[dict]:
-    template, tokenizer = ctx.spec.template.build(), ctx.tokenizer
+    template, tokenizer = ctx.template, ctx.tokenizer
     texts = [
         template.render_prompt(r.fields) + template.render_response(r.fields) + tokenizer.eos_token
         for r in rows
@@ -31,25 +31,13 @@ def encode(ctx: RecipeContext, rows) -> list[dict]:
 
 def train(ctx: RecipeContext) -> dict:
     ctx.tokenizer.padding_side = "right"
-    eval_data = encode(ctx, ctx.eval_rows) if ctx.eval_rows else None
     trainer = Trainer(
         model=ctx.model,
-        args=training_arguments(ctx),
+        args=training_arguments(ctx, remove_unused_columns=False),
         train_dataset=encode(ctx, ctx.train_rows),
-        eval_dataset=eval_data,
+        eval_dataset=encode(ctx, ctx.eval_rows) if ctx.eval_rows else None,
         data_collator=_CausalLMCollator(ctx.tokenizer, mlm=False),
+        processing_class=ctx.tokenizer,
         callbacks=[ctx.progress],
     )
-    output = trainer.train()
-    metrics = {
-        "train_loss": output.training_loss,
-        "steps": output.global_step,
-        "train_runtime_s": output.metrics.get("train_runtime", 0.0),
-    }
-    if eval_data and not ctx.progress.stop.is_set():
-        evaluated = ctx.progress.eval_losses
-        if evaluated and evaluated[-1][0] == output.global_step:
-            metrics["eval_loss"] = evaluated[-1][1]
-        else:  # the run ended mid-epoch: one last evaluation (logged as an event too)
-            metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    return metrics
+    return run_trainer(ctx, trainer)

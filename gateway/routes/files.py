@@ -1,0 +1,55 @@
+"""Training files in the shape of OpenAI's files API. The trainer stores them (under its
+TUNEYARD_HOME, where its workers read them); a job names one as `training_file`."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+
+from gateway.auth import require_admin, require_key
+from tuneyard.v1 import trainer_pb2
+
+router = APIRouter(prefix="/v1/files", dependencies=[Depends(require_key)])
+
+
+def file_json(info: trainer_pb2.File) -> dict:
+    return {
+        "id": info.id,
+        "object": "file",
+        "bytes": info.bytes,
+        "created_at": info.created_at,
+        "filename": info.filename,
+        "purpose": info.purpose,
+    }
+
+
+@router.post("", dependencies=[Depends(require_admin)])
+async def upload_file(
+    request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+) -> dict:
+    content = await file.read()
+    info = await request.app.state.backends.trainer.call(
+        "UploadFile",
+        trainer_pb2.UploadFileRequest(
+            filename=file.filename or "", purpose=purpose, content=content
+        ),
+    )
+    return file_json(info)
+
+
+@router.get("")
+async def list_files(request: Request) -> dict:
+    reply = await request.app.state.backends.trainer.call(
+        "ListFiles", trainer_pb2.ListFilesRequest()
+    )
+    return {"object": "list", "data": [file_json(f) for f in reply.files], "has_more": False}
+
+
+@router.get("/{file_id}")
+async def get_file(request: Request, file_id: str) -> dict:
+    info = await request.app.state.backends.trainer.call(
+        "GetFile", trainer_pb2.GetFileRequest(file_id=file_id)
+    )
+    return file_json(info)
+
+
+routers = [router]

@@ -1,0 +1,275 @@
+"""The trainer as a real process: killed mid-job and restarted, the job resumes from its
+last checkpoint; plus the ValidateDataset, checkpoint and file RPCs over loopback gRPC."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import EMAIL_ROWS
+from tests.trainer.conftest import make_spec, wait_until
+from tests.trainer.test_server import free_port
+from trainer_service.job_store import FAILED, QUEUED, RUNNING, JobStore
+from trainer_service.scheduler import Scheduler
+from trainer_service.server import serve
+from tuneyard.adapter_store import AdapterStore
+from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
+
+
+def start_trainer(settings, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "TUNEYARD_HOME": str(settings.home),
+        "TUNEYARD_TRAINER_PORT": str(port),
+        "TUNEYARD_TRAINER_METRICS_PORT": "0",
+        "TUNEYARD_TRAINER_DEVICE": "cpu",
+        "PYTHONPATH": str(Path.cwd()),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer_service"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    line = ""
+    while "trainer ready on" not in line:
+        line = process.stderr.readline()
+        assert line or process.poll() is None, "the trainer exited before it was ready"
+    return process
+
+
+def events_of(stub, job_id):
+    request = trainer_pb2.ListJobEventsRequest(job_id=job_id)
+    return list(stub.ListJobEvents(request, timeout=10).events)
+
+
+@pytest.mark.slow
+def test_killed_trainer_resumes_the_job_from_its_checkpoint(settings, tiny_llama, email_jsonl):
+    port = free_port()
+    spec = make_spec(
+        tiny_llama, email_jsonl, training={"max_steps": 20, "save_steps": 5}
+    ).to_proto()
+    first = start_trainer(settings, port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            job = stub.CreateJob(trainer_pb2.CreateJobRequest(spec=spec), timeout=10)
+            wait_until(
+                lambda: any("checkpoint saved" in e.message for e in events_of(stub, job.id)),
+                timeout=90,
+            )
+    finally:
+        first.kill()  # SIGKILL: no clean stop, the job stays "running" in the store
+        first.wait()
+
+    second = start_trainer(settings, port)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            done = wait_until(
+                lambda: (
+                    j
+                    if (j := stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.id))).status
+                    in (trainer_pb2.SUCCEEDED, trainer_pb2.FAILED, trainer_pb2.CANCELLED)
+                    else None
+                ),
+                timeout=120,
+            )
+            messages = [e.message for e in events_of(stub, job.id)]
+            assert done.status == trainer_pb2.SUCCEEDED, messages[-5:]
+            assert any("it will resume from checkpoint-" in m for m in messages)
+            assert any(m.startswith("resuming from checkpoint-") for m in messages)
+            # The resumed run went on from the checkpoint, not from step 1 again.
+            resumed_at = messages.index(next(m for m in messages if m.startswith("resuming")))
+            later_steps = [
+                e.metrics.step
+                for e in events_of(stub, job.id)[resumed_at:]
+                if e.HasField("metrics")
+            ]
+            assert later_steps and min(later_steps) > 5 and max(later_steps) == 20
+
+            checkpoints = stub.ListCheckpoints(
+                trainer_pb2.ListCheckpointsRequest(job_id=job.id), timeout=10
+            ).checkpoints
+            assert [c.step for c in checkpoints][-1] == 20
+            assert checkpoints[0].metrics.loss > 0 and checkpoints[0].step % 5 == 0
+            published = stub.PublishCheckpoint(
+                trainer_pb2.PublishCheckpointRequest(job_id=job.id, step=checkpoints[0].step),
+                timeout=30,
+            )
+            assert published.published_as == "emails@2"
+            version = AdapterStore(settings.resolved_adapters_dir).resolve("emails@2")
+            assert version.manifest().metrics["checkpoint_step"] == checkpoints[0].step
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.PublishCheckpoint(
+                    trainer_pb2.PublishCheckpointRequest(job_id=job.id, step=7), timeout=10
+                )
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=30)
+
+
+@pytest.fixture
+def stub(settings):
+    running = serve(settings)
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield trainer_pb2_grpc.TrainerServiceStub(channel)
+    running.stop(grace=0)
+
+
+def test_validate_dataset_reports_without_a_job(stub, tiny_llama, email_jsonl, tmp_path):
+    spec = make_spec(
+        tiny_llama, email_jsonl, data={"eval_fraction": 0.25}, training={"max_seq_length": 40}
+    )
+    report = stub.ValidateDataset(trainer_pb2.ValidateDatasetRequest(spec=spec.to_proto()))
+    assert report.ok and not report.error.code
+    assert (report.rows, report.train_rows, report.eval_rows) == (12, 9, 3)
+    assert 0 < report.tokens.min <= report.tokens.p50 <= report.tokens.p95 <= report.tokens.max
+    assert report.tokens.min <= report.tokens.mean <= report.tokens.max
+    assert report.too_long == 12 and list(report.too_long_lines) == [1, 2, 3, 4, 5]
+    assert "truncated" in report.warnings[0]
+    assert stub.ListJobs(trainer_pb2.ListJobsRequest()).jobs == []
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"product": "a", "description": "b", "email": "c"}\n{oops\n')
+    report = stub.ValidateDataset(
+        trainer_pb2.ValidateDatasetRequest(spec=make_spec(tiny_llama, bad).to_proto())
+    )
+    assert not report.ok
+    assert (report.error.code, report.error.param, report.error.line) == (
+        "invalid_json",
+        "data.path",
+        2,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ValidateDataset(trainer_pb2.ValidateDatasetRequest())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_files_over_grpc(stub, tmp_path):
+    content = "".join(f'{{"product": "{r["product"]}"}}\n' for r in EMAIL_ROWS).encode()
+    uploaded = stub.UploadFile(
+        trainer_pb2.UploadFileRequest(filename="e.jsonl", purpose="fine-tune", content=content)
+    )
+    assert uploaded.id.startswith("file-") and uploaded.bytes == len(content)
+    assert stub.GetFile(trainer_pb2.GetFileRequest(file_id=uploaded.id)) == uploaded
+    assert list(stub.ListFiles(trainer_pb2.ListFilesRequest()).files) == [uploaded]
+    for call, request, code in [
+        ("GetFile", trainer_pb2.GetFileRequest(file_id="file-nope"), grpc.StatusCode.NOT_FOUND),
+        (
+            "UploadFile",
+            trainer_pb2.UploadFileRequest(filename="a", purpose="x", content=b"1"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "ListCheckpoints",
+            trainer_pb2.ListCheckpointsRequest(job_id="ftjob-nope"),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, call)(request)
+        assert caught.value.code() == code, call
+
+
+def fake_checkpoint(settings, job_id: str, step: int) -> Path:
+    folder = settings.resolved_trainer_workdir / job_id / "trainer" / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (folder / name).write_text("{}")
+    (folder / "trainer_state.json").write_text(
+        json.dumps({"epoch": 0.5, "log_history": [{"loss": 2.5, "step": step}]})
+    )
+    return folder
+
+
+def test_restart_requeues_a_job_with_a_checkpoint_until_max_resumes(
+    settings, tiny_llama, email_jsonl
+):
+    store = JobStore(settings.resolved_trainer_db)
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5}).model_dump()
+    resumable = store.create_job(spec, status=RUNNING)
+    exhausted = store.create_job(spec, status=RUNNING)
+    store.update(exhausted.id, resumes=settings.max_resumes)
+    fake_checkpoint(settings, resumable.id, 5)
+    fake_checkpoint(settings, exhausted.id, 5)
+    store.close()
+
+    # An executor that never starts anything: the test only looks at the recovery.
+    class Idle:
+        def start(self, job_id, workdir):
+            raise RuntimeError("not started in this test")
+
+    scheduler = Scheduler(
+        settings.model_copy(update={"max_concurrent_jobs": 1}),
+        JobStore(settings.resolved_trainer_db),
+        Idle(),
+    )
+    scheduler._dispatch = lambda: None  # keep the requeued job queued, to look at it
+    scheduler.start()
+    try:
+        job = scheduler.get(resumable.id)
+        assert job.status == QUEUED and job.resumes == 1
+        messages = [e.message for e in scheduler.store.events(resumable.id)]
+        assert any("will resume from checkpoint-5" in m for m in messages)
+        failed = scheduler.get(exhausted.id)
+        assert failed.status == FAILED and failed.error.code == "worker_lost"
+        assert f"resumed {settings.max_resumes} times already" in failed.error.message
+    finally:
+        scheduler.close(timeout=1)
+        scheduler.store.close()
+
+
+def test_checkpoints_listed_from_the_job_folder(settings):
+    from trainer_service.checkpoints import list_checkpoints
+
+    workdir = settings.resolved_trainer_workdir / "ftjob-x"
+    fake_checkpoint(settings, "ftjob-x", 10)
+    fake_checkpoint(settings, "ftjob-x", 5)
+    (workdir / "trainer" / "checkpoint-15").mkdir()  # being written: not complete yet
+    found = list_checkpoints(workdir, "ftjob-x")
+    assert [c.step for c in found] == [5, 10]
+    assert found[0].metrics == {"step": 5, "epoch": 0.5, "loss": 2.5}
+
+
+@pytest.mark.slow
+def test_clean_stop_queues_a_job_with_a_checkpoint_to_resume(settings, tiny_llama, email_jsonl):
+    spec = make_spec(tiny_llama, email_jsonl, training={"max_steps": 2000, "save_steps": 2})
+    first = serve(settings)
+    job = first.scheduler.create(spec)
+    wait_until(
+        lambda: any("checkpoint saved" in e.message for e in first.store.events(job.id)),
+        timeout=90,
+    )
+    first.stop(grace=1)
+
+    second = serve(settings.model_copy(update={"max_concurrent_jobs": 1}))
+    try:
+        assert any("will resume from checkpoint-" in e.message for e in second.store.events(job.id))
+        wait_until(
+            lambda: any(e.message.startswith("resuming from") for e in second.store.events(job.id)),
+            timeout=90,
+        )
+        second.scheduler.cancel(job.id)
+        wait_until(lambda: second.store.get_job(job.id).terminal, timeout=60)
+        assert second.store.get_job(job.id).status == "cancelled"
+    finally:
+        second.stop(grace=1)
+
+
+def test_relative_local_paths_are_made_absolute(settings, tiny_llama, email_jsonl, monkeypatch):
+    """The worker runs in its job folder: a path relative to the trainer's would break."""
+    monkeypatch.chdir(tiny_llama.parent)
+    spec = make_spec(tiny_llama.name, "x.jsonl", data={"path": os.path.relpath(email_jsonl)})
+    scheduler = Scheduler(settings, JobStore(settings.resolved_trainer_db), executor=None)
+    try:
+        resolved = scheduler.with_default_base(spec)
+        assert resolved.base_model == str(tiny_llama.resolve())
+        assert resolved.data.path == str(email_jsonl.resolve())
+        hub = spec.model_copy(update={"base_model": "org/some-model"})
+        assert scheduler.with_default_base(hub).base_model == "org/some-model"
+    finally:
+        scheduler.store.close()

@@ -1,0 +1,155 @@
+"""The recipes and their knobs, each run by the real worker process on tiny models: sft
+(completion-only loss, bfd packing, eval every N steps, checkpoints), 8-bit and 4-bit
+LoRA (test_worker.py, test_example_specs.py), all-linear targets, bias, merge."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from tests.trainer.conftest import make_spec
+from tests.trainer.test_worker import run_worker
+from trainer_service.checkpoints import list_checkpoints, publish_checkpoint
+from tuneyard.adapter_store import AdapterStore
+
+pytestmark = pytest.mark.slow
+
+
+def _ok(code, workdir):
+    assert code == 0, (workdir / "worker.log").read_text()[-3000:]
+
+
+def _metrics(events):
+    return [e["metrics"] for e in events if e["type"] == "metrics"]
+
+
+def test_sft_packing_eval_steps_and_checkpoints(settings, tiny_llama, email_jsonl):
+    spec = make_spec(
+        tiny_llama,
+        email_jsonl,
+        recipe="sft",
+        data={"eval_fraction": 0.25},
+        training={"max_steps": 4, "eval_steps": 2, "save_steps": 2, "packing": True},
+    )
+    code, events, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    evals = [m["step"] for m in _metrics(events) if "eval_loss" in m]
+    assert evals == [2, 4]  # every 2 steps, not once per epoch
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 4]
+
+    version = AdapterStore(settings.resolved_adapters_dir).resolve("emails")
+    manifest = version.manifest()
+    assert manifest.recipe == "sft" and manifest.hyperparameters["training"]["packing"] is True
+    assert manifest.metrics["steps"] == 4 and manifest.metrics["eval_loss"] > 0
+
+    checkpoints = list_checkpoints(workdir, "ftjob-test")
+    assert [c.step for c in checkpoints] == [2, 4]
+    assert checkpoints[0].metrics["loss"] > 0 and checkpoints[0].metrics["eval_loss"] > 0
+    published = publish_checkpoint(
+        AdapterStore(settings.resolved_adapters_dir), workdir, "ftjob-test", 2
+    )
+    assert published.published_as == "emails@2"
+    again = publish_checkpoint(
+        AdapterStore(settings.resolved_adapters_dir), workdir, "ftjob-test", 2
+    )
+    assert again.published_as == "emails@2"  # once only
+    ckpt = AdapterStore(settings.resolved_adapters_dir).resolve("emails@2")
+    assert ckpt.manifest().metrics["checkpoint_step"] == 2
+    assert not (ckpt.path / "optimizer.pt").exists()
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), ckpt.path)
+
+
+def _sft_batch(tiny_llama, email_jsonl, tmp_path, **training):
+    """The training batches the sft recipe's SFTTrainer builds, in this process."""
+    import threading
+
+    from trainer_service.validation import validate
+    from trainer_service.worker.model import lora_model
+    from trainer_service.worker.progress import ProgressCallback
+    from trainer_service.worker.recipes import RecipeContext, sft
+    from tuneyard.modeling import load_tokenizer
+
+    spec = make_spec(tiny_llama, email_jsonl, recipe="sft", training=training)
+    report = validate(spec, tmp_path)
+    tokenizer = load_tokenizer(report.base_model)
+    ctx = RecipeContext(
+        spec=spec,
+        model=lora_model(spec, report.base_model, "cpu", torch.float32),
+        tokenizer=tokenizer,
+        template=spec.template.build(tokenizer),
+        train_rows=report.train,
+        eval_rows=[],
+        output_dir=tmp_path / "out",
+        device="cpu",
+        dtype=torch.float32,
+        progress=ProgressCallback(None, threading.Event(), "cpu"),
+    )
+    trainer = sft.SFTTrainer(
+        model=ctx.model,
+        args=sft.config(ctx),
+        train_dataset=sft.prompt_completion(ctx, ctx.train_rows),
+        processing_class=tokenizer,
+    )
+    return list(trainer.get_train_dataloader()), ctx
+
+
+def test_sft_completion_only_loss_masks_the_prompt(tiny_llama, email_jsonl, tmp_path):
+    [batch, *_], ctx = _sft_batch(tiny_llama, email_jsonl, tmp_path, completion_only_loss=True)
+    prompt = ctx.template.render_prompt(ctx.train_rows[0].fields)
+    n_prompt = len(ctx.tokenizer(prompt)["input_ids"])
+    labels, mask = batch["labels"][0], batch["attention_mask"][0]
+    assert (labels[:n_prompt] == -100).all()
+    assert (labels[n_prompt : int(mask.sum())] != -100).all()
+
+    [batch, *_], _ = _sft_batch(tiny_llama, email_jsonl, tmp_path, completion_only_loss=False)
+    labels, mask = batch["labels"][0], batch["attention_mask"][0]
+    assert (labels[: int(mask.sum())] != -100).all()  # the whole text
+
+
+def test_sft_packing_fills_rows_without_padding(tiny_llama, tmp_path):
+    varied = tmp_path / "varied.jsonl"
+    rows = [
+        {"product": f"P{i}", "description": "word " * (1 + 7 * i), "email": "Buy it. " * (i + 1)}
+        for i in range(8)
+    ]
+    varied.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    padded, _ = _sft_batch(tiny_llama, varied, tmp_path, packing=False, batch_size=4)
+    packed, ctx = _sft_batch(tiny_llama, varied, tmp_path, packing=True, batch_size=1)
+    kept = len(ctx.train_rows)  # the length filter dropped rows over 128 tokens
+    assert 3 <= kept < len(rows)
+    assert any((b["attention_mask"] == 0).any() for b in padded)  # varied lengths, padded
+    # bfd packs several rows into one sequence, told apart by restarting position ids.
+    starts = sum(int((b["position_ids"][0] == 0).sum()) for b in packed)
+    assert starts == kept and len(packed) < kept
+    assert all("attention_mask" not in b or b["attention_mask"].all() for b in packed)
+
+
+def test_bloom_8bit_all_linear_bias_and_merge(settings, tiny_bloom, email_jsonl):
+    spec = make_spec(
+        tiny_bloom,
+        email_jsonl,
+        quantization="8bit",
+        merge=True,
+        lora={"target_modules": ["all-linear"], "bias": "lora_only"},
+    )
+    code, events, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    version = AdapterStore(settings.resolved_adapters_dir).resolve("emails")
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    targets = {name.split(".")[-1] for name in config["target_modules"]}
+    assert targets >= {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}
+    assert config["bias"] == "lora_only"
+    assert version.manifest().hyperparameters["quantization"] == "8bit"
+    assert 0 <= version.manifest().metrics["merge_max_logit_diff"] <= 1e-3
+
+    # The merged weights are a plain model equal to base + adapter.
+    merged = AutoModelForCausalLM.from_pretrained(version.path / "merged")
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_bloom), version.path
+    )
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, tuned(ids).logits, atol=1e-3)
+    assert str(version.path / "merged") in events[-1]["result_files"]

@@ -1,0 +1,247 @@
+"""The evaluation lifecycle: check and plan on create (bad input fails before any
+generation), then one runner thread takes evaluations in order, runs them through the
+inference service, writes the reports and stores the result.
+
+    queued -> running -> succeeded | failed | cancelled
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from trainer_service.evaluation.inference import InferenceClient
+from trainer_service.evaluation.plan import SHOT_SEPARATOR, Plan, build_plan, fit_shots
+from trainer_service.evaluation.report import write_reports
+from trainer_service.evaluation.runner import Cancelled, Runner
+from trainer_service.evaluation.settings import EvaluationSettings
+from trainer_service.evaluation.store import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    Evaluation,
+    EvaluationStore,
+)
+from trainer_service.files import files_dir
+from trainer_service.job_store import Job, JobStore
+from tuneyard.adapter_store import AdapterStore
+from tuneyard.errors import InvalidArgument, TuneyardError
+from tuneyard.eval_table import format_table
+from tuneyard.modeling import load_tokenizer, resolve_base_model
+from tuneyard.v1 import evaluation_pb2
+
+log = logging.getLogger(__name__)
+
+LOSS_CURVE = "loss_curve.png"  # written into each adapter version by the training worker
+REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charset=utf-8"}
+
+OnDone = Callable[[Evaluation], None]
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(base_model: str):
+    return load_tokenizer(resolve_base_model(base_model))
+
+
+class EvaluationService:
+    def __init__(self, settings: EvaluationSettings, jobs: JobStore):
+        self.settings = settings
+        self.jobs = jobs
+        self.folder = settings.resolved_evaluations_dir
+        self.store = EvaluationStore(self.folder / "evaluations.db")
+        self.adapters = AdapterStore(settings.resolved_adapters_dir)
+        self.files_root = files_dir(settings)
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._plans: dict[str, Plan] = {}
+        self._on_done: dict[str, OnDone] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._thread = threading.Thread(target=self._loop, name="evaluations", daemon=True)
+
+    def start(self) -> None:
+        """Evaluations a stopped trainer left queued or running start over, in order."""
+        for evaluation in self.store.with_status(QUEUED, RUNNING):
+            self.store.update(evaluation.id, status=QUEUED, done_requests=0)
+            self._enqueue(evaluation.id)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        for event in list(self._cancel.values()):
+            event.set()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.store.close()
+
+    # --- public --------------------------------------------------------------------------
+    def create(
+        self, spec: evaluation_pb2.EvaluationSpec, on_done: OnDone | None = None
+    ) -> Evaluation:
+        plan = self._plan(spec)
+        evaluation = self.store.create(
+            json_format.MessageToDict(spec, preserving_proto_field_name=True),
+            adapter_id=plan.adapter.id,
+            eval_source=plan.eval_source,
+            rows=len(plan.cases),
+            total_requests=2 * len(plan.arms) * len(plan.cases),
+        )
+        self._plans[evaluation.id] = plan
+        if on_done is not None:
+            self._on_done[evaluation.id] = on_done
+        self._enqueue(evaluation.id)
+        return evaluation
+
+    def get(self, evaluation_id: str) -> Evaluation:
+        return self.store.get(evaluation_id)
+
+    def list_evaluations(self, limit: int = 20, after: str = "") -> tuple[list[Evaluation], bool]:
+        return self.store.list_evaluations(limit, after)
+
+    def cancel(self, evaluation_id: str) -> Evaluation:
+        evaluation = self.store.get(evaluation_id)
+        if evaluation.status == QUEUED:
+            self._finish(evaluation_id, CANCELLED, "cancelled before it ran")
+        elif evaluation.status == RUNNING:
+            self._cancel.get(evaluation_id, threading.Event()).set()  # gone: it just ended
+        return self.store.get(evaluation_id)
+
+    def wait(self, evaluation_id: str, timeout: float) -> Evaluation:
+        """Poll until the evaluation ends (or timeout); for callers in the same process."""
+        deadline = time.monotonic() + timeout
+        while not (evaluation := self.store.get(evaluation_id)).terminal:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return evaluation
+
+    def report(self, evaluation_id: str, fmt: str) -> tuple[str, bytes]:
+        """(content type, bytes) of a finished evaluation's report: "html" or "md"."""
+        if fmt not in REPORT_TYPES:
+            raise InvalidArgument(f"unknown report format {fmt!r}; use html or md", param="format")
+        evaluation = self.store.get(evaluation_id)
+        path = evaluation.report_html if fmt == "html" else evaluation.report_markdown
+        if not path or not Path(path).is_file():
+            raise InvalidArgument(
+                f"evaluation {evaluation_id} has no report ({evaluation.status})",
+                param="evaluation_id",
+            )
+        return REPORT_TYPES[fmt], Path(path).read_bytes()
+
+    # --- running -------------------------------------------------------------------------
+    def _client(self) -> InferenceClient:
+        return InferenceClient(self.settings.inference_addr, self.settings.eval_request_timeout_s)
+
+    def _plan(self, spec: evaluation_pb2.EvaluationSpec) -> Plan:
+        """Everything checked that can be checked without generating."""
+        plan = build_plan(spec, self.adapters, self.jobs, self.files_root)
+        client = self._client()
+        try:
+            info = client.info()
+        finally:
+            client.close()
+        shots = fit_shots(
+            plan, _tokenizer(plan.manifest.base_model), info.max_input_tokens, info.max_total_tokens
+        )
+        plan.shots = plan.shots[:shots]
+        return plan
+
+    def _enqueue(self, evaluation_id: str) -> None:
+        self._cancel[evaluation_id] = threading.Event()
+        self._queue.put(evaluation_id)
+
+    def _loop(self) -> None:
+        while (evaluation_id := self._queue.get()) is not None:
+            try:
+                self._run(evaluation_id)
+            except Cancelled:
+                self._finish(evaluation_id, CANCELLED, "cancelled; no report written")
+            except TuneyardError as err:
+                self._finish(evaluation_id, FAILED, err.message)
+            except Exception as err:  # a bug must not stop the loop for the next one
+                log.exception("evaluation %s", evaluation_id)
+                self._finish(evaluation_id, FAILED, f"internal error: {err!r}")
+
+    def _run(self, evaluation_id: str) -> None:
+        evaluation = self.store.get(evaluation_id)
+        if evaluation.status != QUEUED:
+            return  # cancelled while queued
+        plan = self._plans.pop(evaluation_id, None)
+        if plan is None:  # queued before a restart
+            spec = json_format.ParseDict(evaluation.spec, evaluation_pb2.EvaluationSpec())
+            plan = self._plan(spec)
+        self.store.update(evaluation_id, status=RUNNING, started_at=time.time())
+        client = self._client()
+        try:
+            result = Runner(client, self.settings.eval_concurrency).run(
+                plan,
+                progress=lambda done: self.store.update(evaluation_id, done_requests=done),
+                cancelled=self._cancel[evaluation_id],
+            )
+        finally:
+            client.close()
+        evaluation = self.store.update(evaluation_id, result=asdict(result))
+        loss_curve = plan.adapter.path / LOSS_CURVE
+        md, page = write_reports(
+            self.folder / evaluation_id,
+            evaluation,
+            plan.manifest,
+            loss_curve if loss_curve.is_file() else None,
+            {
+                **asdict(plan.sampling),
+                "few_shot_stop": plan.few_shot_stop,
+                "few_shot_separator": SHOT_SEPARATOR,
+            },
+        )
+        self._finish(evaluation_id, SUCCEEDED, report_markdown=str(md), report_html=str(page))
+
+    def _finish(self, evaluation_id: str, status: str, error: str = "", **fields) -> None:
+        evaluation = self.store.update(
+            evaluation_id,
+            status=status,
+            error=error if status == FAILED else "",
+            finished_at=time.time(),
+            **fields,
+        )
+        self._cancel.pop(evaluation_id, None)
+        on_done = self._on_done.pop(evaluation_id, None)
+        if on_done is not None:
+            on_done(evaluation)
+
+
+def evaluate_job_output(
+    job: Job, service: EvaluationService, options: dict | None = None
+) -> Evaluation | None:
+    """Evaluate a succeeded job's adapter (the scheduler calls this after success when the
+    job's spec asks for it). `options` are EvaluationSpec fields; the job's eval split is
+    used unless they name an eval file. When it ends, the reports are added to the job's
+    result_files and the table to its events. A spec that cannot run becomes a warning
+    event, not a failed job: the adapter is published either way."""
+    spec = json_format.ParseDict(dict(options or {}), evaluation_pb2.EvaluationSpec())
+    spec.job_id = job.id
+    try:
+        evaluation = service.create(spec, on_done=lambda e: _link_to_job(service.jobs, job.id, e))
+    except TuneyardError as err:
+        service.jobs.add_event(job.id, f"evaluation not started: {err.message}", level="warn")
+        return None
+    service.jobs.add_event(job.id, f"evaluation {evaluation.id} started")
+    return evaluation
+
+
+def _link_to_job(jobs: JobStore, job_id: str, evaluation: Evaluation) -> None:
+    if evaluation.status != SUCCEEDED:
+        jobs.add_event(
+            job_id,
+            f"evaluation {evaluation.id} {evaluation.status}: {evaluation.error}",
+            level="warn",
+        )
+        return
+    files = jobs.get_job(job_id).result_files
+    jobs.update(job_id, result_files=[*files, evaluation.report_html, evaluation.report_markdown])
+    jobs.add_event(job_id, f"evaluation {evaluation.id}:\n{format_table(evaluation.result)}")

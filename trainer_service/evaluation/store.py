@@ -1,0 +1,130 @@
+"""Evaluations in SQLite (their own file beside the jobs DB), so they survive a restart.
+The spec is kept as the proto's JSON, the result as plain JSON."""
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tuneyard.errors import NotFound
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+@dataclass
+class Evaluation:
+    id: str
+    status: str
+    spec: dict  # EvaluationSpec as proto JSON (field names as in the proto)
+    created_at: float
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    error: str = ""
+    adapter_id: str = ""
+    eval_source: str = ""
+    rows: int = 0
+    done_requests: int = 0
+    total_requests: int = 0
+    result: dict = field(default_factory=dict)  # runner.Result as a dict: arms, examples
+    report_markdown: str = ""
+    report_html: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    id TEXT PRIMARY KEY,
+    ord INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_status ON evaluations (status);
+"""
+
+
+def new_evaluation_id() -> str:
+    return "eval-" + secrets.token_hex(12)
+
+
+class EvaluationStore:
+    """The whole record as one JSON body: evaluations are few and written a few times each."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, spec: dict, **fields) -> Evaluation:
+        evaluation = Evaluation(new_evaluation_id(), QUEUED, spec, time.time(), **fields)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO evaluations (id, ord, status, body) VALUES "
+                "(?, (SELECT COALESCE(MAX(ord), 0) + 1 FROM evaluations), ?, ?)",
+                (evaluation.id, evaluation.status, json.dumps(asdict(evaluation))),
+            )
+        return evaluation
+
+    def get(self, evaluation_id: str) -> Evaluation:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM evaluations WHERE id = ?", (evaluation_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"evaluation {evaluation_id!r} not found", param="evaluation_id")
+        return Evaluation(**json.loads(row[0]))
+
+    def update(self, evaluation_id: str, **fields) -> Evaluation:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM evaluations WHERE id = ?", (evaluation_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"evaluation {evaluation_id!r} not found", param="evaluation_id")
+            evaluation = Evaluation(**{**json.loads(row[0]), **fields})
+            self._db.execute(
+                "UPDATE evaluations SET status = ?, body = ? WHERE id = ?",
+                (evaluation.status, json.dumps(asdict(evaluation)), evaluation_id),
+            )
+        return evaluation
+
+    def list_evaluations(self, limit: int = 20, after: str = "") -> tuple[list[Evaluation], bool]:
+        """Newest first; `after` is the id of the last one of the previous page."""
+        query, args = "SELECT body FROM evaluations", []
+        if after:
+            self.get(after)
+            query += " WHERE ord < (SELECT ord FROM evaluations WHERE id = ?)"
+            args.append(after)
+        query += " ORDER BY ord DESC LIMIT ?"
+        args.append(limit + 1)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        return [Evaluation(**json.loads(r[0])) for r in rows[:limit]], len(rows) > limit
+
+    def with_status(self, *statuses: str) -> list[Evaluation]:
+        """Oldest first."""
+        marks = ",".join("?" * len(statuses))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT body FROM evaluations WHERE status IN ({marks}) ORDER BY ord", statuses
+            ).fetchall()
+        return [Evaluation(**json.loads(r[0])) for r in rows]

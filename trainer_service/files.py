@@ -1,0 +1,87 @@
+"""Uploaded training files (OpenAI's /v1/files), kept under TUNEYARD_HOME/files so the
+trainer and its workers (a child process, or a Job mounting the same volume) read them.
+
+Each file is `<id>/<filename>` plus `<id>/meta.json`, written to a staging folder and
+renamed into place like adapter versions."""
+
+import json
+import re
+import secrets
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tuneyard.config import CommonSettings
+from tuneyard.errors import InvalidArgument, NotFound
+
+PURPOSES = ("fine-tune",)
+MAX_BYTES = 60 * 1024 * 1024  # under the 64 MiB gRPC message limit
+_ID = re.compile(r"^file-[0-9a-f]{24}$")
+_META = "meta.json"
+
+
+def files_dir(settings: CommonSettings) -> Path:
+    return settings.home / "files"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    id: str
+    bytes: int
+    created_at: float
+    filename: str
+    purpose: str
+
+
+class FileStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def put(self, filename: str, purpose: str, content: bytes) -> FileInfo:
+        name = Path(filename or "").name
+        if not name or name in (".", "..") or name == _META:
+            raise InvalidArgument(f"invalid file name {filename!r}", param="filename")
+        if purpose not in PURPOSES:
+            raise InvalidArgument(
+                f"unsupported purpose {purpose!r}; supported: {', '.join(PURPOSES)}",
+                param="purpose",
+            )
+        if not content:
+            raise InvalidArgument("the file is empty", param="file")
+        if len(content) > MAX_BYTES:
+            raise InvalidArgument(
+                f"the file has {len(content)} bytes; the limit is {MAX_BYTES}", param="file"
+            )
+        info = FileInfo("file-" + secrets.token_hex(12), len(content), time.time(), name, purpose)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".staging-{info.id}"
+        staging.mkdir()
+        try:
+            (staging / name).write_bytes(content)
+            (staging / _META).write_text(json.dumps(asdict(info)))
+            staging.rename(self.root / info.id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return info
+
+    def get(self, file_id: str) -> FileInfo:
+        return FileInfo(**json.loads((self._folder(file_id) / _META).read_text()))
+
+    def path(self, file_id: str) -> Path:
+        """Where the file's content is, for reading it as training data."""
+        return self._folder(file_id) / self.get(file_id).filename
+
+    def list(self) -> list[FileInfo]:
+        """Newest first."""
+        if not self.root.is_dir():
+            return []
+        found = [self.get(p.name) for p in self.root.iterdir() if _ID.match(p.name)]
+        return sorted(found, key=lambda f: f.created_at, reverse=True)
+
+    def _folder(self, file_id: str) -> Path:
+        folder = self.root / file_id
+        if not _ID.match(file_id or "") or not (folder / _META).is_file():
+            raise NotFound(f"file {file_id!r} not found", param="file_id")
+        return folder
