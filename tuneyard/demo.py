@@ -12,6 +12,7 @@ from pathlib import Path
 from tuneyard.client import GatewayClient
 from tuneyard.config import CommonSettings
 from tuneyard.embedded_model import prepare
+from tuneyard.eval_table import format_table
 from tuneyard.jobspec import JobSpec
 from tuneyard.local_stack import LocalStack
 from tuneyard.progress import follow_job
@@ -19,6 +20,7 @@ from tuneyard.progress import follow_job
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPEC = EXAMPLES / "marketing_email_cpu.yaml"
 HELDOUT = EXAMPLES / "data" / "marketing_emails" / "heldout.jsonl"
+FORMAT_REGEX = HELDOUT.parent / "format.regex"
 SHOWN = 2
 MAX_NEW_TOKENS = 120
 
@@ -27,8 +29,11 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> st
     width = max(30, min(60, (shutil.get_terminal_size((120, 40)).columns - 3) // 2))
 
     def column(text: str) -> list[str]:
-        return [piece for line in text.splitlines() or [""]
-                for piece in (textwrap.wrap(line, width) or [""])]
+        return [
+            piece
+            for line in text.splitlines() or [""]
+            for piece in (textwrap.wrap(line, width) or [""])
+        ]
 
     lines_l, lines_r = column(left), column(right)
     rows = [f"{left_title:<{width}} | {right_title}", f"{'-' * width}-+-{'-' * width}"]
@@ -50,8 +55,11 @@ def run() -> int:
     print("== starting gateway, trainer and inference on loopback", flush=True)
     started = time.monotonic()
     with LocalStack(home=settings.home) as stack:
-        print(f"   gateway at {stack.gateway_url} ({time.monotonic() - started:.0f}s); "
-              f"logs in {settings.home / 'logs'}", flush=True)
+        print(
+            f"   gateway at {stack.gateway_url} ({time.monotonic() - started:.0f}s); "
+            f"logs in {settings.home / 'logs'}",
+            flush=True,
+        )
         client = GatewayClient(stack.gateway_url)
         job = client.create_job(spec)
         print(f"== training {spec.adapter_name!r} as job {job['id']}", flush=True)
@@ -67,9 +75,43 @@ def run() -> int:
             base = client.generate(prompt, None, max_new_tokens=MAX_NEW_TOKENS)
             tuned = client.generate(prompt, adapter, max_new_tokens=MAX_NEW_TOKENS)
             print(f"### {row['product']}\n")
-            print(side_by_side("base model", base["generated_text"].strip(),
-                               f"adapter {adapter}", tuned["generated_text"].strip()))
+            print(
+                side_by_side(
+                    "base model",
+                    base["generated_text"].strip(),
+                    f"adapter {adapter}",
+                    tuned["generated_text"].strip(),
+                )
+            )
             print()
+        print(
+            "== evaluating the adapter against the base model, zero-shot and few-shot, "
+            f"on {len(rows)} held-out products",
+            flush=True,
+        )
+        evaluation = client.wait_evaluation(
+            client.create_evaluation(
+                {
+                    "adapter_id": adapter,
+                    "eval_file": str(HELDOUT),
+                    "max_new_tokens": MAX_NEW_TOKENS,
+                    "checks": [
+                        {
+                            "type": "regex",
+                            "name": "format",
+                            "fullmatch": True,
+                            "pattern": FORMAT_REGEX.read_text().strip(),
+                        },
+                        {"type": "rouge_l"},
+                    ],
+                }
+            )["id"]
+        )
+        if evaluation["status"] != "succeeded":
+            print(f"evaluation ended {evaluation['status']}: {evaluation.get('error')}")
+            return 1
+        print(format_table(evaluation))
+        print(f"\nreport: {evaluation['report_html']}\n")
         print("== stopping the services")
     return 0
 

@@ -2,6 +2,8 @@
 submit a job through the gateway, watch it, see the adapter hot-loaded, generate with it."""
 
 import json
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,8 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_llama):
     home = tmp_path_factory.mktemp("home")
-    with LocalStack(home=home, base_model=str(tiny_llama),
-                    extra_env={"HF_HUB_OFFLINE": "1"}) as running:
+    with LocalStack(
+        home=home, base_model=str(tiny_llama), extra_env={"HF_HUB_OFFLINE": "1"}
+    ) as running:
         yield running
 
 
@@ -32,9 +35,12 @@ def data_file(tmp_path_factory):
 
 
 def spec(data_path, **overrides) -> JobSpec:
-    data = {"adapter_name": "emails", "data": {"path": str(data_path)},
-            "template": EMAIL_TEMPLATE,
-            "training": {"max_steps": 3, "batch_size": 2, "max_seq_length": 128}}
+    data = {
+        "adapter_name": "emails",
+        "data": {"path": str(data_path)},
+        "template": EMAIL_TEMPLATE,
+        "training": {"max_steps": 3, "batch_size": 2, "max_seq_length": 128},
+    }
     data.update(overrides)
     return JobSpec.parse(data)
 
@@ -42,7 +48,13 @@ def spec(data_path, **overrides) -> JobSpec:
 @pytest.fixture(scope="module")
 def trained(stack, data_file):
     client = GatewayClient(stack.gateway_url)
-    job = client.create_job(spec(data_file))
+    job = client.create_job(
+        spec(
+            data_file,
+            data={"path": str(data_file), "eval_fraction": 0.25},
+            evaluation={"max_new_tokens": 4, "checks": [{"type": "contains", "value": "Subject"}]},
+        )
+    )
     assert job["status"] in {"validating_files", "queued", "running"}
     return follow_job(client, job["id"]), list(client.stream_events(job["id"]))
 
@@ -57,51 +69,83 @@ def test_job_trains_and_publishes(trained, stack):
     assert (stack.home / "adapters" / "emails" / "1" / "tuneyard.json").is_file()
 
 
+def test_the_spec_asked_evaluation_runs_by_itself_and_is_linked(trained, stack):
+    job, _ = trained
+    client = GatewayClient(stack.gateway_url)
+    deadline = time.monotonic() + 180
+    while not any(f.endswith("report.html") for f in job["result_files"]):
+        assert time.monotonic() < deadline, f"no evaluation report linked: {job}"
+        time.sleep(1)
+        job = client.get_job(job["id"])
+    report = next(f for f in job["result_files"] if f.endswith("report.html"))
+    assert "zero_shot" in Path(report).read_text()
+    evaluations = client.list_evaluations()
+    assert any(e["spec"].get("job_id") == job["id"] for e in evaluations)
+
+
 def test_adapter_is_hot_loaded_and_answers(trained, stack):
     job, _ = trained
     adapters = httpx.get(f"{stack.gateway_url}/v1/adapters", timeout=30).json()
     listed = {a["id"]: a for a in adapters["data"]}
     assert listed["emails@1"]["loaded"], "the trainer tells inference to load a new version"
 
-    body = {"inputs": "### Product\nLamp\n\n### Email\n",
-            "parameters": {"adapter_id": "emails", "max_new_tokens": 5, "details": True}}
+    body = {
+        "inputs": "### Product\nLamp\n\n### Email\n",
+        "parameters": {"adapter_id": "emails", "max_new_tokens": 5, "details": True},
+    }
     reply = httpx.post(f"{stack.gateway_url}/generate", json=body, timeout=60)
     assert reply.status_code == 200, reply.text
     tuned = reply.json()
     assert tuned["details"]["generated_tokens"] == len(tuned["details"]["tokens"]) <= 5
 
-    base = httpx.post(f"{stack.gateway_url}/generate", timeout=60, json={
-        "inputs": body["inputs"], "parameters": {"max_new_tokens": 5, "details": True}}).json()
+    base = httpx.post(
+        f"{stack.gateway_url}/generate",
+        timeout=60,
+        json={"inputs": body["inputs"], "parameters": {"max_new_tokens": 5, "details": True}},
+    ).json()
     # A randomly initialised LoRA B is zero, but three training steps move it: the adapter
     # must change the logits, and with them the reported log-probabilities.
-    assert [t["logprob"] for t in tuned["details"]["tokens"]] != \
-        [t["logprob"] for t in base["details"]["tokens"]]
+    assert [t["logprob"] for t in tuned["details"]["tokens"]] != [
+        t["logprob"] for t in base["details"]["tokens"]
+    ]
 
 
 def test_text_generation_client_against_the_gateway(stack):
     client = Client(stack.gateway_url, timeout=60)
     reply = client.generate("Hi there", max_new_tokens=4)
     assert reply.details.generated_tokens == len(reply.details.tokens)
-    streamed = "".join(r.token.text for r in client.generate_stream("Hi there", max_new_tokens=4)
-                       if not r.token.special)
+    streamed = "".join(
+        r.token.text
+        for r in client.generate_stream("Hi there", max_new_tokens=4)
+        if not r.token.special
+    )
     assert streamed == reply.generated_text
 
 
 def test_unknown_adapter_is_404_not_the_base_model(stack):
-    reply = httpx.post(f"{stack.gateway_url}/generate", timeout=30, json={
-        "inputs": "Hi", "parameters": {"adapter_id": "nope", "max_new_tokens": 3}})
+    reply = httpx.post(
+        f"{stack.gateway_url}/generate",
+        timeout=30,
+        json={"inputs": "Hi", "parameters": {"adapter_id": "nope", "max_new_tokens": 3}},
+    )
     assert reply.status_code == 404
     assert "nope" in reply.json()["error"]
     assert reply.json()["error_type"]
 
 
-@pytest.mark.parametrize("parameters, inputs, needle", [
-    ({"max_new_tokens": -1}, "Hi", "max_new_tokens"),
-    ({"max_new_tokens": 3}, "", "input"),
-])
+@pytest.mark.parametrize(
+    "parameters, inputs, needle",
+    [
+        ({"max_new_tokens": -1}, "Hi", "max_new_tokens"),
+        ({"max_new_tokens": 3}, "", "input"),
+    ],
+)
 def test_bad_generate_requests_are_422(stack, parameters, inputs, needle):
-    reply = httpx.post(f"{stack.gateway_url}/generate", timeout=30,
-                       json={"inputs": inputs, "parameters": parameters})
+    reply = httpx.post(
+        f"{stack.gateway_url}/generate",
+        timeout=30,
+        json={"inputs": inputs, "parameters": parameters},
+    )
     assert reply.status_code == 422, reply.text
     assert reply.json()["error_type"] == "validation"
     assert needle in reply.json()["error"]
@@ -110,11 +154,17 @@ def test_bad_generate_requests_are_422(stack, parameters, inputs, needle):
 def test_bad_jobs_fail_with_the_problem_named(stack, data_file, tmp_path):
     client = GatewayClient(stack.gateway_url)
     missing_file = spec(tmp_path / "missing.jsonl", adapter_name="missing-file")
-    bad_column = spec(data_file, adapter_name="bad-column",
-                      template={"prompt": "{{ sku }}", "response": "{{ email }}"})
+    bad_column = spec(
+        data_file,
+        adapter_name="bad-column",
+        template={"prompt": "{{ sku }}", "response": "{{ email }}"},
+    )
     bad_model = spec(data_file, adapter_name="bad-model", base_model=str(tmp_path / "nomodel"))
-    for job_spec, needle in [(missing_file, "missing.jsonl"), (bad_column, "sku"),
-                             (bad_model, "nomodel")]:
+    for job_spec, needle in [
+        (missing_file, "missing.jsonl"),
+        (bad_column, "sku"),
+        (bad_model, "nomodel"),
+    ]:
         try:
             job = follow_job(client, client.create_job(job_spec)["id"])
         except GatewayError as err:  # refused before a job exists: fine too
