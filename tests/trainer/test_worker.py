@@ -139,3 +139,14 @@ def test_worker_error_is_reported_and_exits_1(settings, tiny_llama, email_jsonl)
     assert events[-1] == errors[0]  # nothing after the error, no result
     assert not settings.resolved_adapters_dir.exists()
     assert "Traceback" in (workdir / "worker.log").read_text()
+
+
+@pytest.mark.slow
+def test_only_rank_zero_reports_and_publishes(settings, tiny_llama, email_jsonl, monkeypatch):
+    """Under torchrun each rank runs the worker; a non-zero rank trains but stays silent
+    and publishes nothing (rank 0 does both)."""
+    monkeypatch.setenv("RANK", "1")
+    code, events, workdir = run_worker(settings, make_spec(tiny_llama, email_jsonl))
+    assert code == 0, (workdir / "worker.log").read_text()[-3000:]
+    assert events == []
+    assert AdapterStore(settings.resolved_adapters_dir).all_versions() == []

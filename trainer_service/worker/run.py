@@ -3,6 +3,7 @@ it then publishes nothing and exits CANCELLED_EXIT. A job folder that already ho
 checkpoint (the trainer restarted mid-job) resumes from the newest one."""
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -68,6 +69,8 @@ def run(
 
     recipe = get_recipe(spec.recipe)
     device = pick_device(settings.trainer_device)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # one process per GPU (torchrun)
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     dtype = pick_dtype("auto", device)
     events.message(f"loading {ref.id} on {device} ({spec.quantization} quantization)")
 
@@ -125,6 +128,8 @@ def run(
     )
     check_stop()
 
+    if not is_main_process():
+        return  # rank 0 writes the curve and publishes; the others only trained
     metrics["trained_tokens"] = progress.last.get("trained_tokens", 0)
     loss_curve = write_loss_curve(
         workdir / LOSS_CURVE,
@@ -149,3 +154,8 @@ def run(
     if spec.merge:
         files.append(str(version.path / "merged"))
     events.result(version.id, files, metrics["trained_tokens"], version.manifest().metrics)
+
+
+def is_main_process() -> bool:
+    """Under torchrun every rank runs this worker; rank 0 speaks for the job."""
+    return int(os.environ.get("RANK", "0")) == 0
