@@ -23,6 +23,7 @@ HELDOUT = EXAMPLES / "data" / "marketing_emails" / "heldout.jsonl"
 FORMAT_REGEX = HELDOUT.parent / "format.regex"
 SHOWN = 2
 MAX_NEW_TOKENS = 120
+SHOWN_LINES = 16  # a rambling answer is cut here on screen
 
 
 def side_by_side(left_title: str, left: str, right_title: str, right: str) -> str:
@@ -35,7 +36,7 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> st
             for piece in (textwrap.wrap(line, width) or [""])
         ]
 
-    lines_l, lines_r = column(left), column(right)
+    lines_l, lines_r = column(left)[:SHOWN_LINES], column(right)[:SHOWN_LINES]
     rows = [f"{left_title:<{width}} | {right_title}", f"{'-' * width}-+-{'-' * width}"]
     for i in range(max(len(lines_l), len(lines_r))):
         a = lines_l[i] if i < len(lines_l) else ""

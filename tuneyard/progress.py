@@ -15,8 +15,10 @@ def follow_job(client: GatewayClient, job_id: str, out=sys.stderr) -> dict:
             metrics = event.get("data") or {}
             if event.get("type") == "metrics" and metrics.get("step") is not None:
                 if bar is None:
+                    # Start at the first reported step, so the rate counts from here.
                     bar = tqdm(
                         total=metrics.get("total_steps"),
+                        initial=metrics["step"],
                         unit="step",
                         file=out,
                         desc="training",
