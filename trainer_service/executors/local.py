@@ -63,8 +63,6 @@ class LocalExecutor:
             **worker_env(settings),
             "PYTHONPATH": python_path,
             "PYTHONUNBUFFERED": "1",
-            # The worker asks to be stopped when this process dies (see worker/__main__.py).
-            "TUNEYARD_WORKER_PARENT_PID": str(os.getpid()),
         }
         self._kill_grace_s = kill_grace_s
 
