@@ -5,7 +5,7 @@ import socket
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_app, uvicorn_config
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger("gateway")
@@ -32,7 +32,7 @@ def main() -> None:
     # connections made from now on wait in the listen queue until uvicorn serves them.
     sock = listen(settings.gateway_host, settings.gateway_port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level=settings.log_level.lower())
+    config = uvicorn_config(create_app(settings), settings.log_level)
     log.info("gateway ready on %s:%d", settings.gateway_host, port)
     uvicorn.Server(config).run(sockets=[sock])
 

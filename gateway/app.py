@@ -2,6 +2,7 @@
 
 from contextlib import asynccontextmanager
 
+import uvicorn
 from fastapi import FastAPI, Response
 
 from gateway.auth import ApiKeys
@@ -36,3 +37,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return Response(metrics.exposition(), media_type=GatewayMetrics.CONTENT_TYPE)
 
     return app
+
+
+def uvicorn_config(app: FastAPI, log_level: str, **kwargs) -> uvicorn.Config:
+    """How the gateway is served. httptools and uvloop, named rather than left to "auto":
+    each request then costs about 1 ms less than with h11 and asyncio (benchmarks/serving)."""
+    return uvicorn.Config(
+        app, http="httptools", loop="uvloop", log_level=log_level.lower(), **kwargs
+    )

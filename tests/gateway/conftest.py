@@ -9,7 +9,7 @@ import httpx
 import pytest
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_app, uvicorn_config
 from gateway.settings import GatewaySettings
 from tuneyard.local_stack import free_port
 
@@ -29,8 +29,8 @@ class RunningGateway:
 def start_gateway(**overrides) -> RunningGateway:
     settings = GatewaySettings(gateway_port=free_port(), **overrides)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=settings.gateway_port, log_level="warning", lifespan="on"
+    config = uvicorn_config(
+        app, "warning", host="127.0.0.1", port=settings.gateway_port, lifespan="on"
     )
     server = uvicorn.Server(config)
     # Signal handlers can only be installed by the main thread.
