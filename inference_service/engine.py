@@ -28,6 +28,7 @@ from .sampling import NextTokenChooser
 from .scheduler import Scheduler
 from .sequence import Sequence
 from .settings import InferenceSettings
+from .static_batch import StaticBatch, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.metrics = metrics or Metrics(settings.metrics_max_adapters)
         self.device = next(model.parameters()).device
-        self.lora = MultiLora(model)
+        self.lora = MultiLora(model, settings.max_loaded_adapters)
         model_lock = threading.Lock()
         self.adapters = AdapterCache(
             AdapterStore(settings.resolved_adapters_dir),
@@ -68,8 +69,9 @@ class Engine:
             log.info("serving adapter %s merged into the base weights", self.merged.key)
         self.scheduler = Scheduler(
             model,
-            self.lora.routing,
+            self.lora,
             model_lock,
+            static=self._static_batch(),
             pad_token_id=tokenizer.pad_token_id,
             max_batch_size=settings.max_batch_size,
             max_batch_wait_s=settings.max_batch_wait_ms / 1000,
@@ -78,6 +80,26 @@ class Engine:
         )
         self.metrics.queue_size.set_function(lambda: self.scheduler.queue_size)
         self.scheduler.start()
+
+    def _static_batch(self) -> StaticBatch | None:
+        mode = self.settings.decode
+        if mode == "dynamic" or (mode == "auto" and self.device.type != "cuda"):
+            return None
+        reason = unsupported_reason(self.model, self.settings.max_total_tokens)
+        if reason is not None:
+            if mode == "static":
+                raise FailedPrecondition(f"TUNEYARD_DECODE=static cannot serve {reason}")
+            log.info("decoding with a dynamic KV cache: no static batch for %s", reason)
+            return None
+        log.info("decoding over static KV buffers (CUDA graphs: %s)", self.settings.cuda_graphs)
+        return StaticBatch(
+            self.model,
+            self.lora,
+            max_rows=self.settings.max_batch_size,
+            max_total_tokens=self.settings.max_total_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            cuda_graphs=self.settings.cuda_graphs,
+        )
 
     @classmethod
     def load(cls, settings: InferenceSettings, metrics: Metrics | None = None) -> "Engine":

@@ -1,10 +1,14 @@
 """Many LoRA adapters on one base model, without PEFT's injection.
 
-Each targeted nn.Linear of the base is wrapped once in a `LoraLinear` that holds the
-(A, B, scaling) of every loaded adapter. Before each forward the engine tells a shared
-`LoraRouting` which adapter each batch row uses; every LoraLinear then adds each row's own
-delta, one matmul pair per adapter present in the batch (PEFT's mixed-adapter batches were
-about 7x slower here).
+Each targeted nn.Linear of the base is wrapped once in a `LoraLinear`. Every loaded adapter
+has a slot (slot 0 is the base model: zeros) in stacked tensors A [slots, rank, in] and
+B [slots, out, rank], B scaled, ranks zero-padded. Before each forward the engine tells a
+shared `LoraRouting` which adapter each batch row uses, in one of two ways:
+
+- groups: one matmul pair per adapter present in the batch, on that adapter's rows (PEFT's
+  mixed-adapter batches were about 7x slower here); any shapes, used for prefill;
+- slots: a per-row slot index and one batched matmul pair over gathered A/B, whose shapes
+  do not depend on which adapters are in the batch, so a CUDA graph can replay it.
 """
 
 import json
@@ -21,46 +25,79 @@ from tuneyard.errors import FailedPrecondition
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _KEY_PREFIX = "base_model.model."
+BASE_SLOT = 0
 
 
 class LoraRouting:
-    """Which adapter (a cache key, or None for the base) each row of the next forward uses."""
+    """Which adapter slot each row of the next forward uses."""
 
     def __init__(self):
-        self.groups: dict[str, torch.Tensor | None] = {}
+        self.groups: dict[int, torch.Tensor | None] = {}
+        self.slots: torch.Tensor | None = None  # [rows] slot ids; set for fixed-shape decode
 
-    def set_rows(self, keys: list[str | None], device) -> None:
-        distinct = {k for k in keys if k is not None}
-        if len(distinct) == 1 and None not in keys:
+    def set_rows(self, slots: list[int], device) -> None:
+        self.slots = None
+        distinct = set(slots) - {BASE_SLOT}
+        if len(distinct) == 1 and BASE_SLOT not in slots:
             # The common case: the whole batch on one adapter needs no row indexing.
             self.groups = {distinct.pop(): None}
             return
         self.groups = {
-            key: torch.tensor([i for i, k in enumerate(keys) if k == key], device=device)
-            for key in distinct
+            slot: torch.tensor([i for i, s in enumerate(slots) if s == slot], device=device)
+            for slot in distinct
         }
 
 
 class LoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, routing: LoraRouting):
+    def __init__(self, base: nn.Linear, routing: LoraRouting, num_slots: int, rank: int):
         super().__init__()
         self.base = base
         self.routing = routing
-        self.adapters: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self.ranks: dict[int, int] = {}  # the slots this layer has weights in, and their rank
+        dtype, device = _compute_dtype(base), base.weight.device
+        self.a = torch.zeros(num_slots, rank, base.in_features, dtype=dtype, device=device)
+        self.b = torch.zeros(num_slots, base.out_features, rank, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        for key, rows in self.routing.groups.items():
-            weights = self.adapters.get(key)
-            if weights is None:
+        slots = self.routing.slots
+        if slots is not None:
+            # x [rows, 1, in]: every row through its own slot's A and B (zeros for the base).
+            xa = torch.bmm(x.to(self.a.dtype), self.a[slots].transpose(1, 2))
+            return out + torch.bmm(xa, self.b[slots].transpose(1, 2)).to(out.dtype)
+        for slot, rows in self.routing.groups.items():
+            rank = self.ranks.get(slot)
+            if rank is None:
                 continue
-            a, b, scaling = weights
+            a, b = self.a[slot, :rank], self.b[slot, :, :rank]
             if rows is None:
-                out = out + (x.to(a.dtype) @ a.T @ b.T * scaling).to(out.dtype)
+                out = out + (x.to(a.dtype) @ a.T @ b.T).to(out.dtype)
             else:
-                delta = (x[rows].to(a.dtype) @ a.T @ b.T * scaling).to(out.dtype)
+                delta = (x[rows].to(a.dtype) @ a.T @ b.T).to(out.dtype)
                 out = out.index_add(0, rows, delta)
         return out
+
+    def put(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+        rank = a.shape[0]
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        self.a[slot, :rank] = a.to(self.a.dtype)
+        self.b[slot, :, :rank] = (b.float() * scaling).to(self.b.dtype)
+        self.ranks[slot] = rank
+
+    def clear(self, slot: int) -> None:
+        if self.ranks.pop(slot, None) is not None:
+            self.a[slot].zero_()
+            self.b[slot].zero_()
+
+    def resize(self, num_slots: int, rank: int) -> None:
+        """Grow the stacks, keeping what they hold (new tensors: graphs must be recaptured)."""
+        a = self.a.new_zeros(num_slots, rank, self.a.shape[2])
+        b = self.b.new_zeros(num_slots, self.b.shape[1], rank)
+        old_slots, old_rank = self.a.shape[0], self.a.shape[1]
+        a[:old_slots, :old_rank] = self.a
+        b[:old_slots, :, :old_rank] = self.b
+        self.a, self.b = a, b
 
 
 @dataclass
@@ -161,12 +198,21 @@ def _pair_tensors(tensors: dict[str, torch.Tensor], path: Path):
 
 
 class MultiLora:
-    """The base model with LoraLinear wrappers put in place on demand."""
+    """The base model with LoraLinear wrappers put in place on demand, and the slot of each
+    loaded adapter. `version` changes whenever a layer is wrapped or the stacks grow, i.e.
+    when tensors a captured CUDA graph points at are replaced."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, max_adapters: int):
         self.model = model
         self.routing = LoraRouting()
+        self.version = 0
         self._layers: dict[str, LoraLinear] = {}
+        self._slots: dict[str, int] = {}  # adapter key -> slot
+        self._num_slots = max_adapters + 1  # slot 0 is the base model
+        self._rank = 8
+
+    def slot(self, key: str | None) -> int:
+        return BASE_SLOT if key is None else self._slots[key]
 
     def check(self, weights: LoraWeights) -> None:
         """Refuse an adapter whose modules the base lacks or whose shapes do not fit."""
@@ -180,18 +226,20 @@ class MultiLora:
 
     def add(self, key: str, weights: LoraWeights) -> None:
         self.check(weights)
+        used = set(self._slots.values())
+        slot = next((s for s in range(1, self._num_slots) if s not in used), None)
+        if slot is None or weights.rank > self._rank:
+            self._grow(self._num_slots + (slot is None), weights.rank)
+            slot = slot or self._num_slots - 1
         for path, (a, b) in weights.modules.items():
-            layer = self._wrap(path)
-            device, dtype = layer.base.weight.device, _compute_dtype(layer.base)
-            layer.adapters[key] = (
-                a.to(device=device, dtype=dtype),
-                b.to(device=device, dtype=dtype),
-                weights.scaling,
-            )
+            self._wrap(path).put(slot, a, b, weights.scaling)
+        self._slots[key] = slot
 
     def remove(self, key: str) -> None:
-        for layer in self._layers.values():
-            layer.adapters.pop(key, None)
+        slot = self._slots.pop(key, None)
+        if slot is not None:
+            for layer in self._layers.values():
+                layer.clear(slot)
 
     def merge(self, weights: LoraWeights) -> None:
         """Fold an adapter into the base weights for good: W += scaling * B @ A."""
@@ -205,6 +253,13 @@ class MultiLora:
                     )
                 delta = (b.float() @ a.float()) * weights.scaling
                 linear.weight += delta.to(device=linear.weight.device, dtype=linear.weight.dtype)
+
+    def _grow(self, num_slots: int, rank: int) -> None:
+        self._num_slots = num_slots
+        self._rank = max(self._rank, 1 << (rank - 1).bit_length())  # powers of two
+        for layer in self._layers.values():
+            layer.resize(self._num_slots, self._rank)
+        self.version += 1
 
     def _linear(self, path: str) -> nn.Linear:
         if path in self._layers:
@@ -223,9 +278,10 @@ class MultiLora:
         if path not in self._layers:
             parent_path, _, child = path.rpartition(".")
             parent = self.model.get_submodule(parent_path) if parent_path else self.model
-            layer = LoraLinear(getattr(parent, child), self.routing)
+            layer = LoraLinear(getattr(parent, child), self.routing, self._num_slots, self._rank)
             setattr(parent, child, layer)
             self._layers[path] = layer
+            self.version += 1
         return self._layers[path]
 
 

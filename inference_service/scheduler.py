@@ -20,8 +20,10 @@ from transformers.cache_utils import DynamicLayer
 
 from tuneyard.errors import ResourceExhausted, Unavailable
 
-from .lora import LoraRouting
+from .lora import MultiLora
+from .sampling import greedy_picks
 from .sequence import Cancelled, Sequence
+from .static_batch import StaticBatch
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class Batch:
         self.attention_mask = self.attention_mask[index]
         self.positions = self.positions[index]
         unused = int(self.attention_mask.any(0).int().argmax())  # leading all-padding columns
-        if unused and self.can_join(self.cache):
+        if unused and self.joinable():
             self.attention_mask = self.attention_mask[:, unused:]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
@@ -73,11 +75,10 @@ class Batch:
         self.positions = torch.cat([self.positions, other.positions])
         self.rows = self.rows + other.rows
 
-    @staticmethod
-    def can_join(cache) -> bool:
+    def joinable(self) -> bool:
         """Only plain dynamic layers (full attention) can be padded, trimmed and
         concatenated; a batch of another cache (sliding windows) takes no new rows."""
-        return all(type(layer) is DynamicLayer for layer in cache.layers)
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -93,9 +94,10 @@ class Scheduler:
     def __init__(
         self,
         model,
-        routing: LoraRouting,
+        lora: MultiLora,
         model_lock: threading.Lock,
         *,
+        static: StaticBatch | None,
         pad_token_id: int,
         max_batch_size: int,
         max_batch_wait_s: float,
@@ -103,7 +105,9 @@ class Scheduler:
         on_batch: Callable[[int], None] = lambda size: None,
     ):
         self.model = model
-        self.routing = routing
+        self.lora = lora
+        # With a static batch, running rows live in it (CUDA graphs); else in a `Batch`.
+        self.static = static
         self.model_lock = model_lock
         self.pad_token_id = pad_token_id
         self.max_batch_size = max_batch_size
@@ -140,7 +144,7 @@ class Scheduler:
         return self.waiting.qsize()
 
     def _run(self) -> None:
-        batch: Batch | None = None
+        batch: Batch | StaticBatch | None = None
         while not self._stop.is_set():
             new = self._next_rows(batch)
             try:
@@ -151,15 +155,17 @@ class Scheduler:
                 for seq in rows:
                     if not seq.done:
                         seq.fail(err)
+                if self.static is not None:
+                    self.static.keep([])
                 batch = None
         for seq in batch.rows if batch else []:
             seq.fail(Unavailable("the inference service is stopping"))
 
-    def _next_rows(self, batch: Batch | None) -> list[Sequence]:
+    def _next_rows(self, batch: Batch | StaticBatch | None) -> list[Sequence]:
         """Requests to prefill now. With nothing running, wait for a first one, then up to
         max_batch_wait for company; with a batch running, take what is waiting, at once."""
         room = self.max_batch_size - (len(batch.rows) if batch else 0)
-        if room <= 0 or (batch is not None and not Batch.can_join(batch.cache)):
+        if room <= 0 or (batch is not None and not batch.joinable()):
             return []
         rows = []
         if batch is None:
@@ -176,25 +182,37 @@ class Scheduler:
         return [seq for seq in rows if not self._dropped(seq)]
 
     @torch.inference_mode()
-    def _step(self, batch: Batch | None, new: list[Sequence]) -> Batch | None:
+    def _step(self, batch, new: list[Sequence]):
         """Prefill the new rows into the batch, then decode one token for every row."""
         if new:
-            joining = self._prefill(new)
-            if batch is None or not batch.rows:
-                batch = joining
-            elif joining.rows:
-                batch.extend(joining)
+            batch = self._join(batch, self._prefill(new))
         if batch is None or not batch.rows:
             return None
         self.on_batch(len(batch.rows))
-        next_ids = torch.tensor([[seq.ids[-1]] for seq in batch.rows], device=self.device)
-        batch.attention_mask = torch.cat(
-            [batch.attention_mask, batch.attention_mask.new_ones(len(batch.rows), 1)], dim=1
-        )
-        logits = self._forward(batch, next_ids, batch.positions[:, None])[:, -1]
-        batch.positions = batch.positions + 1
+        next_ids = [seq.ids[-1] for seq in batch.rows]
+        if batch is self.static:
+            with self.model_lock:
+                logits = batch.decode(next_ids)
+        else:
+            batch.attention_mask = torch.cat(
+                [batch.attention_mask, batch.attention_mask.new_ones(len(batch.rows), 1)], dim=1
+            )
+            ids = torch.tensor(next_ids, device=self.device)[:, None]
+            logits = self._forward(batch, ids, batch.positions[:, None])[:, -1]
+            batch.positions = batch.positions + 1
         self._choose(batch, logits)
         return batch if batch.rows else None
+
+    def _join(self, batch, joining: Batch):
+        if not joining.rows:
+            return batch
+        if self.static is not None:
+            self.static.extend(joining)
+            return self.static
+        if batch is None or not batch.rows:
+            return joining
+        batch.extend(joining)
+        return batch
 
     def _prefill(self, rows: list[Sequence]) -> Batch:
         width = max(len(seq.prompt_ids) for seq in rows)
@@ -225,7 +243,8 @@ class Scheduler:
         if self._takes_positions:
             kwargs["position_ids"] = positions
         with self.model_lock:
-            self.routing.set_rows([seq.adapter_key for seq in batch.rows], self.device)
+            slots = [self.lora.slot(seq.adapter_key) for seq in batch.rows]
+            self.lora.routing.set_rows(slots, self.device)
             out = self.model(
                 input_ids=ids,
                 attention_mask=batch.attention_mask,
@@ -237,11 +256,13 @@ class Scheduler:
 
     def _choose(self, batch: Batch, logits: torch.Tensor) -> None:
         """Give each row its next token; keep the rows that go on."""
+        picks = greedy_picks([seq.chooser for seq in batch.rows], logits)
         keep = []
         for i, seq in enumerate(batch.rows):
             if self._dropped(seq):
                 continue
-            seq.add(*seq.chooser(logits[i], seq.prompt_ids + seq.ids))
+            pick = picks.get(i) or seq.chooser(logits[i], seq.prompt_ids + seq.ids)
+            seq.add(*pick)
             if not seq.done:
                 keep.append(i)
         batch.keep(keep)

@@ -25,6 +25,12 @@ class InferenceSettings(CommonSettings):
     max_batch_size: int = Field(8, ge=1)
     max_batch_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
+    decode: Literal["auto", "dynamic", "static"] = Field(
+        "auto",
+        description="static: preallocated KV buffers, CUDA graphs on a GPU (Llama-shaped "
+        "models); dynamic: a growing KV cache, any model; auto: static on CUDA when supported.",
+    )
+    cuda_graphs: bool = Field(True, description="Replay decode steps as CUDA graphs (static).")
     metrics_max_adapters: int = Field(
         20, ge=1, description="Distinct `adapter` label values in metrics; others are 'other'."
     )

@@ -106,8 +106,10 @@ def adapters_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("adapters")
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_llama, adapters_dir):
-    engine = make_engine(tiny_llama, adapters_dir)
+@pytest.fixture(scope="module", params=["dynamic", "static"])
+def engine(request, tiny_llama, adapters_dir):
+    """The engine on both decode paths: a growing KV cache, and the static KV buffers that
+    a GPU replays as CUDA graphs (the same step without the graphs on the CPU)."""
+    engine = make_engine(tiny_llama, adapters_dir, decode=request.param)
     yield engine
     engine.stop()
