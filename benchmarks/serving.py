@@ -373,6 +373,11 @@ def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names) 
         # Adapters loaded and the engine warm before timing, as in the naive run.
         warm = [(name, jobs[0][1]) for name in names]
         asyncio.run(run_load(url, warm, len(warm), 2))
+        if args.device != "cpu":
+            # On a GPU, each batch shape is captured as a CUDA graph on first use: once
+            # here, not in the timed runs (as vLLM captures at start-up).
+            asyncio.run(run_load(url, jobs[:1], 1, args.max_new_tokens))
+            asyncio.run(run_load(url, jobs, args.clients, args.max_new_tokens))
         one = asyncio.run(run_load(url, jobs[:1], 1, args.max_new_tokens))
         load = asyncio.run(run_load(url, jobs, args.clients, args.max_new_tokens))
         overhead = gateway_overhead(url, stack.inference_addr, args.overhead_requests)

@@ -17,7 +17,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # gRPC aio channels belong to the event loop that creates them: the server's.
-        app.state.backends = Backends(settings)
+        app.state.backends = Backends(settings, app.state.metrics)
+        await app.state.backends.start()
         yield
         await app.state.backends.close()
 

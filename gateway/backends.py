@@ -6,12 +6,14 @@ attempt may take and how long the channel waits between attempts, so the gateway
 backend again by itself, within about a second of it coming back.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.errors import from_rpc_error
+from gateway.metrics import GatewayMetrics
+from gateway.replicas import ReplicaPool
 from gateway.settings import GatewaySettings
 from tuneyard.v1 import evaluation_pb2_grpc, inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
 
@@ -42,7 +44,7 @@ class Backend:
                 ("grpc.initial_reconnect_backoff_ms", min(100, backoff_ms)),
                 ("grpc.max_reconnect_backoff_ms", backoff_ms),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                # With a `dns:///` name of several replicas (a headless Service), spread
+                # A plain `host:port` whose name resolves to several addresses spreads
                 # requests over all of them; the same as pick_first for one address.
                 ("grpc.lb_policy_name", "round_robin"),
             ],
@@ -58,13 +60,22 @@ class Backend:
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(self.name, err) from None
 
-    async def stream(self, method: str, request, timeout_s: float | None = None) -> AsyncIterator:
+    async def stream(
+        self,
+        method: str,
+        request,
+        timeout_s: float | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> AsyncIterator:
         """Start a server stream and wait for its first message, so that an error coming at
         once (unknown adapter, bad parameter, backend down) is still an HTTP status rather
-        than an event inside a 200 stream. Returns the iterator of all messages."""
+        than an event inside a 200 stream. Returns the iterator of all messages. `on_done`
+        runs once the call has ended, however it ends (even if never read to the end)."""
         call = getattr(self.stub, method)(
             request, timeout=timeout_s or self.timeout_s, wait_for_ready=False
         )
+        if on_done is not None:
+            call.add_done_callback(lambda _: on_done())
         try:
             first = await call.read()
         except BaseException as err:  # the HTTP client may go away while we wait, too
@@ -103,15 +114,20 @@ class Backend:
 
 
 class Backends:
-    """The gateway's two backends; created inside the event loop that uses them."""
+    """The gateway's backends: the inference replicas and the trainer; created inside the
+    event loop that uses them."""
 
-    def __init__(self, settings: GatewaySettings):
-        self.inference = Backend(
-            "inference",
-            settings.inference_addr,
-            "tuneyard.v1.InferenceService",
-            inference_pb2_grpc.InferenceServiceStub,
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None):
+        self.inference = ReplicaPool(
             settings,
+            lambda addr: Backend(
+                "inference",
+                addr,
+                "tuneyard.v1.InferenceService",
+                inference_pb2_grpc.InferenceServiceStub,
+                settings,
+            ),
+            metrics,
         )
         self.trainer = Backend(
             "trainer",
@@ -130,6 +146,9 @@ class Backends:
         )
         self.watch_timeout_s = settings.watch_timeout_s
         self._info: inference_pb2.InfoResponse | None = None
+
+    async def start(self) -> None:
+        await self.inference.start()
 
     async def info(self) -> inference_pb2.InfoResponse:
         """The served base model's info; it does not change while the backend runs."""

@@ -73,6 +73,23 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.replicas_known = Gauge(
+            prefix + "inference_replicas",
+            "Inference replicas the gateway knows of.",
+            registry=self.registry,
+        )
+        self.replicas_up = Gauge(
+            prefix + "inference_replicas_up",
+            "Inference replicas not marked down.",
+            registry=self.registry,
+        )
+        # Labelled by replica address: bounded by the replica count (gone ones are removed).
+        self.replica_requests = Counter(
+            prefix + "inference_replica_requests",
+            "Calls sent to each inference replica.",
+            ["replica"],
+            registry=self.registry,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

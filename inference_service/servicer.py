@@ -3,6 +3,7 @@
 import grpc
 
 from tuneyard.grpc_server import maps_errors, maps_stream_errors
+from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
 from tuneyard.v1 import inference_pb2 as pb
 from tuneyard.v1 import inference_pb2_grpc
 
@@ -69,15 +70,7 @@ def to_input(request: pb.GenerateRequest) -> GenerateInput:
     p = request.parameters
     optional = {
         name: getattr(p, name) if p.HasField(name) else None
-        for name in (
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-            "top_k",
-            "repetition_penalty",
-            "seed",
-            "truncate",
-        )
+        for name in OPTIONAL_GENERATION_PARAMETERS
     }
     params = Parameters(
         **optional,

@@ -1,5 +1,5 @@
-"""Adapters on the inference service: list (state, version, rank, size, loaded, last use),
-load and unload."""
+"""Adapters on the inference service: list (state, version, rank, size, loaded, last use,
+on which replicas), load and unload; load and unload act on every replica."""
 
 import time
 
@@ -11,7 +11,8 @@ from tuneyard.v1 import inference_pb2
 router = APIRouter(prefix="/v1/adapters", dependencies=[Depends(require_key)])
 
 
-def adapter_json(adapter: inference_pb2.Adapter) -> dict:
+def adapter_json(adapter: inference_pb2.Adapter, replicas: list[str] | None = None) -> dict:
+    """`replicas`: the inference replicas it is loaded on, when listing them."""
     return {
         "object": "adapter",
         "id": adapter.id,
@@ -26,23 +27,20 @@ def adapter_json(adapter: inference_pb2.Adapter) -> dict:
         "recipe": adapter.recipe,
         "created_at": adapter.created_at or None,
         "last_used_at": adapter.last_used_at or None,
+        **({} if replicas is None else {"replicas": replicas}),
     }
 
 
 @router.get("")
 async def list_adapters(request: Request) -> dict:
-    reply = await request.app.state.backends.inference.call(
-        "ListAdapters", inference_pb2.ListAdaptersRequest()
-    )
-    return {"object": "list", "data": [adapter_json(a) for a in reply.adapters]}
+    listed = await request.app.state.backends.inference.list_adapters()
+    return {"object": "list", "data": [adapter_json(a, where) for a, where in listed]}
 
 
 @router.post("/{adapter_id}/load", dependencies=[Depends(require_admin)])
 async def load_adapter(request: Request, adapter_id: str) -> dict:
     start = time.perf_counter()
-    adapter = await request.app.state.backends.inference.call(
-        "LoadAdapter", inference_pb2.LoadAdapterRequest(adapter_id=adapter_id)
-    )
+    adapter = await request.app.state.backends.inference.load_adapter(adapter_id)
     metrics = request.app.state.metrics
     metrics.adapter_load_duration.labels(metrics.adapter_label(adapter_id)).observe(
         time.perf_counter() - start
@@ -52,9 +50,7 @@ async def load_adapter(request: Request, adapter_id: str) -> dict:
 
 @router.post("/{adapter_id}/unload", dependencies=[Depends(require_admin)])
 async def unload_adapter(request: Request, adapter_id: str) -> dict:
-    adapter = await request.app.state.backends.inference.call(
-        "UnloadAdapter", inference_pb2.UnloadAdapterRequest(adapter_id=adapter_id)
-    )
+    adapter = await request.app.state.backends.inference.unload_adapter(adapter_id)
     return adapter_json(adapter)
 
 

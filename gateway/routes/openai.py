@@ -211,7 +211,7 @@ class _Answer:
 
     async def complete(self, requests: list[inference_pb2.GenerateRequest]) -> dict:
         replies = await asyncio.gather(
-            *(self.backends.inference.call("Generate", r) for r in requests)
+            *(self.backends.inference.call("Generate", r, adapter=r.adapter_id) for r in requests)
         )
         choices = []
         total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -233,7 +233,9 @@ class _Answer:
 
     async def stream(self, request: inference_pb2.GenerateRequest):
         start = time.perf_counter()
-        messages = await self.backends.inference.stream("GenerateStream", request)
+        messages = await self.backends.inference.stream(
+            "GenerateStream", request, adapter=request.adapter_id
+        )
         chunk_object = "chat.completion.chunk" if self.chat else "text_completion"
 
         def chunk(choices: list[dict], **extra) -> dict:
@@ -301,9 +303,8 @@ async def list_models(request: Request) -> dict:
     """The base model, then each adapter by name (its newest version), `parent` the base."""
     backends: Backends = request.app.state.backends
     base = (await backends.info()).model_id
-    reply = await backends.inference.call("ListAdapters", inference_pb2.ListAdaptersRequest())
     newest: dict[str, inference_pb2.Adapter] = {}
-    for adapter in reply.adapters:
+    for adapter, _ in await backends.inference.list_adapters():
         current = newest.get(adapter.name)
         if current is None or int(adapter.version or 0) > int(current.version or 0):
             newest[adapter.name] = adapter

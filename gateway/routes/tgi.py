@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.auth import require_key
 from gateway.sse import event_response
 from tuneyard.errors import Unavailable
+from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
 from tuneyard.v1 import inference_pb2
 
 router = APIRouter()
@@ -22,16 +23,6 @@ FINISH_REASONS = {
     inference_pb2.STOP_SEQUENCE: "stop_sequence",
 }
 UINT32_MAX = 2**32 - 1  # the proto's counts are uint32
-# Sampling parameters passed to the engine when set (the proto's optional fields).
-_PASSED = (
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "seed",
-    "truncate",
-)
 
 
 class Parameters(BaseModel):
@@ -109,7 +100,8 @@ def to_proto(req: GenerateRequest) -> inference_pb2.GenerateRequest:
         details=True,
         decoder_input_details=bool(p.decoder_input_details),
     )
-    for name in _PASSED:
+    # Sampling parameters passed to the engine when set (the proto's optional fields).
+    for name in OPTIONAL_GENERATION_PARAMETERS:
         value = getattr(p, name)
         if value is not None:
             setattr(params, name, value)
@@ -161,7 +153,9 @@ def stream_details_json(details: inference_pb2.GenerateDetails) -> dict:
 
 
 async def generate(request: Request, req: GenerateRequest) -> dict:
-    reply = await request.app.state.backends.inference.call("Generate", to_proto(req))
+    reply = await request.app.state.backends.inference.call(
+        "Generate", to_proto(req), adapter=req.params.adapter_id or ""
+    )
     request.app.state.metrics.observe_generation(
         req.params.adapter_id or "", reply.details.generated_tokens, reply.details.prompt_tokens
     )
@@ -174,7 +168,9 @@ async def generate(request: Request, req: GenerateRequest) -> dict:
 async def generate_stream(request: Request, req: GenerateRequest):
     metrics = request.app.state.metrics
     start = time.perf_counter()
-    messages = await request.app.state.backends.inference.stream("GenerateStream", to_proto(req))
+    messages = await request.app.state.backends.inference.stream(
+        "GenerateStream", to_proto(req), adapter=req.params.adapter_id or ""
+    )
 
     async def events():
         first_token_s = None
