@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export TUNEYARD_HOME ?= $(CURDIR)/.tuneyard
 
-.PHONY: help venv model proto demo test test-fast lint format bench up up-cpu down logs deploy-check clean
+.PHONY: help venv model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +42,11 @@ format: venv
 
 bench: model ## side-by-side benchmarks, JSON in benchmarks/results/
 	$(PY) -m benchmarks.run_all
+
+# No venv prerequisite: a lent GPU machine has no network; there, `PY=python3` and carried
+# wheels (see benchmarks/gpu_smoke.py), and GPU_SMOKE_ARGS="--out $$OUT" to get the JSON back.
+gpu-smoke: ## train, serve and time a random 1.1B Llama on a GPU, JSON in benchmarks/results/
+	$(PY) -m benchmarks.gpu_smoke --model llama-1b --device cuda $(GPU_SMOKE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
