@@ -58,6 +58,6 @@ def greedy_picks(choosers: list[NextTokenChooser], logits: torch.Tensor) -> dict
     if not rows:
         return {}
     scores = (logits if len(rows) == len(choosers) else logits[rows]).float()
-    tokens = scores.argmax(-1)
-    logprobs = torch.log_softmax(scores, dim=-1).gather(1, tokens[:, None])[:, 0]
+    best, tokens = scores.max(-1)
+    logprobs = best - torch.logsumexp(scores, dim=-1)  # log_softmax at the argmax
     return dict(zip(rows, zip(tokens.tolist(), logprobs.tolist(), strict=True), strict=True))

@@ -94,8 +94,15 @@ class Sequence:
         self.cancelled = threading.Event()
         self._out: queue.Queue = queue.Queue()
         self._closed = False
-        self._context = prompt_ids[-4:]
-        self._context_text = self._decode(self._context)
+        self._special_ids = frozenset(tokenizer.all_special_ids)
+        # The Rust tokenizer itself, when there is one: transformers' decode wrapper costs
+        # more than the decoding, per token and row.
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        # Incremental decoding, as TGI: the text of a token is what decoding
+        # window[prefix:] adds to window[prefix:read]. The window starts with a few prompt
+        # tokens: SentencePiece tokenizers drop the leading space of a decode's first token.
+        self._window = prompt_ids[-4:]
+        self._prefix, self._read = 0, len(self._window)
         self._longest_stop = max((len(s) for s in params.stop), default=0)
 
     # Engine thread side.
@@ -106,9 +113,8 @@ class Sequence:
 
     def set_prefill(self, logprobs: list[float]) -> None:
         """Prompt-token logprobs (the first has none: NaN)."""
-        special = set(self.tokenizer.all_special_ids)
         self.prefill = [
-            TokenInfo(i, self.tokenizer.decode([i]), lp, i in special)
+            TokenInfo(i, self.tokenizer.decode([i]), lp, i in self._special_ids)
             for i, lp in zip(self.prompt_ids, [math.nan, *logprobs], strict=True)
         ]
 
@@ -121,9 +127,8 @@ class Sequence:
             self.finish_reason = EOS_TOKEN
             token = TokenInfo(token_id, self.tokenizer.decode([token_id]), logprob, True)
         else:
-            token = TokenInfo(
-                token_id, self._next_text(), logprob, token_id in self.tokenizer.all_special_ids
-            )
+            self._window.append(token_id)
+            token = TokenInfo(token_id, self._next_text(), logprob, token_id in self._special_ids)
             if self.finish_reason is None and len(self.ids) >= self.max_new_tokens:
                 self.finish_reason = LENGTH
         self.tokens.append(token)
@@ -138,11 +143,14 @@ class Sequence:
         self._close("cancelled" if isinstance(error, Cancelled) else "error")
 
     def _next_text(self) -> str:
-        """The text this token adds: decode everything and take the new suffix, so tokens
-        that end inside a multi-byte character wait for the rest of it."""
-        full = self._decode_generated()
-        if full.endswith("\ufffd") or not full.startswith(self.text):
+        """The text the newest token adds; a token that ends inside a multi-byte character
+        adds nothing until the rest of it comes. Cut at a stop sequence."""
+        before = self._decode(self._window[self._prefix : self._read])
+        after = self._decode(self._window[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
+        self._prefix, self._read = self._read, len(self._window)
+        full = self.text + after[len(before) :]
         start = max(0, len(self.text) - self._longest_stop + 1)
         for stop in self.params.stop:
             at = full.find(stop, start)
@@ -153,15 +161,9 @@ class Sequence:
         added, self.text = full[len(self.text) :], full
         return added
 
-    def _decode_generated(self) -> str:
-        # Decoded after a few prompt tokens, as TGI does: SentencePiece tokenizers drop the
-        # leading space of the first token of a decode.
-        text = self._decode(self._context + self.ids)
-        if text.startswith(self._context_text):
-            return text[len(self._context_text) :]
-        return self._decode(self.ids)
-
     def _decode(self, ids: list[int]) -> str:
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=True)
         return self.tokenizer.decode(
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
