@@ -201,7 +201,8 @@ class StaticBatch:
                 self._step(rows, columns)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: request threads may touch CUDA (a sampling generator) meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             logits = self._step(rows, columns)
         return graph, logits
 
