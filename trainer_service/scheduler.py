@@ -308,23 +308,29 @@ class Scheduler:
             result_files=[str(f) for f in result.get("result_files", [])],
             trained_tokens=int(result.get("trained_tokens", 0)),
         )
-        if self.notifier is not None:
-            try:
-                self.notifier.load_adapter(model)
-                self._event(job_id, f"inference service at {self.notifier.address} loaded {model}")
-            except Exception as err:  # grpc.RpcError mostly; serving can still load it later
-                detail = err.details() if hasattr(err, "details") else str(err)
-                self._event(
-                    job_id,
-                    f"could not tell the inference service at "
-                    f"{self.notifier.address} to load {model}: {detail}",
-                    level="warn",
-                )
+        self.announce(job_id, model)
         self._finish(job_id, SUCCEEDED, f"succeeded: published {model}")
         # After SUCCEEDED: only a succeeded job's adapter can be evaluated.
         evaluation = JobSpec.model_validate(self.store.get_job(job_id).spec).evaluation
         if evaluation is not None and self.evaluations is not None:
             evaluate_job_output(self.store.get_job(job_id), self.evaluations, evaluation)
+
+    def announce(self, job_id: str, model: str) -> None:
+        """Tell the inference service to load a version this job published, so its first
+        request does not pay for the load; the job's events say how that went."""
+        if self.notifier is None:
+            return
+        try:
+            self.notifier.load_adapter(model)
+            self._event(job_id, f"inference service at {self.notifier.address} loaded {model}")
+        except Exception as err:  # grpc.RpcError mostly; serving can still load it later
+            detail = err.details() if hasattr(err, "details") else str(err)
+            self._event(
+                job_id,
+                f"could not tell the inference service at "
+                f"{self.notifier.address} to load {model}: {detail}",
+                level="warn",
+            )
 
     # --- helpers -------------------------------------------------------------------------
     def _finish(self, job_id: str, status: str, message: str, **error) -> None:

@@ -18,7 +18,7 @@ from trainer_service.settings import TrainerSettings
 TUNEYARD = {
     "template": EMAIL_TEMPLATE,
     "lora": {"r": 4, "alpha": 8},
-    "training": {"max_steps": 2, "max_seq_length": 128},
+    "training": {"max_steps": 2, "max_seq_length": 128, "save_steps": 1},
 }
 
 
@@ -115,6 +115,17 @@ def test_job_lifecycle_then_generate(oai, http, tiny_llama, email_jsonl):
     )
     assert response.status_code == 200, response.text
     assert "emails" in [m.id for m in oai.models.list()]
+
+    # A checkpoint published afterwards is the next version, and inference loads it at once.
+    checkpoints = http.get(f"/v1/fine_tuning/jobs/{job.id}/checkpoints").json()["data"]
+    assert [c["step_number"] for c in checkpoints] == [2, 1]
+    published = http.post(f"/v1/fine_tuning/jobs/{job.id}/checkpoints/1/publish")
+    assert published.status_code == 200, published.text
+    assert published.json()["fine_tuned_model_checkpoint"] == "emails@2"
+    adapters = {a["id"]: a for a in http.get("/v1/adapters").json()["data"]}
+    assert adapters["emails@2"]["loaded"], adapters
+    events = oai.fine_tuning.jobs.list_events(job.id, limit=5).data
+    assert "inference service at" in events[0].message and "emails@2" in events[0].message
 
     # Cancelling a finished job changes nothing.
     assert oai.fine_tuning.jobs.cancel(job.id).status == "succeeded"
