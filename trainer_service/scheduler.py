@@ -294,8 +294,8 @@ class Scheduler:
             fields["estimated_finish"] = time.time() + float(metrics["eta_seconds"])
         if fields:
             self.store.update(job_id, **fields)
-        if self.metrics and "tokens_per_second" in metrics:
-            self.metrics.job_throughput(job_id, float(metrics["tokens_per_second"]))
+        if self.metrics:
+            self.metrics.job_progress(job_id, metrics)
         parts = [f"{k}={metrics[k]:.4g}" for k in ("loss", "eval_loss") if k in metrics]
         step = f"step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
         self._event(job_id, " ".join([step, *parts]), metrics=metrics)

@@ -171,3 +171,24 @@ def test_restart_recovery(settings, tiny_llama, email_jsonl, tmp_path, make_sche
     wait_status(scheduler, requeued.id, RUNNING, timeout=30)
     scheduler.cancel(requeued.id)
     assert wait_status(scheduler, requeued.id, CANCELLED, FAILED, timeout=60).status == CANCELLED
+
+
+def test_running_jobs_export_loss_and_step_until_they_end(tmp_path):
+    from prometheus_client import generate_latest
+
+    from trainer_service.job_store import JobStore
+
+    metrics = TrainerMetrics(JobStore(tmp_path / "jobs.db"))
+    metrics.job_progress("ftjob-a", {"step": 3, "loss": 2.5, "tokens_per_second": 100})
+    metrics.job_progress("ftjob-b", {"step": 1, "tokens_per_second": 50, "lr": "n/a"})
+    metrics.job_progress("ftjob-a", {"step": 4, "loss": 2.25})
+    text = generate_latest(metrics.registry).decode()
+    assert 'tuneyard_trainer_job_loss{job="ftjob-a"} 2.25' in text
+    assert 'tuneyard_trainer_job_step{job="ftjob-a"} 4.0' in text
+    assert 'tuneyard_trainer_job_step{job="ftjob-b"} 1.0' in text
+    assert 'job_loss{job="ftjob-b"}' not in text  # no loss reported yet
+    assert "tuneyard_trainer_tokens_per_second 150.0" in text  # a's last known rate kept
+    metrics.job_finished("ftjob-a", "succeeded")
+    text = generate_latest(metrics.registry).decode()
+    assert 'job="ftjob-a"' not in text
+    assert "tuneyard_trainer_tokens_per_second 50.0" in text

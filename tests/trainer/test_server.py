@@ -204,6 +204,8 @@ def test_metric_names_on_own_registry(running):
         "tuneyard_trainer_jobs",
         "tuneyard_trainer_jobs_finished",
         "tuneyard_trainer_tokens_per_second",
+        "tuneyard_trainer_job_loss",
+        "tuneyard_trainer_job_step",
     }
 
 
