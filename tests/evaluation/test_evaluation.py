@@ -332,6 +332,25 @@ def test_queued_evaluations_survive_a_restart(make_service, heldout, train_rows)
     assert [e.id for e in second.list_evaluations()[0]] == [cancelled.id, queued.id]
 
 
+def test_a_job_evaluation_left_queued_by_a_restart_still_reaches_the_job(
+    make_service, tiny_llama, email_jsonl
+):
+    first = make_service()  # stopped before its evaluation ran
+    job = first.jobs.create_job(job_spec(tiny_llama, email_jsonl))
+    job = first.jobs.update(job.id, status=SUCCEEDED, fine_tuned_model="email@1")
+    evaluation = evaluate_job_output(job, first, {"max_new_tokens": 2, "arms": ["adapter"]})
+    first.close()
+    second = make_service()
+    second.start()
+    assert second.wait(evaluation.id, timeout=60).status == SUCCEEDED
+    for _ in range(50):  # the link is written right after the status
+        if second.jobs.get_job(job.id).result_files:
+            break
+        time.sleep(0.1)
+    done = second.get(evaluation.id)
+    assert second.jobs.get_job(job.id).result_files == [done.report_html, done.report_markdown]
+
+
 def test_report_formats(finished):
     service, evaluation = finished
     content_type, content = service.report(evaluation.id, "md")

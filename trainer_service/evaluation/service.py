@@ -9,7 +9,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 LOSS_CURVE = "loss_curve.png"  # written into each adapter version by the training worker
 REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charset=utf-8"}
 
-OnDone = Callable[[Evaluation], None]
-
 
 @lru_cache(maxsize=4)
 def _tokenizer(base_model: str):
@@ -61,7 +58,6 @@ class EvaluationService:
         self.files_root = files_dir(settings)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._plans: dict[str, Plan] = {}
-        self._on_done: dict[str, OnDone] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._thread = threading.Thread(target=self._loop, name="evaluations", daemon=True)
 
@@ -81,9 +77,7 @@ class EvaluationService:
         self.store.close()
 
     # --- public --------------------------------------------------------------------------
-    def create(
-        self, spec: evaluation_pb2.EvaluationSpec, on_done: OnDone | None = None
-    ) -> Evaluation:
+    def create(self, spec: evaluation_pb2.EvaluationSpec, for_job: str = "") -> Evaluation:
         plan = self._plan(spec)
         evaluation = self.store.create(
             json_format.MessageToDict(spec, preserving_proto_field_name=True),
@@ -91,10 +85,9 @@ class EvaluationService:
             eval_source=plan.eval_source,
             rows=len(plan.cases),
             total_requests=2 * len(plan.arms) * len(plan.cases),
+            for_job=for_job,
         )
         self._plans[evaluation.id] = plan
-        if on_done is not None:
-            self._on_done[evaluation.id] = on_done
         self._enqueue(evaluation.id)
         return evaluation
 
@@ -210,9 +203,8 @@ class EvaluationService:
             **fields,
         )
         self._cancel.pop(evaluation_id, None)
-        on_done = self._on_done.pop(evaluation_id, None)
-        if on_done is not None:
-            on_done(evaluation)
+        if evaluation.for_job:
+            _link_to_job(self.jobs, evaluation.for_job, evaluation)
 
 
 def evaluate_job_output(
@@ -226,7 +218,7 @@ def evaluate_job_output(
     spec = json_format.ParseDict(dict(options or {}), evaluation_pb2.EvaluationSpec())
     spec.job_id = job.id
     try:
-        evaluation = service.create(spec, on_done=lambda e: _link_to_job(service.jobs, job.id, e))
+        evaluation = service.create(spec, for_job=job.id)
     except TuneyardError as err:
         service.jobs.add_event(job.id, f"evaluation not started: {err.message}", level="warn")
         return None

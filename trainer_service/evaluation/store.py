@@ -6,7 +6,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tuneyard.errors import NotFound
@@ -38,6 +38,9 @@ class Evaluation:
     result: dict = field(default_factory=dict)  # runner.Result as a dict: arms, examples
     report_markdown: str = ""
     report_html: str = ""
+    # The job whose spec asked for this evaluation: its reports join the job's result_files
+    # when it ends, after a trainer restart too.
+    for_job: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -86,26 +89,24 @@ class EvaluationStore:
 
     def get(self, evaluation_id: str) -> Evaluation:
         with self._lock:
-            row = self._db.execute(
-                "SELECT body FROM evaluations WHERE id = ?", (evaluation_id,)
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"evaluation {evaluation_id!r} not found", param="evaluation_id")
-        return Evaluation(**json.loads(row[0]))
+            return self._get(evaluation_id)
 
     def update(self, evaluation_id: str, **fields) -> Evaluation:
         with self._lock:
-            row = self._db.execute(
-                "SELECT body FROM evaluations WHERE id = ?", (evaluation_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"evaluation {evaluation_id!r} not found", param="evaluation_id")
-            evaluation = Evaluation(**{**json.loads(row[0]), **fields})
+            evaluation = replace(self._get(evaluation_id), **fields)
             self._db.execute(
                 "UPDATE evaluations SET status = ?, body = ? WHERE id = ?",
                 (evaluation.status, json.dumps(asdict(evaluation)), evaluation_id),
             )
         return evaluation
+
+    def _get(self, evaluation_id: str) -> Evaluation:
+        row = self._db.execute(
+            "SELECT body FROM evaluations WHERE id = ?", (evaluation_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"evaluation {evaluation_id!r} not found", param="evaluation_id")
+        return Evaluation(**json.loads(row[0]))
 
     def list_evaluations(self, limit: int = 20, after: str = "") -> tuple[list[Evaluation], bool]:
         """Newest first; `after` is the id of the last one of the previous page."""
