@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from tests.conftest import EMAIL_ROWS
@@ -60,9 +61,14 @@ def test_killed_trainer_resumes_the_job_from_its_checkpoint(settings, tiny_llama
                 lambda: any("checkpoint saved" in e.message for e in events_of(stub, job.id)),
                 timeout=90,
             )
+        workers = psutil.Process(first.pid).children(recursive=True)
+        assert workers, "the job's worker should be running"
     finally:
         first.kill()  # SIGKILL: no clean stop, the job stays "running" in the store
         first.wait()
+    # The orphaned worker stops by itself: it must not train on beside the resumed one.
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, [(p.pid, p.cmdline(), p.status()) for p in alive]
 
     second = start_trainer(settings, port)
     try:

@@ -150,3 +150,21 @@ def test_only_rank_zero_reports_and_publishes(settings, tiny_llama, email_jsonl,
     assert code == 0, (workdir / "worker.log").read_text()[-3000:]
     assert events == []
     assert AdapterStore(settings.resolved_adapters_dir).all_versions() == []
+
+
+def test_an_orphaned_worker_asks_itself_to_stop():
+    import os
+    import threading
+
+    from trainer_service.worker.run import stop_when_orphaned
+
+    watched = threading.Event()
+    threading.Thread(
+        target=stop_when_orphaned, args=(os.getppid(), watched, 0.05), daemon=True
+    ).start()
+    assert not watched.wait(0.3), "stopped while its parent is alive"
+    watched.set()  # ends that watcher
+
+    orphaned = threading.Event()
+    stop_when_orphaned(os.getppid() + 1_000_000, orphaned, 0.05)  # not our parent: returns
+    assert orphaned.is_set()

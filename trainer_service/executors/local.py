@@ -63,6 +63,8 @@ class LocalExecutor:
             **worker_env(settings),
             "PYTHONPATH": python_path,
             "PYTHONUNBUFFERED": "1",
+            # The worker stops by itself if this process dies without cancelling it.
+            "TUNEYARD_WORKER_PARENT_PID": str(os.getpid()),
         }
         self._kill_grace_s = kill_grace_s
 

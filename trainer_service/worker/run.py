@@ -35,8 +35,13 @@ def main(job_id: str, workdir: Path, events: EventWriter) -> int:
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    settings = WorkerSettings()
+    if settings.worker_parent_pid:
+        threading.Thread(
+            target=stop_when_orphaned, args=(settings.worker_parent_pid, stop), daemon=True
+        ).start()
     try:
-        run(job_id, Path(workdir), events, stop, WorkerSettings())
+        run(job_id, Path(workdir), events, stop, settings)
     except Cancelled:
         events.message("cancelled: stopped without publishing")
         return CANCELLED_EXIT
@@ -45,6 +50,16 @@ def main(job_id: str, workdir: Path, events: EventWriter) -> int:
         events.message(f"{type(err).__name__}: {err}", level="error")
         return 1
     return 0
+
+
+def stop_when_orphaned(parent_pid: int, stop: threading.Event, every_s: float = 0.5) -> None:
+    """A trainer killed outright (SIGKILL, OOM) cannot cancel its local worker, and the
+    next trainer resumes the job from its checkpoint: stop as a cancel does, at the next
+    step, rather than train on beside the resumed worker in the same folder."""
+    while not stop.wait(every_s):
+        if os.getppid() != parent_pid:
+            log.warning("the trainer (pid %d) is gone; stopping without publishing", parent_pid)
+            stop.set()
 
 
 def run(
