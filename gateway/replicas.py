@@ -197,14 +197,9 @@ class ReplicaPool:
 
     # --- one backend's interface --------------------------------------------------------
     async def call(self, method: str, request, timeout_s: float | None = None, adapter: str = ""):
-        replica = self.pick(adapter)
-        try:
-            return await self._call_on(replica, method, request, timeout_s, adapter)
-        except BackendError as err:
-            other = self._retry_target(err, replica, adapter)
-            if other is None:
-                raise
-            return await self._call_on(other, method, request, timeout_s, adapter)
+        return await self._with_retry(
+            adapter, lambda replica: self._call_on(replica, method, request, timeout_s, adapter)
+        )
 
     async def _call_on(self, replica: Replica, method: str, request, timeout_s, adapter: str):
         self._started(replica)
@@ -225,14 +220,21 @@ class ReplicaPool:
     ) -> AsyncIterator:
         """A server stream whose first message has come (see `Backend.stream`); a replica
         that is unavailable before that is left for another."""
+        return await self._with_retry(
+            adapter, lambda replica: self._stream_on(replica, method, request, timeout_s, adapter)
+        )
+
+    async def _with_retry(self, adapter: str, attempt):
+        """`attempt(replica)` on the chosen replica, and once more on another one when the
+        first was unavailable."""
         replica = self.pick(adapter)
         try:
-            return await self._stream_on(replica, method, request, timeout_s, adapter)
+            return await attempt(replica)
         except BackendError as err:
             other = self._retry_target(err, replica, adapter)
             if other is None:
                 raise
-            return await self._stream_on(other, method, request, timeout_s, adapter)
+            return await attempt(other)
 
     async def _stream_on(self, replica: Replica, method: str, request, timeout_s, adapter: str):
         self._started(replica)
