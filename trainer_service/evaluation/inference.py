@@ -19,6 +19,7 @@ class Generation:
     prompt_tokens: int
     output_tokens: int
     latency_s: float
+    tokens: tuple[tuple[int, str], ...] = ()  # (id, text) of each generated token
 
 
 class InferenceClient:
@@ -51,6 +52,7 @@ class InferenceClient:
             reply.details.prompt_tokens,
             reply.details.generated_tokens,
             time.monotonic() - started,
+            tuple((t.id, t.text) for t in reply.details.tokens),
         )
 
     def reference_nll(

@@ -1,10 +1,18 @@
 """From an evaluation spec to a plan: the adapter and its template, the eval rows, the
 few-shot rows, the arms and the checks. Everything that can be wrong with the input is
-found here, so a bad evaluation fails before any generation runs."""
+found here, so a bad evaluation fails before any generation runs.
+
+Two kinds of adapter: a prompt/response template (rows are fields; few-shot examples are
+rendered examples joined by a blank line), or the `chat` template (rows are `messages`,
+the last one the assistant's reference; few-shot examples are earlier conversations given
+as earlier turns, all rendered by the base tokenizer's chat template)."""
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import jinja2
 
 from trainer_service.dataset import Row, read_rows
 from trainer_service.evaluation.checks import Check, Scorer, scorers
@@ -14,7 +22,8 @@ from trainer_service.validation import validate
 from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneyard.jobspec import JobSpec
-from tuneyard.templates import PromptTemplate
+from tuneyard.modeling import load_tokenizer, resolve_base_model
+from tuneyard.templates import ChatTemplate, PromptTemplate
 from tuneyard.v1 import evaluation_pb2
 
 ZERO_SHOT, FEW_SHOT, ADAPTER = "zero_shot", "few_shot", "adapter"
@@ -22,6 +31,7 @@ ARM_KINDS = (ZERO_SHOT, FEW_SHOT, ADAPTER)
 DEFAULT_SHOTS = 3
 DEFAULT_MAX_NEW_TOKENS = 128
 SHOT_SEPARATOR = "\n\n"
+_PROBE = "tuneyard-end-of-turn-probe"
 
 
 @dataclass(frozen=True)
@@ -33,11 +43,15 @@ class Arm:
 
 @dataclass(frozen=True)
 class Case:
-    """One eval row, rendered."""
+    """One eval row, rendered. The loss scores `reference` as the template writes it (a
+    chat turn with its end-of-turn marker); the checks compare answers with `expected`
+    (the same text, or the chat turn's content)."""
 
     line: int
     prompt: str
     reference: str
+    expected: str
+    messages: tuple[dict, ...] = ()  # a chat row's turns, for its few-shot prompt
 
 
 @dataclass
@@ -50,29 +64,73 @@ class Sampling:
     stop: list[str]
 
 
+@dataclass(frozen=True)
+class TurnEnd:
+    """How a chat turn ends: the marker the chat template writes after an assistant's
+    content, and its token id when it is a special token. Special tokens never reach the
+    generated text, so no stop sequence can match one; the runner cuts the answer at that
+    token instead (the engine stops by itself only at the tokenizer's eos)."""
+
+    text: str
+    token_ids: frozenset[int]
+
+
 @dataclass
 class Plan:
     adapter: AdapterVersion
     manifest: Manifest
-    template: PromptTemplate
+    template: PromptTemplate | ChatTemplate
     cases: list[Case]
     eval_source: str
     arms: list[Arm]
     scorers: list[Scorer]
     sampling: Sampling
-    shots: list[str] = field(default_factory=list)  # rendered prompt + response, in order
+    # In order: rendered prompt + response, or (chat) a conversation's non-system turns.
+    shots: list = field(default_factory=list)
     job_id: str = ""
+    turn_end: TurnEnd | None = None  # chat only
+
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.template, ChatTemplate)
 
     def prompt(self, arm: Arm, case: Case, shots: int) -> str:
         if not arm.few_shot:
             return case.prompt
+        if self.chat:
+            # The eval row's system turn stays first; the shots come before its own turns.
+            system = list(case.messages[:1]) if case.messages[0]["role"] == "system" else []
+            earlier = [turn for shot in self.shots[:shots] for turn in shot]
+            turns = [*system, *earlier, *case.messages[len(system) :]]
+            return self.template.render_prompt({ChatTemplate.MESSAGES: turns})
         return "".join(s + SHOT_SEPARATOR for s in self.shots[:shots]) + case.prompt
+
+    def stop(self, arm: Arm) -> list[str]:
+        """The stop sequences of an arm's generations: the spec's, then where an answer
+        ends: the end of the assistant's turn (chat), or the start of a next example
+        (few-shot)."""
+        stop = list(self.sampling.stop)
+        end = self.turn_end.text if self.chat else (arm.few_shot and self.few_shot_stop)
+        if end and end not in stop:
+            stop.append(end)
+        return stop
 
     @property
     def few_shot_stop(self) -> str:
         """Where a base model that goes on to write the next example should stop: the
-        template's text before its first field (e.g. "### Product")."""
+        template's text before its first field (e.g. "### Product"). Not for chat."""
         return self.template.prompt.split("{", 1)[0].strip()
+
+    @property
+    def report_settings(self) -> dict:
+        """How the prompts were built and the answers stopped, for the report."""
+        if self.chat:
+            return {
+                "prompt": "the base tokenizer's chat template, with the generation prompt",
+                "few_shot": "training conversations as earlier turns",
+                "end_of_turn": self.turn_end.text,
+            }
+        return {"few_shot_stop": self.few_shot_stop, "few_shot_separator": SHOT_SEPARATOR}
 
 
 def checks_from_proto(spec: evaluation_pb2.EvaluationSpec) -> list[Check]:
@@ -82,8 +140,13 @@ def checks_from_proto(spec: evaluation_pb2.EvaluationSpec) -> list[Check]:
 
 
 def build_plan(
-    spec: evaluation_pb2.EvaluationSpec, adapters: AdapterStore, jobs: JobStore, files_root: Path
+    spec: evaluation_pb2.EvaluationSpec,
+    adapters: AdapterStore,
+    jobs: JobStore,
+    files_root: Path,
+    tokenizer_for: Callable[[str], object] = lambda base: load_tokenizer(resolve_base_model(base)),
 ) -> Plan:
+    """`tokenizer_for(base_model)`: the base model's tokenizer, for a chat adapter."""
     checks = scorers(checks_from_proto(spec))  # cheapest first: a config that does not parse
     kinds = list(spec.arms) or list(ARM_KINDS)
     for kind in kinds:
@@ -109,13 +172,7 @@ def build_plan(
     adapter = adapters.resolve(adapter_id)
     compared = [adapters.resolve(a) for a in spec.compare_adapters]
     manifest = adapter.manifest()
-    if not manifest.template_response:
-        raise FailedPrecondition(
-            f"adapter {adapter.id} was trained with a chat template; evaluation needs a "
-            "prompt/response template",
-            param="adapter_id",
-        )
-    template = PromptTemplate(manifest.template_prompt, manifest.template_response)
+    template = _template(adapter, manifest, tokenizer_for)
     job_id = spec.job_id or manifest.job_id
 
     split = None
@@ -142,7 +199,11 @@ def build_plan(
         shot_cases = [_case(template, r, "few_shot_file") for r in shot_rows]
         shot_cases = [c for c in shot_cases if c.prompt not in prompts]  # never the answer itself
         random.Random(spec.seed).shuffle(shot_cases)
-        shots = [c.prompt + c.reference for c in shot_cases[: spec.few_shot_k or DEFAULT_SHOTS]]
+        picked = shot_cases[: spec.few_shot_k or DEFAULT_SHOTS]
+        if isinstance(template, ChatTemplate):
+            shots = [tuple(t for t in c.messages if t["role"] != "system") for c in picked]
+        else:
+            shots = [c.prompt + c.reference for c in picked]
         if not shots:
             raise InvalidArgument(
                 "no training rows left for the few-shot arm", param="few_shot_file"
@@ -158,9 +219,53 @@ def build_plan(
         seed=spec.seed,
         stop=list(spec.stop),
     )
+    turn_end = _turn_end(template) if isinstance(template, ChatTemplate) else None
     return Plan(
-        adapter, manifest, template, cases, eval_source, arms, checks, sampling, shots, job_id
+        adapter,
+        manifest,
+        template,
+        cases,
+        eval_source,
+        arms,
+        checks,
+        sampling,
+        shots,
+        job_id,
+        turn_end,
     )
+
+
+def _template(
+    adapter: AdapterVersion, manifest: Manifest, tokenizer_for: Callable[[str], object]
+) -> PromptTemplate | ChatTemplate:
+    """The manifest's template. A chat adapter's manifest holds the chat template's source
+    and no response template; it must still be the base tokenizer's, which renders it."""
+    if manifest.template_response:
+        return PromptTemplate(manifest.template_prompt, manifest.template_response)
+    tokenizer = tokenizer_for(manifest.base_model)
+    if manifest.template_prompt != getattr(tokenizer, "chat_template", None):
+        raise FailedPrecondition(
+            f"adapter {adapter.id} has no response template, and its prompt template is not "
+            f"the chat template of {manifest.base_model}'s tokenizer: there is no reference "
+            "answer to evaluate against (evaluation needs a prompt/response or chat template)",
+            param="adapter_id",
+        )
+    return ChatTemplate(tokenizer)
+
+
+def _turn_end(template: ChatTemplate) -> TurnEnd:
+    """What the chat template writes after an assistant's content (e.g. "<|im_end|>")."""
+    turns = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        written = template.render_response({ChatTemplate.MESSAGES: turns})
+    except (InvalidArgument, jinja2.TemplateError):
+        return TurnEnd("", frozenset())
+    text = written.partition(_PROBE)[2].strip()
+    tokenizer = template.tokenizer
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    # Special, as the engine decodes: the token vanishes from the text.
+    hidden = ids[:1] if ids and not tokenizer.decode(ids[:1], skip_special_tokens=True) else []
+    return TurnEnd(text, frozenset(hidden))
 
 
 def _eval_rows(spec, files_root: Path) -> tuple[list[Row], str]:
@@ -197,11 +302,9 @@ def _shot_rows(spec, manifest: Manifest, job_spec, split, files_root: Path) -> l
     )
 
 
-def _case(template: PromptTemplate, row: Row, param: str) -> Case:
+def _case(template: PromptTemplate | ChatTemplate, row: Row, param: str) -> Case:
     try:
-        return Case(
-            row.line, template.render_prompt(row.fields), template.render_response(row.fields)
-        )
+        prompt, reference = template.render_prompt(row.fields), template.render_response(row.fields)
     except InvalidArgument as err:  # "missing field: 'email' is undefined"
         raise InvalidArgument(
             f"{param} line {row.line}: {err.message} (the adapter's template uses "
@@ -209,6 +312,16 @@ def _case(template: PromptTemplate, row: Row, param: str) -> Case:
             param=param,
             line=row.line,
         ) from err
+    except jinja2.TemplateError as err:  # the chat template's own checks (role order, ...)
+        raise InvalidArgument(
+            f"{param} line {row.line}: the chat template does not render it: {err}",
+            param=param,
+            line=row.line,
+        ) from err
+    if isinstance(template, ChatTemplate):
+        messages = tuple(row.fields[ChatTemplate.MESSAGES])
+        return Case(row.line, prompt, reference, messages[-1]["content"], messages)
+    return Case(row.line, prompt, reference, reference)
 
 
 def fit_shots(plan: Plan, tokenizer, max_input_tokens: int, max_total_tokens: int) -> int:

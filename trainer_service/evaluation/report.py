@@ -15,7 +15,9 @@ LOSS_BOUNDARY = (
     "Eval loss is the mean negative log-likelihood per reference-answer token, from the "
     "inference service's prompt logprobs (decoder_input_details) of prompt + reference; the "
     "reference starts after as many tokens as the service counts in the prompt alone. "
-    "Perplexity is exp(eval loss)."
+    "Perplexity is exp(eval loss). For a chat adapter the loss reference is the assistant's "
+    "last turn as the chat template writes it (end-of-turn marker included), while the "
+    "checks and the examples' reference are that turn's content."
 )
 
 

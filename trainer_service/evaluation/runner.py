@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from trainer_service.evaluation.inference import InferenceClient
+from trainer_service.evaluation.inference import Generation, InferenceClient
 from trainer_service.evaluation.plan import Arm, Case, Plan
 from tuneyard.errors import TuneyardError
 
@@ -80,7 +80,7 @@ class Runner:
         number of requests done so far."""
         cancelled = cancelled or threading.Event()
         done, lock = 0, threading.Lock()
-        examples = [Example(c.line, c.prompt, c.reference) for c in plan.cases]
+        examples = [Example(c.line, c.prompt, c.expected) for c in plan.cases]
         results = []
 
         def one(arm: Arm, case: Case) -> _Row:
@@ -105,9 +105,7 @@ class Runner:
     def _row(self, plan: Plan, arm: Arm, case: Case) -> _Row:
         prompt = plan.prompt(arm, case, len(plan.shots))
         sampling = plan.sampling
-        stop = list(sampling.stop)
-        if arm.few_shot and plan.few_shot_stop:
-            stop.append(plan.few_shot_stop)
+        stop = plan.stop(arm)
         parameters = dict(
             max_new_tokens=sampling.max_new_tokens, do_sample=sampling.do_sample, stop=stop
         )
@@ -119,16 +117,31 @@ class Runner:
             if sampling.top_p is not None:
                 parameters["top_p"] = sampling.top_p
         generation = self.client.generate(prompt, arm.adapter_id, parameters)
+        if plan.turn_end is not None:
+            generation = cut_at(generation, plan.turn_end.token_ids)
         text = _strip_stop(generation.text, stop)
         nll, tokens = self.client.reference_nll(
             prompt, case.reference, arm.adapter_id, generation.prompt_tokens
         )
-        checks = {s.name: s.score(text, case.reference) for s in plan.scorers}
+        checks = {s.name: s.score(text, case.expected) for s in plan.scorers}
         return _Row(
             ArmOutput(arm.name, text, checks, generation.latency_s, generation.output_tokens),
             nll,
             tokens,
         )
+
+
+def cut_at(generation: Generation, token_ids: frozenset[int]) -> Generation:
+    """The generation as if it had stopped at the first of `token_ids` (a special
+    end-of-turn token, which the engine does not stop at unless it is the eos): the text
+    of the tokens before it; the token itself counts as an output token."""
+    for i, (token_id, _) in enumerate(generation.tokens):
+        if token_id in token_ids:
+            text = "".join(t for _, t in generation.tokens[:i])
+            return replace(
+                generation, text=text, output_tokens=i + 1, tokens=generation.tokens[: i + 1]
+            )
+    return generation
 
 
 def _strip_stop(text: str, stop: list[str]) -> str:

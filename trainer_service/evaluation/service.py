@@ -16,7 +16,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from trainer_service.evaluation.inference import InferenceClient
-from trainer_service.evaluation.plan import SHOT_SEPARATOR, Plan, build_plan, fit_shots
+from trainer_service.evaluation.plan import Plan, build_plan, fit_shots
 from trainer_service.evaluation.report import write_reports
 from trainer_service.evaluation.runner import Cancelled, Runner
 from trainer_service.evaluation.settings import EvaluationSettings
@@ -133,7 +133,7 @@ class EvaluationService:
 
     def _plan(self, spec: evaluation_pb2.EvaluationSpec) -> Plan:
         """Everything checked that can be checked without generating."""
-        plan = build_plan(spec, self.adapters, self.jobs, self.files_root)
+        plan = build_plan(spec, self.adapters, self.jobs, self.files_root, _tokenizer)
         client = self._client()
         try:
             info = client.info()
@@ -186,11 +186,7 @@ class EvaluationService:
             evaluation,
             plan.manifest,
             loss_curve if loss_curve.is_file() else None,
-            {
-                **asdict(plan.sampling),
-                "few_shot_stop": plan.few_shot_stop,
-                "few_shot_separator": SHOT_SEPARATOR,
-            },
+            {**asdict(plan.sampling), **plan.report_settings},
         )
         self._finish(evaluation_id, SUCCEEDED, report_markdown=str(md), report_html=str(page))
 
