@@ -94,7 +94,19 @@ class Sequence:
         self.cancelled = threading.Event()
         self._out: queue.Queue = queue.Queue()
         self._closed = False
-        self._special_ids = frozenset(tokenizer.all_special_ids)
+        # Named special tokens and added ones flagged special (chat markers): the decoded
+        # text skips both.
+        added = getattr(tokenizer, "added_tokens_decoder", {})
+        self._special_ids = frozenset(tokenizer.all_special_ids) | {
+            i for i, token in added.items() if token.special
+        }
+        # A stop sequence that is one special token (a chat template's "<|im_end|>") never
+        # shows in the text, which skips special tokens: it is matched by id instead.
+        self._stop_ids = {}
+        for stop in params.stop:
+            ids = tokenizer(stop, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and ids[0] in self._special_ids:
+                self._stop_ids[ids[0]] = stop
         # The Rust tokenizer itself, when there is one: transformers' decode wrapper costs
         # more than the decoding, per token and row.
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -126,6 +138,11 @@ class Sequence:
         if token_id in self.eos_ids:
             self.finish_reason = EOS_TOKEN
             token = TokenInfo(token_id, self.tokenizer.decode([token_id]), logprob, True)
+        elif token_id in self._stop_ids:
+            # As for any stop sequence, the text ends with it.
+            self.finish_reason = STOP_SEQUENCE
+            self.text += self._stop_ids[token_id]
+            token = TokenInfo(token_id, self._stop_ids[token_id], logprob, True)
         else:
             self._window.append(token_id)
             token = TokenInfo(token_id, self._next_text(), logprob, token_id in self._special_ids)

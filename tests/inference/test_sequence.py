@@ -53,6 +53,18 @@ def test_stop_sequence_inside_a_token_cuts_after_it(tokenizer):
     assert "".join(c.token.text for c in chunks) == "Best regards,"
 
 
+def test_a_special_token_stop_sequence_ends_the_turn(tokenizer):
+    """A chat template's end-of-turn marker is a special token: skipped in the decoded
+    text, so it is matched by id; the text then ends with it, as with any stop sequence."""
+    seq, chunks = feed(tokenizer, "Sure thing<|im_end|>\nmore", stop=["<|im_end|>"])
+    assert chunks[-1].details.finish_reason == STOP_SEQUENCE
+    assert chunks[-1].generated_text == "Sure thing<|im_end|>"
+    assert chunks[-1].token.special and chunks[-1].token.text == "<|im_end|>"
+    # Without it as a stop sequence the marker is just skipped.
+    _, chunks = feed(tokenizer, "Sure thing<|im_end|>\nmore<|endoftext|>")
+    assert chunks[-1].generated_text == "Sure thing\nmore"
+
+
 def test_stop_sequence_across_tokens(tokenizer):
     _, chunks = feed(tokenizer, "The quick brown fox jumps", stop=["k bro"])
     assert chunks[-1].generated_text == "The quick bro"
