@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from tuneyard.errors import InvalidArgument
 
 MAX_STOP_SEQUENCES = 8
+MAX_TOP_N_TOKENS = 20  # OpenAI's top_logprobs limit
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Parameters:
     truncate: int | None = None
     details: bool = False
     decoder_input_details: bool = False
+    top_n_tokens: int | None = None
 
     @property
     def sampling(self) -> bool:
@@ -61,6 +63,11 @@ class Parameters:
             )
         if any(not s for s in self.stop):
             raise InvalidArgument("stop sequences must not be empty", param="stop")
+        if self.top_n_tokens is not None and not 0 <= self.top_n_tokens <= MAX_TOP_N_TOKENS:
+            raise InvalidArgument(
+                f"top_n_tokens must be between 0 and {MAX_TOP_N_TOKENS}, got {self.top_n_tokens}",
+                param="top_n_tokens",
+            )
         if self.truncate is not None and not 1 <= self.truncate <= max_input_tokens:
             raise InvalidArgument(
                 f"truncate must be between 1 and max_input_tokens={max_input_tokens}, "

@@ -13,16 +13,18 @@ class NextTokenChooser:
         self.temperature = params.temperature or 1.0
         self.top_k = params.top_k
         self.top_p = params.top_p
+        self.top_n = params.top_n_tokens or 0
         self.generator = None
         # Rows that just take the argmax are chosen for the whole batch at once.
-        self.plain_greedy = not self.sampling and self.penalty in (None, 1.0)
+        self.plain_greedy = not self.sampling and self.penalty in (None, 1.0) and not self.top_n
         if self.sampling:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(seed)
 
-    def __call__(self, logits: torch.Tensor, previous: list[int]) -> tuple[int, float]:
-        """Pick from one row's logits [vocab] given the ids so far; returns (id, logprob).
-        The logprob is of the penalized, temperature-scaled distribution, before top-k/p."""
+    def __call__(self, logits: torch.Tensor, previous: list[int]) -> tuple[int, float, list]:
+        """Pick from one row's logits [vocab] given the ids so far; returns (id, logprob,
+        top) with top the top_n (id, logprob) pairs, best first. The logprobs are of the
+        penalized, temperature-scaled distribution, before top-k/p."""
         scores = logits.float()
         if self.penalty is not None and self.penalty != 1.0:
             index = torch.tensor(previous, device=scores.device)
@@ -32,9 +34,13 @@ class NextTokenChooser:
         if self.sampling:
             scores = scores / self.temperature
         logprobs = torch.log_softmax(scores, dim=-1)
+        top = []
+        if self.top_n:
+            values, ids = torch.topk(logprobs, min(self.top_n, logprobs.numel()))
+            top = list(zip(ids.tolist(), values.tolist(), strict=True))
         if not self.sampling:
             token = int(torch.argmax(scores))
-            return token, float(logprobs[token])
+            return token, float(logprobs[token]), top
         kept = logprobs.clone()
         if self.top_k is not None and self.top_k < kept.numel():
             threshold = torch.topk(kept, self.top_k).values[-1]
@@ -48,16 +54,18 @@ class NextTokenChooser:
             kept[order[drop]] = -float("inf")
         probs = torch.softmax(kept, dim=-1)
         token = int(torch.multinomial(probs, 1, generator=self.generator))
-        return token, float(logprobs[token])
+        return token, float(logprobs[token]), top
 
 
 def greedy_picks(choosers: list[NextTokenChooser], logits: torch.Tensor) -> dict[int, tuple]:
-    """(id, logprob) of every plain-greedy row, computed together: one device sync for the
-    batch instead of two per row, which matters on a GPU with many rows."""
+    """(id, logprob, no top tokens) of every plain-greedy row, computed together: one
+    device sync for the batch instead of two per row, which matters on a GPU with many
+    rows."""
     rows = [i for i, chooser in enumerate(choosers) if chooser.plain_greedy]
     if not rows:
         return {}
     scores = (logits if len(rows) == len(choosers) else logits[rows]).float()
     best, tokens = scores.max(-1)
     logprobs = best - torch.logsumexp(scores, dim=-1)  # log_softmax at the argmax
-    return dict(zip(rows, zip(tokens.tolist(), logprobs.tolist(), strict=True), strict=True))
+    picks = zip(tokens.tolist(), logprobs.tolist(), strict=True)
+    return {row: (token, logprob, []) for row, (token, logprob) in zip(rows, picks, strict=True)}

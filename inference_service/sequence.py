@@ -25,6 +25,7 @@ class TokenInfo:
     text: str
     logprob: float
     special: bool = False
+    top: list["TokenInfo"] = field(default_factory=list)  # top_n_tokens alternatives
 
 
 @dataclass
@@ -130,8 +131,9 @@ class Sequence:
             for i, lp in zip(self.prompt_ids, [math.nan, *logprobs], strict=True)
         ]
 
-    def add(self, token_id: int, logprob: float) -> None:
-        """Append a generated token, work out the new text and whether to stop, post it."""
+    def add(self, token_id: int, logprob: float, top: list[tuple[int, float]] = ()) -> None:
+        """Append a generated token (with its top alternatives as (id, logprob)), work out
+        the new text and whether to stop, post it."""
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.ids.append(token_id)
@@ -148,6 +150,7 @@ class Sequence:
             token = TokenInfo(token_id, self._next_text(), logprob, token_id in self._special_ids)
             if self.finish_reason is None and len(self.ids) >= self.max_new_tokens:
                 self.finish_reason = LENGTH
+        token.top = [TokenInfo(i, self._token_text(i), lp, i in self._special_ids) for i, lp in top]
         self.tokens.append(token)
         if self.finish_reason is None:
             self._out.put(StreamChunk(token))
@@ -177,6 +180,12 @@ class Sequence:
                 break
         added, self.text = full[len(self.text) :], full
         return added
+
+    def _token_text(self, token_id: int) -> str:
+        """One token alone, special ones included (an alternative's text)."""
+        if self._backend is not None:
+            return self._backend.decode([token_id], skip_special_tokens=False)
+        return self.tokenizer.decode([token_id])
 
     def _decode(self, ids: list[int]) -> str:
         if self._backend is not None:

@@ -90,7 +90,13 @@ def to_input(request: pb.GenerateRequest) -> GenerateInput:
 
 
 def to_token(token: TokenInfo) -> pb.Token:
-    return pb.Token(id=token.id, text=token.text, logprob=token.logprob, special=token.special)
+    return pb.Token(
+        id=token.id,
+        text=token.text,
+        logprob=token.logprob,
+        special=token.special,
+        top_tokens=[to_token(t) for t in token.top],
+    )
 
 
 def to_details(details: Details) -> pb.GenerateDetails:

@@ -44,11 +44,11 @@ class Parameters(BaseModel):
     truncate: int | None = Field(None, gt=0, le=UINT32_MAX)
     details: bool | None = False
     decoder_input_details: bool | None = False
+    top_n_tokens: int | None = Field(None, ge=0, le=UINT32_MAX)
     # Accepted at their defaults only.
     best_of: int | None = None
     typical_p: float | None = None
     frequency_penalty: float | None = None
-    top_n_tokens: int | None = None
     watermark: bool | None = False
     grammar: Any = None
 
@@ -58,7 +58,6 @@ class Parameters(BaseModel):
             "best_of": self.best_of not in (None, 1),
             "typical_p": self.typical_p not in (None, 1.0),
             "frequency_penalty": self.frequency_penalty not in (None, 0.0),
-            "top_n_tokens": self.top_n_tokens not in (None, 0),
             "watermark": bool(self.watermark),
             "grammar": self.grammar is not None,
         }
@@ -126,7 +125,13 @@ def token_json(token: inference_pb2.Token) -> dict:
     }
 
 
-def details_json(details: inference_pb2.GenerateDetails, decoder_input_details: bool) -> dict:
+def top_tokens_json(token: inference_pb2.Token) -> list[dict]:
+    return [token_json(t) for t in token.top_tokens]
+
+
+def details_json(
+    details: inference_pb2.GenerateDetails, decoder_input_details: bool, top_n: bool = False
+) -> dict:
     prefill = []
     if decoder_input_details:
         # The first input token has nothing before it, hence no logprob.
@@ -134,13 +139,16 @@ def details_json(details: inference_pb2.GenerateDetails, decoder_input_details: 
             {"id": t.id, "text": t.text, "logprob": None if i == 0 else _logprob(t.logprob)}
             for i, t in enumerate(details.prefill)
         ]
-    return {
+    body = {
         "finish_reason": FINISH_REASONS.get(details.finish_reason, "length"),
         "generated_tokens": details.generated_tokens,
         "seed": details.seed if details.HasField("seed") else None,
         "prefill": prefill,
         "tokens": [token_json(t) for t in details.tokens],
     }
+    if top_n:  # as TGI: only when asked for
+        body["top_tokens"] = [top_tokens_json(t) for t in details.tokens]
+    return body
 
 
 def stream_details_json(details: inference_pb2.GenerateDetails) -> dict:
@@ -161,7 +169,9 @@ async def generate(request: Request, req: GenerateRequest) -> dict:
     )
     body = {"generated_text": reply.generated_text}
     if req.params.details:
-        body["details"] = details_json(reply.details, bool(req.params.decoder_input_details))
+        body["details"] = details_json(
+            reply.details, bool(req.params.decoder_input_details), bool(req.params.top_n_tokens)
+        )
     return body
 
 
@@ -185,6 +195,8 @@ async def generate_stream(request: Request, req: GenerateRequest):
                 "generated_text": None,
                 "details": None,
             }
+            if req.params.top_n_tokens:
+                event["top_tokens"] = top_tokens_json(message.token)
             if message.HasField("generated_text"):
                 event["generated_text"] = message.generated_text
                 event["details"] = stream_details_json(message.details)

@@ -96,6 +96,26 @@ def test_text_generation_client_stream_matches_generate(gateway):
     assert client.generate("Subject: Meet", max_new_tokens=6).generated_text == last.generated_text
 
 
+def test_text_generation_client_top_n_tokens(gateway):
+    client = text_generation.Client(gateway.url, timeout=60)
+    response = client.generate("Subject: Meet", max_new_tokens=4, top_n_tokens=3)
+    top = response.details.top_tokens
+    assert len(top) == len(response.details.tokens)
+    for token, alternatives in zip(response.details.tokens, top, strict=True):
+        assert len(alternatives) == 3
+        assert alternatives[0].id == token.id  # greedy: the best one was chosen
+        assert [a.logprob for a in alternatives] == sorted(
+            (a.logprob for a in alternatives), reverse=True
+        )
+    events = list(client.generate_stream("Subject: Meet", max_new_tokens=4, top_n_tokens=2))
+    assert [[a.id for a in e.top_tokens] for e in events] == [
+        [a.id for a in alternatives[:2]] for alternatives in top
+    ]
+    assert client.generate("Subject: Meet", max_new_tokens=2).details.top_tokens is None
+    with pytest.raises(ValidationError, match="top_n_tokens must be between 0 and 20"):
+        client.generate("hi", top_n_tokens=21)
+
+
 def test_text_generation_client_errors(gateway):
     client = text_generation.Client(gateway.url, timeout=60)
     with pytest.raises(ValidationError, match="max_new_tokens"):

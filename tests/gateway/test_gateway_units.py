@@ -49,7 +49,6 @@ def test_tgi_null_parameters_are_defaults():
         ({"best_of": 2}, "best_of"),
         ({"watermark": True}, "watermark"),
         ({"grammar": {"type": "json", "value": {}}}, "grammar"),
-        ({"top_n_tokens": 3}, "top_n_tokens"),
         ({"typical_p": 0.5}, "typical_p"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ],

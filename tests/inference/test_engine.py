@@ -7,6 +7,7 @@ import torch
 
 from inference_service.params import GenerateInput, Parameters
 from inference_service.sequence import EOS_TOKEN, LENGTH, STOP_SEQUENCE
+from tuneyard.errors import InvalidArgument
 
 from .conftest import make_adapter, make_engine
 
@@ -183,6 +184,22 @@ def test_details_and_prefill(engine):
         GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=4))
     ).result(60)
     assert plain.details.tokens == [] and plain.details.prefill == []
+
+
+def test_top_n_tokens(engine):
+    params = Parameters(max_new_tokens=4, details=True, top_n_tokens=3)
+    result = engine.submit(GenerateInput(inputs=PROMPTS[0], parameters=params)).result(60)
+    for token in result.details.tokens:
+        assert len(token.top) == 3
+        logprobs = [t.logprob for t in token.top]
+        assert logprobs == sorted(logprobs, reverse=True) and all(lp <= 0 for lp in logprobs)
+        # Greedy: the chosen token is the best alternative, with the same logprob.
+        assert token.top[0].id == token.id
+        assert token.top[0].logprob == pytest.approx(token.logprob)
+    plain = greedy(engine, PROMPTS[0], n=4)
+    assert [t.id for t in result.details.tokens] == plain  # asking for them changes nothing
+    with pytest.raises(InvalidArgument, match="top_n_tokens must be between 0 and 20"):
+        engine.submit(GenerateInput(inputs="x", parameters=Parameters(top_n_tokens=21)))
 
 
 def test_sampling_is_seeded(engine):
