@@ -3,6 +3,7 @@
 component); the answer carries usage counts."""
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Any, Literal
@@ -82,21 +83,28 @@ class _Sampling(BaseModel):
                 params.top_p = self.top_p
         if self.seed is not None:
             params.seed = self.seed
+        if self.top_n:
+            params.top_n_tokens = self.top_n
         return params
+
+    @property
+    def top_n(self) -> int | None:
+        """Alternatives wanted per generated token; None: no logprobs at all."""
+        return None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, le=UINT32_MAX)
     echo: bool | None = False
-    logprobs: int | None = None
+    # Also the number of alternatives per token (OpenAI allows 0 to 5).
+    logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = None
     suffix: str | None = None
 
     def unsupported(self) -> dict[str, bool]:
         return {
             **super().unsupported(),
-            "logprobs": self.logprobs not in (None, 0),
             "best_of": self.best_of not in (None, 1),
             "suffix": bool(self.suffix),
             "echo with stream": bool(self.echo and self.stream),
@@ -104,6 +112,10 @@ class CompletionRequest(_Sampling):
                 self.stream and isinstance(self.prompt, list) and len(self.prompt) != 1
             ),
         }
+
+    @property
+    def top_n(self) -> int | None:
+        return self.logprobs
 
     @property
     def prompts(self) -> list[str]:
@@ -131,16 +143,26 @@ class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
     logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None
     response_format: dict | None = None
 
     def unsupported(self) -> dict[str, bool]:
         return {
             **super().unsupported(),
-            "logprobs": bool(self.logprobs),
             "tools": bool(self.tools),
             "response_format": (self.response_format or {"type": "text"}).get("type") != "text",
         }
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def top_n(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 async def adapter_for(backends: Backends, model: str) -> str:
@@ -157,6 +179,48 @@ def usage(details: inference_pb2.GenerateDetails) -> dict:
         "completion_tokens": details.generated_tokens,
         "total_tokens": details.prompt_tokens + details.generated_tokens,
     }
+
+
+def chat_logprobs(tokens) -> dict:
+    """choices[].logprobs of a chat answer: one entry per content token."""
+
+    def entry(token: inference_pb2.Token) -> dict:
+        return {"token": token.text, "logprob": token.logprob, "bytes": list(token.text.encode())}
+
+    content = [
+        {**entry(t), "top_logprobs": [entry(a) for a in t.top_tokens]}
+        for t in tokens
+        if not t.special
+    ]
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(tokens, offset: int, top_n: int) -> dict:
+    """choices[].logprobs of a text completion (the legacy shape); `offset` is where the
+    first token starts in the choice's text. Prompt tokens (echo) have no alternatives,
+    and the first of them no logprob."""
+    tokens = [t for t in tokens if not t.special]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token.text)
+    return {
+        "tokens": [t.text for t in tokens],
+        "token_logprobs": [None if math.isnan(t.logprob) else t.logprob for t in tokens],
+        "top_logprobs": [
+            _by_text(t.top_tokens) if top_n and t.top_tokens else None for t in tokens
+        ],
+        "text_offset": offsets,
+    }
+
+
+def _by_text(alternatives) -> dict[str, float]:
+    """text -> logprob, best first; alternatives that read the same (pieces of a character)
+    keep the best one's logprob."""
+    top: dict[str, float] = {}
+    for a in alternatives:
+        top.setdefault(a.text, a.logprob)
+    return top
 
 
 class _Answer:
@@ -185,13 +249,18 @@ class _Answer:
         }
 
     def _choice(
-        self, index: int, text: str | None, finish_reason: str | None, stream: bool
+        self,
+        index: int,
+        text: str | None,
+        finish_reason: str | None,
+        stream: bool,
+        logprobs: dict | None = None,
     ) -> dict:
         if not self.chat:
             return {
                 "index": index,
                 "text": text or "",
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         if stream:
@@ -199,15 +268,23 @@ class _Answer:
             return {
                 "index": index,
                 "delta": delta,
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         return {
             "index": index,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish_reason,
         }
+
+    def _logprobs(self, tokens, offset: int = 0) -> dict | None:
+        top_n = self.body.top_n
+        if top_n is None:
+            return None
+        if self.chat:
+            return chat_logprobs(tokens)
+        return completion_logprobs(tokens, offset, top_n)
 
     async def complete(self, requests: list[inference_pb2.GenerateRequest]) -> dict:
         replies = await asyncio.gather(
@@ -219,12 +296,16 @@ class _Answer:
             self.metrics.observe_generation(
                 request.adapter_id, reply.details.generated_tokens, reply.details.prompt_tokens
             )
+            tokens = list(reply.details.tokens)
+            if request.parameters.return_full_text:  # echo: the prompt's tokens come first
+                tokens = list(reply.details.prefill) + tokens
             choices.append(
                 self._choice(
                     index,
                     reply.generated_text,
                     FINISH_REASONS.get(reply.details.finish_reason, "stop"),
                     stream=False,
+                    logprobs=self._logprobs(tokens),
                 )
             )
             for key, value in usage(reply.details).items():
@@ -241,7 +322,10 @@ class _Answer:
         def chunk(choices: list[dict], **extra) -> dict:
             return {**self._envelope(choices, **extra), "object": chunk_object}
 
+        offset = 0
+
         async def events():
+            nonlocal offset
             if self.chat:
                 opening = self._choice(0, "", None, stream=True)
                 opening["delta"]["role"] = "assistant"
@@ -250,8 +334,13 @@ class _Answer:
             async for message in messages:
                 if first_token_s is None:
                     first_token_s = time.perf_counter() - start
-                if message.token.text and not message.token.special:
-                    yield chunk([self._choice(0, message.token.text, None, stream=True)])
+                token = message.token
+                # With logprobs, a token that adds no text yet (part of a character) still
+                # gets its chunk: the streamed logprobs are the same as the whole answer's.
+                if not token.special and (token.text or self.body.top_n is not None):
+                    logprobs = self._logprobs([token], offset)
+                    offset += len(token.text)
+                    yield chunk([self._choice(0, token.text, None, stream=True, logprobs=logprobs)])
                 if message.HasField("generated_text"):
                     details = message.details
                     self.metrics.observe_generation(
@@ -275,6 +364,7 @@ async def completions(request: Request, body: CompletionRequest):
     adapter = await adapter_for(answer.backends, body.model)
     params = body.parameters(body.max_tokens)
     params.return_full_text = bool(body.echo)
+    params.decoder_input_details = bool(body.echo and body.logprobs is not None)
     requests = [
         inference_pb2.GenerateRequest(inputs=prompt, adapter_id=adapter, parameters=params)
         for prompt in body.prompts

@@ -276,6 +276,63 @@ def test_openai_chat(oai, inference):
         assert streamed == reply.choices[0].message.content
 
 
+def test_openai_chat_logprobs(oai):
+    messages = [{"role": "user", "content": "Hi"}]
+    ask = dict(model="emails", messages=messages, max_tokens=5, temperature=0)
+    reply = oai.chat.completions.create(**ask, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == reply.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0 and token.bytes == list(token.token.encode())
+        # Greedy: the chosen token is the best alternative (alternatives are decoded one
+        # by one, so a piece of a multi-byte character reads differently from the text).
+        assert len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].logprob == pytest.approx(token.logprob)
+    chunks = list(oai.chat.completions.create(**ask, logprobs=True, stream=True))
+    streamed = [
+        t
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content
+    ]
+    assert [(t.token, t.top_logprobs) for t in streamed] == [(t.token, []) for t in content]
+    assert oai.chat.completions.create(**ask).choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs: true"):
+        oai.chat.completions.create(**ask, top_logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        oai.chat.completions.create(**ask, logprobs=True, top_logprobs=21)
+
+
+def test_openai_completion_logprobs(oai):
+    ask = dict(model="emails", prompt="Subject: Meet", max_tokens=4, temperature=0)
+    completion = oai.completions.create(**ask, logprobs=2)
+    logprobs = completion.choices[0].logprobs
+    text = completion.choices[0].text
+    assert "".join(logprobs.tokens) == text
+    assert logprobs.text_offset == [
+        len("".join(logprobs.tokens[:i])) for i in range(len(logprobs.tokens))
+    ]
+    assert all(lp <= 0 for lp in logprobs.token_logprobs)
+    # A dict per token, text -> logprob (the legacy shape): alternatives with the same
+    # text (pieces of characters) share a key.
+    assert all(1 <= len(top) <= 2 for top in logprobs.top_logprobs)
+    assert all(
+        max(top.values()) == pytest.approx(lp)
+        for top, lp in zip(logprobs.top_logprobs, logprobs.token_logprobs, strict=True)
+    )
+    # echo: the prompt's tokens first, the very first without a logprob or alternatives.
+    echoed = oai.completions.create(**ask, logprobs=0, echo=True).choices[0]
+    assert echoed.text == "Subject: Meet" + text
+    assert echoed.logprobs.token_logprobs[0] is None and echoed.logprobs.top_logprobs[0] is None
+    assert echoed.logprobs.tokens[-len(logprobs.tokens) :] == logprobs.tokens
+    chunks = list(oai.completions.create(**ask, logprobs=1, stream=True))
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [lp.tokens[0] for lp in streamed] == logprobs.tokens
+    assert [lp.text_offset[0] for lp in streamed] == logprobs.text_offset
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        oai.completions.create(**ask, logprobs=6)
+
+
 def test_openai_errors(oai):
     with pytest.raises(openai.NotFoundError, match="ghost"):
         oai.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])
