@@ -45,14 +45,13 @@ class _Sampling(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=16)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
 
     def unsupported(self) -> dict[str, bool]:
         return {
-            "n": self.n not in (None, 1),
             "presence_penalty": self.presence_penalty not in (None, 0.0),
             "frequency_penalty": self.frequency_penalty not in (None, 0.0),
             "logit_bias": bool(self.logit_bias),
@@ -92,6 +91,18 @@ class _Sampling(BaseModel):
         """Alternatives wanted per generated token; None: no logprobs at all."""
         return None
 
+    def choices(self, request: inference_pb2.GenerateRequest) -> list:
+        """`n` requests for one prompt; with a seed, choice i samples with seed + i, so
+        the choices differ and a repeated call gives the same ones."""
+        copies = []
+        for i in range(self.n or 1):
+            copy = inference_pb2.GenerateRequest()
+            copy.CopyFrom(request)
+            if self.seed is not None and i:
+                copy.parameters.seed = (self.seed + i) % 2**64
+            copies.append(copy)
+        return copies
+
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
@@ -108,9 +119,6 @@ class CompletionRequest(_Sampling):
             "best_of": self.best_of not in (None, 1),
             "suffix": bool(self.suffix),
             "echo with stream": bool(self.echo and self.stream),
-            "several prompts with stream": bool(
-                self.stream and isinstance(self.prompt, list) and len(self.prompt) != 1
-            ),
         }
 
     @property
@@ -312,48 +320,90 @@ class _Answer:
                 total[key] += value
         return self._envelope(choices, usage=total)
 
-    async def stream(self, request: inference_pb2.GenerateRequest):
+    async def stream(self, requests: list[inference_pb2.GenerateRequest]):
+        """One event stream for all the choices: their tokens interleave as they come,
+        each chunk naming its choice's index."""
         start = time.perf_counter()
-        messages = await self.backends.inference.stream(
-            "GenerateStream", request, adapter=request.adapter_id
+        opened = await asyncio.gather(
+            *(
+                self.backends.inference.stream("GenerateStream", r, adapter=r.adapter_id)
+                for r in requests
+            ),
+            return_exceptions=True,
         )
+        streams = [s for s in opened if not isinstance(s, BaseException)]
+        failed = [s for s in opened if isinstance(s, BaseException)]
+        if failed:  # the others stop costing compute
+            for messages in streams:
+                await messages.aclose()
+            raise failed[0]
         chunk_object = "chat.completion.chunk" if self.chat else "text_completion"
 
         def chunk(choices: list[dict], **extra) -> dict:
             return {**self._envelope(choices, **extra), "object": chunk_object}
 
-        offset = 0
+        async def pump(index: int, messages, queue: asyncio.Queue) -> None:
+            try:
+                async for message in messages:
+                    await queue.put((index, message))
+                await queue.put((index, None))
+            except Exception as err:  # handed to the consumer, which raises it
+                await queue.put((index, err))
 
         async def events():
-            nonlocal offset
-            if self.chat:
-                opening = self._choice(0, "", None, stream=True)
-                opening["delta"]["role"] = "assistant"
-                yield chunk([opening])
-            first_token_s = None
-            async for message in messages:
-                if first_token_s is None:
-                    first_token_s = time.perf_counter() - start
-                token = message.token
-                # With logprobs, a token that adds no text yet (part of a character) still
-                # gets its chunk: the streamed logprobs are the same as the whole answer's.
-                if not token.special and (token.text or self.body.top_n is not None):
-                    logprobs = self._logprobs([token], offset)
-                    offset += len(token.text)
-                    yield chunk([self._choice(0, token.text, None, stream=True, logprobs=logprobs)])
-                if message.HasField("generated_text"):
-                    details = message.details
-                    self.metrics.observe_generation(
-                        request.adapter_id,
-                        details.generated_tokens,
-                        details.prompt_tokens,
-                        first_token_s,
-                        time.perf_counter() - start,
-                    )
-                    reason = FINISH_REASONS.get(details.finish_reason, "stop")
-                    yield chunk([self._choice(0, None if self.chat else "", reason, stream=True)])
-                    if self.body.include_usage:
-                        yield chunk([], usage=usage(details))
+            queue: asyncio.Queue = asyncio.Queue()
+            pumps = [
+                asyncio.create_task(pump(i, messages, queue)) for i, messages in enumerate(streams)
+            ]
+            offsets = [0] * len(streams)
+            first_token_s: list[float | None] = [None] * len(streams)
+            total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            try:
+                if self.chat:
+                    for index in range(len(streams)):
+                        opening = self._choice(index, "", None, stream=True)
+                        opening["delta"]["role"] = "assistant"
+                        yield chunk([opening])
+                running = len(streams)
+                while running:
+                    index, message = await queue.get()
+                    if message is None:
+                        running -= 1
+                        continue
+                    if isinstance(message, Exception):
+                        raise message
+                    if first_token_s[index] is None:
+                        first_token_s[index] = time.perf_counter() - start
+                    token = message.token
+                    # With logprobs, a token that adds no text yet (part of a character)
+                    # still gets its chunk: the streamed logprobs equal the whole answer's.
+                    if not token.special and (token.text or self.body.top_n is not None):
+                        logprobs = self._logprobs([token], offsets[index])
+                        offsets[index] += len(token.text)
+                        yield chunk(
+                            [self._choice(index, token.text, None, stream=True, logprobs=logprobs)]
+                        )
+                    if message.HasField("generated_text"):
+                        details = message.details
+                        self.metrics.observe_generation(
+                            requests[index].adapter_id,
+                            details.generated_tokens,
+                            details.prompt_tokens,
+                            first_token_s[index],
+                            time.perf_counter() - start,
+                        )
+                        for key, value in usage(details).items():
+                            total[key] += value
+                        reason = FINISH_REASONS.get(details.finish_reason, "stop")
+                        text = None if self.chat else ""
+                        yield chunk([self._choice(index, text, reason, stream=True)])
+                if self.body.include_usage:
+                    yield chunk([], usage=total)
+            finally:
+                for task in pumps:
+                    task.cancel()
+                for messages in streams:
+                    await messages.aclose()
 
         return event_response(self.request.url.path, events(), done_marker=True)
 
@@ -366,11 +416,14 @@ async def completions(request: Request, body: CompletionRequest):
     params.return_full_text = bool(body.echo)
     params.decoder_input_details = bool(body.echo and body.logprobs is not None)
     requests = [
-        inference_pb2.GenerateRequest(inputs=prompt, adapter_id=adapter, parameters=params)
+        choice
         for prompt in body.prompts
+        for choice in body.choices(
+            inference_pb2.GenerateRequest(inputs=prompt, adapter_id=adapter, parameters=params)
+        )
     ]
     if body.stream:
-        return await answer.stream(requests[0])
+        return await answer.stream(requests)
     return await answer.complete(requests)
 
 
@@ -383,9 +436,10 @@ async def chat_completions(request: Request, body: ChatRequest):
         parameters=body.parameters(body.max_completion_tokens or body.max_tokens),
         messages=[inference_pb2.ChatMessage(role=m.role, content=m.text()) for m in body.messages],
     )
+    requests = body.choices(generate)
     if body.stream:
-        return await answer.stream(generate)
-    return await answer.complete([generate])
+        return await answer.stream(requests)
+    return await answer.complete(requests)
 
 
 @router.get("/models")

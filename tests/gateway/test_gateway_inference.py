@@ -333,13 +333,54 @@ def test_openai_completion_logprobs(oai):
         oai.completions.create(**ask, logprobs=6)
 
 
+def test_openai_several_choices(oai):
+    """n choices per prompt, sampled with seed, seed + 1, ...; streamed ones interleave
+    and each ends with its own finish_reason."""
+    messages = [{"role": "user", "content": "Hi"}]
+    ask = dict(model="emails", max_tokens=6, temperature=1.0, seed=11)
+    reply = oai.chat.completions.create(**ask, messages=messages, n=3)
+    texts = [c.message.content for c in reply.choices]
+    assert [c.index for c in reply.choices] == [0, 1, 2] and len(set(texts)) > 1
+    first = oai.chat.completions.create(**ask, messages=messages)
+    assert first.choices[0].message.content == texts[0]  # choice 0 samples with the seed
+    assert reply.usage.completion_tokens == sum(
+        oai.chat.completions.create(
+            **{**ask, "seed": 11 + i}, messages=messages
+        ).usage.completion_tokens
+        for i in range(3)
+    )
+    chunks = list(
+        oai.chat.completions.create(
+            **ask, messages=messages, n=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    streamed = ["", "", ""]
+    finished = []
+    for c in chunks:
+        for choice in c.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.append(choice.index)
+    assert streamed == texts and sorted(finished) == [0, 1, 2]
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    # Completions: prompt-major order, several prompts streamed too.
+    several = oai.completions.create(**ask, prompt=["a", "b"], n=2)
+    assert [c.index for c in several.choices] == [0, 1, 2, 3]
+    chunks = list(oai.completions.create(**ask, prompt=["a", "b"], n=2, stream=True))
+    streamed = ["", "", "", ""]
+    for c in chunks:
+        for choice in c.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == [c.text for c in several.choices]
+
+
 def test_openai_errors(oai):
     with pytest.raises(openai.NotFoundError, match="ghost"):
         oai.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError):
         list(oai.completions.create(model="ghost", prompt="x", stream=True))
-    with pytest.raises(openai.BadRequestError, match="not supported by this server: n"):
-        oai.completions.create(model="emails", prompt="x", n=3)
+    with pytest.raises(openai.BadRequestError, match="not supported by this server: best_of"):
+        oai.completions.create(model="emails", prompt="x", best_of=3)
 
 
 # --- metrics -----------------------------------------------------------------------------

@@ -81,11 +81,17 @@ def test_openai_validation_errors(http):
     )
     assert error["param"] == "messages"
     error = _openai_error(
-        http.post("/v1/completions", json={"model": "m", "prompt": "x", "n": 2}),
+        http.post("/v1/completions", json={"model": "m", "prompt": "x", "n": 17}),
         400,
         "invalid_request_error",
     )
-    assert "not supported by this server: n" in error["message"]
+    assert error["param"] == "n"
+    error = _openai_error(
+        http.post("/v1/completions", json={"model": "m", "prompt": "x", "best_of": 2}),
+        400,
+        "invalid_request_error",
+    )
+    assert "not supported by this server: best_of" in error["message"]
     error = _openai_error(
         http.post("/v1/completions", json={"prompt": "x"}), 400, "invalid_request_error"
     )
