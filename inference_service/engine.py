@@ -48,6 +48,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.metrics = metrics or Metrics(settings.metrics_max_adapters)
         self.device = next(model.parameters()).device
+        # Read before LoRA may wrap the output layer: the logits' width.
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.lora = MultiLora(model, settings.max_loaded_adapters)
         model_lock = threading.Lock()
         self.adapters = AdapterCache(
@@ -152,6 +154,13 @@ class Engine:
 
     def _sequence(self, request: GenerateInput, adapter, manifest_adapter, route: str) -> Sequence:
         params = request.parameters
+        unknown = sorted(t for t in params.logit_bias if not 0 <= t < self.vocab_size)
+        if unknown:
+            raise InvalidArgument(
+                f"logit_bias names tokens outside the vocabulary (0 to {self.vocab_size - 1}): "
+                f"{unknown}",
+                param="logit_bias",
+            )
         prompt, add_special = self._prompt(request, manifest_adapter)
         ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         if not ids:

@@ -25,6 +25,9 @@ class Parameters:
     details: bool = False
     decoder_input_details: bool = False
     top_n_tokens: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     @property
     def sampling(self) -> bool:
@@ -67,6 +70,16 @@ class Parameters:
             raise InvalidArgument(
                 f"top_n_tokens must be between 0 and {MAX_TOP_N_TOKENS}, got {self.top_n_tokens}",
                 param="top_n_tokens",
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if value is not None and not -2 <= value <= 2:
+                raise InvalidArgument(f"{name} must be between -2 and 2, got {value}", param=name)
+        bad_bias = {t: b for t, b in self.logit_bias.items() if not -100 <= b <= 100}
+        if bad_bias:
+            raise InvalidArgument(
+                f"logit_bias values must be between -100 and 100, got {bad_bias}",
+                param="logit_bias",
             )
         if self.truncate is not None and not 1 <= self.truncate <= max_input_tokens:
             raise InvalidArgument(

@@ -14,18 +14,37 @@ class NextTokenChooser:
         self.top_k = params.top_k
         self.top_p = params.top_p
         self.top_n = params.top_n_tokens or 0
+        self.presence = params.presence_penalty or 0.0
+        self.frequency = params.frequency_penalty or 0.0
+        self.logit_bias = params.logit_bias
         self.generator = None
         # Rows that just take the argmax are chosen for the whole batch at once.
-        self.plain_greedy = not self.sampling and self.penalty in (None, 1.0) and not self.top_n
+        self.plain_greedy = (
+            not self.sampling
+            and self.penalty in (None, 1.0)
+            and not (self.top_n or self.presence or self.frequency or self.logit_bias)
+        )
         if self.sampling:
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(seed)
 
-    def __call__(self, logits: torch.Tensor, previous: list[int]) -> tuple[int, float, list]:
-        """Pick from one row's logits [vocab] given the ids so far; returns (id, logprob,
-        top) with top the top_n (id, logprob) pairs, best first. The logprobs are of the
-        penalized, temperature-scaled distribution, before top-k/p."""
+    def __call__(
+        self, logits: torch.Tensor, previous: list[int], generated: list[int]
+    ) -> tuple[int, float, list]:
+        """Pick from one row's logits [vocab] given the ids so far (`generated`: those of
+        the answer); returns (id, logprob, top) with top the top_n (id, logprob) pairs,
+        best first. The logprobs are of the penalized, biased, temperature-scaled
+        distribution, before top-k/p."""
         scores = logits.float()
+        if self.logit_bias:
+            ids = torch.tensor(list(self.logit_bias), device=scores.device)
+            bias = torch.tensor(list(self.logit_bias.values()), device=scores.device)
+            scores = scores.index_add(0, ids, bias)
+        if (self.presence or self.frequency) and generated:
+            counts = torch.bincount(
+                torch.tensor(generated, device=scores.device), minlength=scores.numel()
+            ).float()
+            scores = scores - self.frequency * counts - self.presence * (counts > 0).float()
         if self.penalty is not None and self.penalty != 1.0:
             index = torch.tensor(previous, device=scores.device)
             seen = scores.gather(0, index)

@@ -79,6 +79,7 @@ def to_input(request: pb.GenerateRequest) -> GenerateInput:
         return_full_text=p.return_full_text,
         details=p.details,
         decoder_input_details=p.decoder_input_details,
+        logit_bias=dict(p.logit_bias),
     )
     return GenerateInput(
         inputs=request.inputs,

@@ -46,16 +46,13 @@ class _Sampling(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     n: int | None = Field(None, ge=1, le=16)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    # Token id (a string in JSON) -> bias added to its logit.
+    logit_bias: dict[int, float] | None = None
 
     def unsupported(self) -> dict[str, bool]:
-        return {
-            "presence_penalty": self.presence_penalty not in (None, 0.0),
-            "frequency_penalty": self.frequency_penalty not in (None, 0.0),
-            "logit_bias": bool(self.logit_bias),
-        }
+        return {}
 
     @model_validator(mode="after")
     def _refuse_unsupported(self):
@@ -84,6 +81,11 @@ class _Sampling(BaseModel):
             params.seed = self.seed
         if self.top_n:
             params.top_n_tokens = self.top_n
+        if self.presence_penalty:
+            params.presence_penalty = self.presence_penalty
+        if self.frequency_penalty:
+            params.frequency_penalty = self.frequency_penalty
+        params.logit_bias.update(self.logit_bias or {})
         return params
 
     @property

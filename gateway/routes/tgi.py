@@ -45,10 +45,10 @@ class Parameters(BaseModel):
     details: bool | None = False
     decoder_input_details: bool | None = False
     top_n_tokens: int | None = Field(None, ge=0, le=UINT32_MAX)
+    frequency_penalty: float | None = None
     # Accepted at their defaults only.
     best_of: int | None = None
     typical_p: float | None = None
-    frequency_penalty: float | None = None
     watermark: bool | None = False
     grammar: Any = None
 
@@ -57,7 +57,6 @@ class Parameters(BaseModel):
         unsupported = {
             "best_of": self.best_of not in (None, 1),
             "typical_p": self.typical_p not in (None, 1.0),
-            "frequency_penalty": self.frequency_penalty not in (None, 0.0),
             "watermark": bool(self.watermark),
             "grammar": self.grammar is not None,
         }
@@ -101,7 +100,7 @@ def to_proto(req: GenerateRequest) -> inference_pb2.GenerateRequest:
     )
     # Sampling parameters passed to the engine when set (the proto's optional fields).
     for name in OPTIONAL_GENERATION_PARAMETERS:
-        value = getattr(p, name)
+        value = getattr(p, name, None)  # TGI has no presence_penalty
         if value is not None:
             setattr(params, name, value)
     return inference_pb2.GenerateRequest(

@@ -374,6 +374,38 @@ def test_openai_several_choices(oai):
     assert streamed == [c.text for c in several.choices]
 
 
+def test_openai_penalties_and_logit_bias(oai, gateway):
+    tgi = text_generation.Client(gateway.url, timeout=60)
+    tokens = tgi.generate("Subject: Meet", max_new_tokens=6).details.tokens
+    token = next(t for t in tokens if t.text.strip() and not t.special)
+    ask = dict(model=tgi_model(oai), prompt="Subject: Meet", max_tokens=3, temperature=0)
+    forced = oai.completions.create(**ask, logit_bias={str(token.id): 100})
+    assert forced.choices[0].text == token.text * 3
+    first = tokens[0]
+    avoided = oai.completions.create(**ask, logit_bias={str(first.id): -100}, logprobs=0)
+    assert avoided.choices[0].logprobs.tokens[0] != first.text
+    # Penalties apply (different text from the plain answer) and are range-checked.
+    plain = oai.completions.create(**{**ask, "max_tokens": 12}).choices[0].text
+    penalized = oai.completions.create(
+        **{**ask, "max_tokens": 12}, frequency_penalty=2.0, presence_penalty=2.0
+    )
+    assert penalized.choices[0].text != plain
+    assert tgi.generate(
+        "Subject: Meet", max_new_tokens=12, frequency_penalty=2.0
+    ).generated_text == (
+        oai.completions.create(**{**ask, "max_tokens": 12}, frequency_penalty=2.0).choices[0].text
+    )
+    with pytest.raises(openai.BadRequestError, match="presence_penalty"):
+        oai.completions.create(**ask, presence_penalty=2.5)
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        oai.completions.create(**ask, logit_bias={"99999999": 1})
+
+
+def tgi_model(oai) -> str:
+    """The base model's id as /v1/models lists it."""
+    return next(m.id for m in oai.models.list() if getattr(m, "parent", None) is None)
+
+
 def test_openai_errors(oai):
     with pytest.raises(openai.NotFoundError, match="ghost"):
         oai.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])

@@ -50,7 +50,6 @@ def test_tgi_null_parameters_are_defaults():
         ({"watermark": True}, "watermark"),
         ({"grammar": {"type": "json", "value": {}}}, "grammar"),
         ({"typical_p": 0.5}, "typical_p"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ],
 )
 def test_tgi_unsupported_parameters_are_refused(params, named):

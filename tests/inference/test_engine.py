@@ -202,6 +202,14 @@ def test_top_n_tokens(engine):
         engine.submit(GenerateInput(inputs="x", parameters=Parameters(top_n_tokens=21)))
 
 
+def test_logit_bias_steers_and_unknown_tokens_are_refused(engine):
+    plain = greedy(engine, PROMPTS[0], n=3)
+    assert greedy(engine, PROMPTS[0], n=3, logit_bias={7: 100.0}) == [7, 7, 7]
+    assert greedy(engine, PROMPTS[0], n=1, logit_bias={plain[0]: -100.0}) != plain[:1]
+    with pytest.raises(InvalidArgument, match="outside the vocabulary"):
+        engine.submit(GenerateInput(inputs="x", parameters=Parameters(logit_bias={10**6: 1.0})))
+
+
 def test_sampling_is_seeded(engine):
     def sample(seed):
         return greedy(

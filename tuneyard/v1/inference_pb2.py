@@ -24,47 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btuneyard/v1/inference.proto\x12\x0btuneyard.v1\"\xbb\x03\n\x14GenerationParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\tdo_sample\x18\x06 \x01(\x08\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x18\n\x10return_full_text\x18\t \x01(\x08\x12\x15\n\x08truncate\x18\n \x01(\rH\x06\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x0b \x01(\x08\x12\x1d\n\x15\x64\x65\x63oder_input_details\x18\x0c \x01(\x08\x12\x19\n\x0ctop_n_tokens\x18\r \x01(\rH\x07\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x0b\n\t_truncateB\x0f\n\r_top_n_tokens\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x81\x02\n\x0fGenerateRequest\x12\x0e\n\x06inputs\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12\x35\n\nparameters\x18\x03 \x01(\x0b\x32!.tuneyard.v1.GenerationParameters\x12\x38\n\x06\x66ields\x18\x04 \x03(\x0b\x32(.tuneyard.v1.GenerateRequest.FieldsEntry\x12*\n\x08messages\x18\x05 \x03(\x0b\x32\x18.tuneyard.v1.ChatMessage\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"k\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12\x0f\n\x07special\x18\x04 \x01(\x08\x12&\n\ntop_tokens\x18\x05 \x03(\x0b\x32\x12.tuneyard.v1.Token\"\xea\x01\n\x0fGenerateDetails\x12\x30\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x19.tuneyard.v1.FinishReason\x12\x18\n\x10generated_tokens\x18\x02 \x01(\r\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12#\n\x07prefill\x18\x05 \x03(\x0b\x32\x12.tuneyard.v1.Token\x12\"\n\x06tokens\x18\x06 \x03(\x0b\x32\x12.tuneyard.v1.Token\x12\x0f\n\x07\x61\x64\x61pter\x18\x07 \x01(\tB\x07\n\x05_seed\"Y\n\x10GenerateResponse\x12\x16\n\x0egenerated_text\x18\x01 \x01(\t\x12-\n\x07\x64\x65tails\x18\x02 \x01(\x0b\x32\x1c.tuneyard.v1.GenerateDetails\"\x9a\x01\n\x16GenerateStreamResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.tuneyard.v1.Token\x12\x1b\n\x0egenerated_text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12-\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x1c.tuneyard.v1.GenerateDetailsB\x11\n\x0f_generated_text\"\xdb\x01\n\x07\x41\x64\x61pter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06loaded\x18\x04 \x01(\x08\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x14\n\x0clast_used_at\x18\x08 \x01(\x01\x12\x12\n\nbase_model\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\x03\x12\r\n\x05state\x18\x0b \x01(\t\x12\x0e\n\x06recipe\x18\x0c \x01(\t\"(\n\x12LoadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"*\n\x14UnloadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"\x15\n\x13ListAdaptersRequest\">\n\x14ListAdaptersResponse\x12&\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x14.tuneyard.v1.Adapter\"\r\n\x0bInfoRequest\"\xdd\x01\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bmodel_dtype\x18\x02 \x01(\t\x12\x19\n\x11model_device_type\x18\x03 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\x18\n\x10max_total_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x1b\n\x13max_loaded_adapters\x18\x07 \x01(\r\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x11\n\teos_token\x18\t \x01(\t*[\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\r\n\tEOS_TOKEN\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x32\xd4\x03\n\x10InferenceService\x12G\n\x08Generate\x12\x1c.tuneyard.v1.GenerateRequest\x1a\x1d.tuneyard.v1.GenerateResponse\x12U\n\x0eGenerateStream\x12\x1c.tuneyard.v1.GenerateRequest\x1a#.tuneyard.v1.GenerateStreamResponse0\x01\x12\x44\n\x0bLoadAdapter\x12\x1f.tuneyard.v1.LoadAdapterRequest\x1a\x14.tuneyard.v1.Adapter\x12H\n\rUnloadAdapter\x12!.tuneyard.v1.UnloadAdapterRequest\x1a\x14.tuneyard.v1.Adapter\x12S\n\x0cListAdapters\x12 .tuneyard.v1.ListAdaptersRequest\x1a!.tuneyard.v1.ListAdaptersResponse\x12;\n\x04Info\x12\x18.tuneyard.v1.InfoRequest\x1a\x19.tuneyard.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btuneyard/v1/inference.proto\x12\x0btuneyard.v1\"\x9d\x05\n\x14GenerationParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\tdo_sample\x18\x06 \x01(\x08\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x18\n\x10return_full_text\x18\t \x01(\x08\x12\x15\n\x08truncate\x18\n \x01(\rH\x06\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x0b \x01(\x08\x12\x1d\n\x15\x64\x65\x63oder_input_details\x18\x0c \x01(\x08\x12\x19\n\x0ctop_n_tokens\x18\r \x01(\rH\x07\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x0e \x01(\x01H\x08\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0f \x01(\x01H\t\x88\x01\x01\x12\x44\n\nlogit_bias\x18\x10 \x03(\x0b\x32\x30.tuneyard.v1.GenerationParameters.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x0b\n\t_truncateB\x0f\n\r_top_n_tokensB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penalty\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x81\x02\n\x0fGenerateRequest\x12\x0e\n\x06inputs\x18\x01 \x01(\t\x12\x12\n\nadapter_id\x18\x02 \x01(\t\x12\x35\n\nparameters\x18\x03 \x01(\x0b\x32!.tuneyard.v1.GenerationParameters\x12\x38\n\x06\x66ields\x18\x04 \x03(\x0b\x32(.tuneyard.v1.GenerateRequest.FieldsEntry\x12*\n\x08messages\x18\x05 \x03(\x0b\x32\x18.tuneyard.v1.ChatMessage\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"k\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\x12\x0f\n\x07special\x18\x04 \x01(\x08\x12&\n\ntop_tokens\x18\x05 \x03(\x0b\x32\x12.tuneyard.v1.Token\"\xea\x01\n\x0fGenerateDetails\x12\x30\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x19.tuneyard.v1.FinishReason\x12\x18\n\x10generated_tokens\x18\x02 \x01(\r\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12#\n\x07prefill\x18\x05 \x03(\x0b\x32\x12.tuneyard.v1.Token\x12\"\n\x06tokens\x18\x06 \x03(\x0b\x32\x12.tuneyard.v1.Token\x12\x0f\n\x07\x61\x64\x61pter\x18\x07 \x01(\tB\x07\n\x05_seed\"Y\n\x10GenerateResponse\x12\x16\n\x0egenerated_text\x18\x01 \x01(\t\x12-\n\x07\x64\x65tails\x18\x02 \x01(\x0b\x32\x1c.tuneyard.v1.GenerateDetails\"\x9a\x01\n\x16GenerateStreamResponse\x12!\n\x05token\x18\x01 \x01(\x0b\x32\x12.tuneyard.v1.Token\x12\x1b\n\x0egenerated_text\x18\x02 \x01(\tH\x00\x88\x01\x01\x12-\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x1c.tuneyard.v1.GenerateDetailsB\x11\n\x0f_generated_text\"\xdb\x01\n\x07\x41\x64\x61pter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06loaded\x18\x04 \x01(\x08\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x14\n\x0clast_used_at\x18\x08 \x01(\x01\x12\x12\n\nbase_model\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\x03\x12\r\n\x05state\x18\x0b \x01(\t\x12\x0e\n\x06recipe\x18\x0c \x01(\t\"(\n\x12LoadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"*\n\x14UnloadAdapterRequest\x12\x12\n\nadapter_id\x18\x01 \x01(\t\"\x15\n\x13ListAdaptersRequest\">\n\x14ListAdaptersResponse\x12&\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x14.tuneyard.v1.Adapter\"\r\n\x0bInfoRequest\"\xdd\x01\n\x0cInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bmodel_dtype\x18\x02 \x01(\t\x12\x19\n\x11model_device_type\x18\x03 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\x18\n\x10max_total_tokens\x18\x05 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x1b\n\x13max_loaded_adapters\x18\x07 \x01(\r\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x11\n\teos_token\x18\t \x01(\t*[\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\r\n\tEOS_TOKEN\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x32\xd4\x03\n\x10InferenceService\x12G\n\x08Generate\x12\x1c.tuneyard.v1.GenerateRequest\x1a\x1d.tuneyard.v1.GenerateResponse\x12U\n\x0eGenerateStream\x12\x1c.tuneyard.v1.GenerateRequest\x1a#.tuneyard.v1.GenerateStreamResponse0\x01\x12\x44\n\x0bLoadAdapter\x12\x1f.tuneyard.v1.LoadAdapterRequest\x1a\x14.tuneyard.v1.Adapter\x12H\n\rUnloadAdapter\x12!.tuneyard.v1.UnloadAdapterRequest\x1a\x14.tuneyard.v1.Adapter\x12S\n\x0cListAdapters\x12 .tuneyard.v1.ListAdaptersRequest\x1a!.tuneyard.v1.ListAdaptersResponse\x12;\n\x04Info\x12\x18.tuneyard.v1.InfoRequest\x1a\x19.tuneyard.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tuneyard.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GENERATIONPARAMETERS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_GENERATIONPARAMETERS_LOGITBIASENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST_FIELDSENTRY']._loaded_options = None
   _globals['_GENERATEREQUEST_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=2024
-  _globals['_FINISHREASON']._serialized_end=2115
+  _globals['_FINISHREASON']._serialized_start=2250
+  _globals['_FINISHREASON']._serialized_end=2341
   _globals['_GENERATIONPARAMETERS']._serialized_start=45
-  _globals['_GENERATIONPARAMETERS']._serialized_end=488
-  _globals['_CHATMESSAGE']._serialized_start=490
-  _globals['_CHATMESSAGE']._serialized_end=534
-  _globals['_GENERATEREQUEST']._serialized_start=537
-  _globals['_GENERATEREQUEST']._serialized_end=794
-  _globals['_GENERATEREQUEST_FIELDSENTRY']._serialized_start=749
-  _globals['_GENERATEREQUEST_FIELDSENTRY']._serialized_end=794
-  _globals['_TOKEN']._serialized_start=796
-  _globals['_TOKEN']._serialized_end=903
-  _globals['_GENERATEDETAILS']._serialized_start=906
-  _globals['_GENERATEDETAILS']._serialized_end=1140
-  _globals['_GENERATERESPONSE']._serialized_start=1142
-  _globals['_GENERATERESPONSE']._serialized_end=1231
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1234
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1388
-  _globals['_ADAPTER']._serialized_start=1391
-  _globals['_ADAPTER']._serialized_end=1610
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1612
-  _globals['_LOADADAPTERREQUEST']._serialized_end=1652
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1654
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1696
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1698
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1719
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1721
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1783
-  _globals['_INFOREQUEST']._serialized_start=1785
-  _globals['_INFOREQUEST']._serialized_end=1798
-  _globals['_INFORESPONSE']._serialized_start=1801
-  _globals['_INFORESPONSE']._serialized_end=2022
-  _globals['_INFERENCESERVICE']._serialized_start=2118
-  _globals['_INFERENCESERVICE']._serialized_end=2586
+  _globals['_GENERATIONPARAMETERS']._serialized_end=714
+  _globals['_GENERATIONPARAMETERS_LOGITBIASENTRY']._serialized_start=506
+  _globals['_GENERATIONPARAMETERS_LOGITBIASENTRY']._serialized_end=554
+  _globals['_CHATMESSAGE']._serialized_start=716
+  _globals['_CHATMESSAGE']._serialized_end=760
+  _globals['_GENERATEREQUEST']._serialized_start=763
+  _globals['_GENERATEREQUEST']._serialized_end=1020
+  _globals['_GENERATEREQUEST_FIELDSENTRY']._serialized_start=975
+  _globals['_GENERATEREQUEST_FIELDSENTRY']._serialized_end=1020
+  _globals['_TOKEN']._serialized_start=1022
+  _globals['_TOKEN']._serialized_end=1129
+  _globals['_GENERATEDETAILS']._serialized_start=1132
+  _globals['_GENERATEDETAILS']._serialized_end=1366
+  _globals['_GENERATERESPONSE']._serialized_start=1368
+  _globals['_GENERATERESPONSE']._serialized_end=1457
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1460
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1614
+  _globals['_ADAPTER']._serialized_start=1617
+  _globals['_ADAPTER']._serialized_end=1836
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1838
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1878
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1880
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1922
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1924
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1945
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1947
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=2009
+  _globals['_INFOREQUEST']._serialized_start=2011
+  _globals['_INFOREQUEST']._serialized_end=2024
+  _globals['_INFORESPONSE']._serialized_start=2027
+  _globals['_INFORESPONSE']._serialized_end=2248
+  _globals['_INFERENCESERVICE']._serialized_start=2344
+  _globals['_INFERENCESERVICE']._serialized_end=2812
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,51 @@
+"""The chooser's OpenAI-style adjustments on crafted logits: what they change and when."""
+
+import pytest
+import torch
+
+from inference_service.params import Parameters
+from inference_service.sampling import NextTokenChooser
+from tuneyard.errors import InvalidArgument
+
+LOGITS = torch.tensor([0.0, 1.0, 3.0, 2.5, 0.5])  # greedy: token 2, then 3
+
+
+def choose(generated=(), **params) -> int:
+    chooser = NextTokenChooser(Parameters(**params), 0, "cpu")
+    return chooser(LOGITS, [9, *generated], list(generated))[0]
+
+
+def test_frequency_penalty_grows_with_each_occurrence():
+    assert choose([2], frequency_penalty=0.4) == 2  # 3.0 - 0.4 > 2.5
+    assert choose([2, 2], frequency_penalty=0.4) == 3  # 3.0 - 0.8 < 2.5
+    assert choose([2, 2], frequency_penalty=-1.0) == 2  # negative: encourages repeats
+
+
+def test_presence_penalty_counts_once():
+    assert choose([2], presence_penalty=0.6) == 3
+    assert choose([2, 2, 2], presence_penalty=0.4) == 2  # 3.0 - 0.4 > 2.5, however many
+    assert choose([], presence_penalty=2.0) == 2  # only generated tokens are penalized
+
+
+def test_logit_bias_and_its_logprob():
+    assert choose(logit_bias={4: 100.0}) == 4
+    assert choose(logit_bias={2: -100.0}) == 3
+    chooser = NextTokenChooser(Parameters(logit_bias={4: 2.6}), 0, "cpu")
+    token, logprob, _ = chooser(LOGITS, [9], [])
+    assert token == 4  # 0.5 + 2.6 > 3.0
+    assert logprob == pytest.approx(torch.log_softmax(LOGITS + torch.eye(5)[4] * 2.6, 0)[4])
+    # These rows cannot take the batched argmax.
+    assert not chooser.plain_greedy and NextTokenChooser(Parameters(), 0, "cpu").plain_greedy
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"presence_penalty": 2.5}, "presence_penalty must be between -2 and 2"),
+        ({"frequency_penalty": -3.0}, "frequency_penalty must be between -2 and 2"),
+        ({"logit_bias": {1: 101.0}}, "logit_bias values must be between -100 and 100"),
+    ],
+)
+def test_out_of_range_values_are_refused(params, message):
+    with pytest.raises(InvalidArgument, match=message):
+        Parameters(**params).validate(max_input_tokens=10)
