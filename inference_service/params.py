@@ -25,18 +25,21 @@ class Parameters:
     details: bool = False
     decoder_input_details: bool = False
     top_n_tokens: int | None = None
+    typical_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
 
     @property
     def sampling(self) -> bool:
-        # As in TGI: a temperature other than 1, a top_k or a top_p below 1 mean sampling.
+        # As in TGI: a temperature other than 1, a top_k, or a top_p or typical_p below 1
+        # mean sampling.
         return (
             self.do_sample
             or (self.temperature is not None and self.temperature != 1.0)
             or self.top_k is not None
             or (self.top_p is not None and self.top_p < 1.0)
+            or (self.typical_p is not None and self.typical_p < 1.0)
         )
 
     def validate(self, *, max_input_tokens: int) -> None:
@@ -52,6 +55,10 @@ class Parameters:
             )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}", param="top_p")
+        if self.typical_p is not None and not 0 < self.typical_p <= 1:
+            raise InvalidArgument(
+                f"typical_p must be in (0, 1], got {self.typical_p}", param="typical_p"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise InvalidArgument(f"top_k must be at least 1, got {self.top_k}", param="top_k")
         if self.repetition_penalty is not None and self.repetition_penalty <= 0:

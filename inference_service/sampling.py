@@ -13,6 +13,7 @@ class NextTokenChooser:
         self.temperature = params.temperature or 1.0
         self.top_k = params.top_k
         self.top_p = params.top_p
+        self.typical_p = params.typical_p
         self.top_n = params.top_n_tokens or 0
         self.presence = params.presence_penalty or 0.0
         self.frequency = params.frequency_penalty or 0.0
@@ -64,6 +65,14 @@ class NextTokenChooser:
         if self.top_k is not None and self.top_k < kept.numel():
             threshold = torch.topk(kept, self.top_k).values[-1]
             kept[kept < threshold] = -float("inf")
+        if self.typical_p is not None and self.typical_p < 1.0:
+            # Keep the tokens whose surprise (-log p) is closest to the entropy, until they
+            # hold typical_p of the mass; keep at least one.
+            probs = kept.exp()
+            entropy = -(probs * kept).nansum()
+            order = (-kept - entropy).abs().argsort()
+            mass_before = probs[order].cumsum(0) - probs[order]
+            kept[order[mass_before >= self.typical_p]] = -float("inf")
         if self.top_p is not None and self.top_p < 1.0:
             sorted_lp, order = torch.sort(kept, descending=True)
             cumulative = sorted_lp.exp().cumsum(0)

@@ -46,9 +46,9 @@ class Parameters(BaseModel):
     decoder_input_details: bool | None = False
     top_n_tokens: int | None = Field(None, ge=0, le=UINT32_MAX)
     frequency_penalty: float | None = None
+    typical_p: float | None = Field(None, gt=0, le=1)
     # Accepted at their defaults only.
     best_of: int | None = None
-    typical_p: float | None = None
     watermark: bool | None = False
     grammar: Any = None
 
@@ -56,7 +56,6 @@ class Parameters(BaseModel):
     def _refuse_unsupported(self):
         unsupported = {
             "best_of": self.best_of not in (None, 1),
-            "typical_p": self.typical_p not in (None, 1.0),
             "watermark": bool(self.watermark),
             "grammar": self.grammar is not None,
         }

@@ -116,6 +116,14 @@ def test_text_generation_client_top_n_tokens(gateway):
         client.generate("hi", top_n_tokens=21)
 
 
+def test_text_generation_client_typical_p_is_seeded(gateway):
+    client = text_generation.Client(gateway.url, timeout=60)
+    ask = dict(max_new_tokens=6, do_sample=True, typical_p=0.5, seed=3)
+    first = client.generate("Subject: Meet", **ask)
+    assert first.details.seed == 3
+    assert client.generate("Subject: Meet", **ask).generated_text == first.generated_text
+
+
 def test_text_generation_client_errors(gateway):
     client = text_generation.Client(gateway.url, timeout=60)
     with pytest.raises(ValidationError, match="max_new_tokens"):

@@ -38,12 +38,28 @@ def test_logit_bias_and_its_logprob():
     assert not chooser.plain_greedy and NextTokenChooser(Parameters(), 0, "cpu").plain_greedy
 
 
+def test_typical_p_keeps_the_tokens_closest_to_the_entropy():
+    # p = .5, .3, .15, .05: entropy 1.14 nats; surprises .69, 1.20, 1.90, 3.00. Token 1 is
+    # the most typical, then 0: typical_p 0.2 keeps token 1 alone, 0.5 keeps 1 and 0.
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+
+    def samples(typical_p: float) -> set[int]:
+        params = Parameters(do_sample=True, typical_p=typical_p)
+        return {NextTokenChooser(params, seed, "cpu")(logits, [9], [])[0] for seed in range(40)}
+
+    assert samples(0.2) == {1}
+    assert samples(0.5) == {0, 1}
+    assert samples(1.0) == {0, 1, 2, 3}
+    assert Parameters(typical_p=0.9).sampling
+
+
 @pytest.mark.parametrize(
     "params, message",
     [
         ({"presence_penalty": 2.5}, "presence_penalty must be between -2 and 2"),
         ({"frequency_penalty": -3.0}, "frequency_penalty must be between -2 and 2"),
         ({"logit_bias": {1: 101.0}}, "logit_bias values must be between -100 and 100"),
+        ({"typical_p": 0.0}, "typical_p must be in"),
     ],
 )
 def test_out_of_range_values_are_refused(params, message):
