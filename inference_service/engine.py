@@ -21,6 +21,7 @@ from tuneyard.modeling import (
 )
 
 from .adapter_cache import AdapterCache, LoadedAdapter
+from .grammar import Grammars
 from .lora import MultiLora
 from .metrics import Metrics
 from .params import GenerateInput
@@ -50,6 +51,7 @@ class Engine:
         self.device = next(model.parameters()).device
         # Read before LoRA may wrap the output layer: the logits' width.
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.grammars = Grammars(tokenizer, self.vocab_size)
         self.lora = MultiLora(model, settings.max_loaded_adapters)
         model_lock = threading.Lock()
         self.adapters = AdapterCache(
@@ -188,6 +190,7 @@ class Engine:
                 f"max_total_tokens={self.settings.max_total_tokens}",
                 param="inputs",
             )
+        constraint = self.grammars.constraint(*params.grammar) if params.grammar else None
         seed = None
         if params.sampling:
             seed = params.seed if params.seed is not None else random.getrandbits(63)
@@ -203,7 +206,7 @@ class Engine:
             params=params,
             max_new_tokens=max_new or min(self.settings.default_max_new_tokens, room),
             eos_ids=eos_ids,
-            chooser=NextTokenChooser(params, seed or 0, self.device),
+            chooser=NextTokenChooser(params, seed or 0, self.device, constraint),
             seed=seed,
             adapter_key=adapter.key if adapter else None,
             answered_by=manifest_adapter.key if manifest_adapter else "",

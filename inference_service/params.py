@@ -29,6 +29,7 @@ class Parameters:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: tuple[str, str] | None = None  # (type, value): see grammar.py
 
     @property
     def sampling(self) -> bool:

@@ -3,11 +3,12 @@ seeded sampling. One chooser per request, so rows of a batch keep their own para
 
 import torch
 
+from .grammar import Constraint
 from .params import Parameters
 
 
 class NextTokenChooser:
-    def __init__(self, params: Parameters, seed: int, device):
+    def __init__(self, params: Parameters, seed: int, device, constraint: Constraint | None = None):
         self.penalty = params.repetition_penalty
         self.sampling = params.sampling
         self.temperature = params.temperature or 1.0
@@ -18,12 +19,14 @@ class NextTokenChooser:
         self.presence = params.presence_penalty or 0.0
         self.frequency = params.frequency_penalty or 0.0
         self.logit_bias = params.logit_bias
+        self.constraint = constraint
         self.generator = None
         # Rows that just take the argmax are chosen for the whole batch at once.
         self.plain_greedy = (
             not self.sampling
             and self.penalty in (None, 1.0)
             and not (self.top_n or self.presence or self.frequency or self.logit_bias)
+            and constraint is None
         )
         if self.sampling:
             self.generator = torch.Generator(device=device)
@@ -37,6 +40,8 @@ class NextTokenChooser:
         best first. The logprobs are of the penalized, biased, temperature-scaled
         distribution, before top-k/p."""
         scores = logits.float()
+        if self.constraint is not None:
+            scores = self.constraint.mask(scores)
         if self.logit_bias:
             ids = torch.tensor(list(self.logit_bias), device=scores.device)
             bias = torch.tensor(list(self.logit_bias.values()), device=scores.device)
@@ -59,8 +64,7 @@ class NextTokenChooser:
             values, ids = torch.topk(logprobs, min(self.top_n, logprobs.numel()))
             top = list(zip(ids.tolist(), values.tolist(), strict=True))
         if not self.sampling:
-            token = int(torch.argmax(scores))
-            return token, float(logprobs[token]), top
+            return self._chosen(int(torch.argmax(scores)), logprobs, top)
         kept = logprobs.clone()
         if self.top_k is not None and self.top_k < kept.numel():
             threshold = torch.topk(kept, self.top_k).values[-1]
@@ -81,7 +85,13 @@ class NextTokenChooser:
             drop[0] = False
             kept[order[drop]] = -float("inf")
         probs = torch.softmax(kept, dim=-1)
-        token = int(torch.multinomial(probs, 1, generator=self.generator))
+        return self._chosen(
+            int(torch.multinomial(probs, 1, generator=self.generator)), logprobs, top
+        )
+
+    def _chosen(self, token: int, logprobs: torch.Tensor, top: list) -> tuple[int, float, list]:
+        if self.constraint is not None:
+            self.constraint.advance(token)
         return token, float(logprobs[token]), top
 
 

@@ -80,6 +80,7 @@ def to_input(request: pb.GenerateRequest) -> GenerateInput:
         details=p.details,
         decoder_input_details=p.decoder_input_details,
         logit_bias=dict(p.logit_bias),
+        grammar=(p.grammar.type, p.grammar.value) if p.HasField("grammar") else None,
     )
     return GenerateInput(
         inputs=request.inputs,

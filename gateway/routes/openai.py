@@ -3,6 +3,7 @@
 component); the answer carries usage counts."""
 
 import asyncio
+import json
 import math
 import time
 import uuid
@@ -149,19 +150,44 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class JsonSchema(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = ""
+    schema_: dict = Field(default_factory=dict, alias="schema")
+
+
+class ResponseFormat(BaseModel):
+    """text; json_object (any JSON object); json_schema (JSON matching the schema)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema.schema")
+        return self
+
+    def grammar(self) -> inference_pb2.Grammar | None:
+        if self.type == "text":
+            return None
+        schema = self.json_schema.schema_ if self.type == "json_schema" else {"type": "object"}
+        return inference_pb2.Grammar(type="json", value=json.dumps(schema))
+
+
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None
-    response_format: dict | None = None
+    response_format: ResponseFormat | None = None
 
     def unsupported(self) -> dict[str, bool]:
         return {
             **super().unsupported(),
             "tools": bool(self.tools),
-            "response_format": (self.response_format or {"type": "text"}).get("type") != "text",
         }
 
     @model_validator(mode="after")
@@ -433,9 +459,13 @@ async def completions(request: Request, body: CompletionRequest):
 async def chat_completions(request: Request, body: ChatRequest):
     answer = _Answer(request, body, chat=True)
     adapter = await adapter_for(answer.backends, body.model)
+    params = body.parameters(body.max_completion_tokens or body.max_tokens)
+    grammar = body.response_format.grammar() if body.response_format else None
+    if grammar is not None:
+        params.grammar.CopyFrom(grammar)
     generate = inference_pb2.GenerateRequest(
         adapter_id=adapter,
-        parameters=body.parameters(body.max_completion_tokens or body.max_tokens),
+        parameters=params,
         messages=[inference_pb2.ChatMessage(role=m.role, content=m.text()) for m in body.messages],
     )
     requests = body.choices(generate)

@@ -1,9 +1,10 @@
 """The text-generation-inference API (TGI's request and response fields, so the
 `text-generation` client works unchanged); the adapter is `parameters.adapter_id` (LoRAX)."""
 
+import json
 import math
 import time
-from typing import Any
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,6 +24,17 @@ FINISH_REASONS = {
     inference_pb2.STOP_SEQUENCE: "stop_sequence",
 }
 UINT32_MAX = 2**32 - 1  # the proto's counts are uint32
+
+
+class Grammar(BaseModel):
+    """TGI's grammar: a JSON schema (an object, or its JSON text) or a regular expression."""
+
+    type: Literal["json", "regex"]
+    value: dict | str
+
+    def to_proto(self) -> inference_pb2.Grammar:
+        value = json.dumps(self.value) if isinstance(self.value, dict) else self.value
+        return inference_pb2.Grammar(type=self.type, value=value)
 
 
 class Parameters(BaseModel):
@@ -50,14 +62,13 @@ class Parameters(BaseModel):
     # Accepted at their defaults only.
     best_of: int | None = None
     watermark: bool | None = False
-    grammar: Any = None
+    grammar: Grammar | None = None
 
     @model_validator(mode="after")
     def _refuse_unsupported(self):
         unsupported = {
             "best_of": self.best_of not in (None, 1),
             "watermark": bool(self.watermark),
-            "grammar": self.grammar is not None,
         }
         names = [name for name, refused in unsupported.items() if refused]
         if names:
@@ -102,6 +113,8 @@ def to_proto(req: GenerateRequest) -> inference_pb2.GenerateRequest:
         value = getattr(p, name, None)  # TGI has no presence_penalty
         if value is not None:
             setattr(params, name, value)
+    if p.grammar is not None:
+        params.grammar.CopyFrom(p.grammar.to_proto())
     return inference_pb2.GenerateRequest(
         inputs=req.inputs,
         fields=req.fields or {},

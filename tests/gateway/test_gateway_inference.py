@@ -124,6 +124,30 @@ def test_text_generation_client_typical_p_is_seeded(gateway):
     assert client.generate("Subject: Meet", **ask).generated_text == first.generated_text
 
 
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+
+
+def test_text_generation_client_grammar(gateway):
+    from text_generation.types import Grammar, GrammarType
+
+    client = text_generation.Client(gateway.url, timeout=60)
+    answer = client.generate(
+        "Answer:", max_new_tokens=60, grammar=Grammar(type=GrammarType.Json, value=SCHEMA)
+    )
+    assert set(json.loads(answer.generated_text)) == {"ok"}
+    answer = client.generate(
+        "Answer:", max_new_tokens=10, grammar=Grammar(type=GrammarType.Regex, value="(yes|no)")
+    )
+    assert answer.generated_text in ("yes", "no")
+    with pytest.raises(ValidationError, match="unclosed group"):
+        client.generate("Answer:", grammar=Grammar(type=GrammarType.Regex, value="("))
+
+
 def test_text_generation_client_errors(gateway):
     client = text_generation.Client(gateway.url, timeout=60)
     with pytest.raises(ValidationError, match="max_new_tokens"):
@@ -412,6 +436,23 @@ def test_openai_penalties_and_logit_bias(oai, gateway):
 def tgi_model(oai) -> str:
     """The base model's id as /v1/models lists it."""
     return next(m.id for m in oai.models.list() if getattr(m, "parent", None) is None)
+
+
+def test_openai_response_format(oai):
+    ask = dict(model="emails", messages=[{"role": "user", "content": "Hi"}], max_tokens=60)
+    reply = oai.chat.completions.create(
+        **ask,
+        response_format={"type": "json_schema", "json_schema": {"name": "o", "schema": SCHEMA}},
+    )
+    assert set(json.loads(reply.choices[0].message.content)) == {"ok"}
+    # Any object: a random model may still be inside a key when max_tokens runs out.
+    choice = oai.chat.completions.create(**ask, response_format={"type": "json_object"}).choices[0]
+    assert choice.message.content.startswith("{")
+    assert choice.finish_reason == "length" or isinstance(json.loads(choice.message.content), dict)
+    with pytest.raises(openai.BadRequestError, match="json_schema"):
+        oai.chat.completions.create(**ask, response_format={"type": "json_schema"})
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        oai.chat.completions.create(**ask, response_format={"type": "yaml"})
 
 
 def test_openai_errors(oai):

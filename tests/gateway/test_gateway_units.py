@@ -48,7 +48,6 @@ def test_tgi_null_parameters_are_defaults():
     [
         ({"best_of": 2}, "best_of"),
         ({"watermark": True}, "watermark"),
-        ({"grammar": {"type": "json", "value": {}}}, "grammar"),
     ],
 )
 def test_tgi_unsupported_parameters_are_refused(params, named):
