@@ -94,11 +94,16 @@ class _Sampling(BaseModel):
         """Alternatives wanted per generated token; None: no logprobs at all."""
         return None
 
+    @property
+    def candidates(self) -> int:
+        """Answers generated per prompt (more than n with completions' best_of)."""
+        return self.n or 1
+
     def choices(self, request: inference_pb2.GenerateRequest) -> list:
-        """`n` requests for one prompt; with a seed, choice i samples with seed + i, so
-        the choices differ and a repeated call gives the same ones."""
+        """The requests for one prompt; with a seed, candidate i samples with seed + i, so
+        they differ and a repeated call gives the same ones."""
         copies = []
-        for i in range(self.n or 1):
+        for i in range(self.candidates):
             copy = inference_pb2.GenerateRequest()
             copy.CopyFrom(request)
             if self.seed is not None and i:
@@ -113,16 +118,26 @@ class CompletionRequest(_Sampling):
     echo: bool | None = False
     # Also the number of alternatives per token (OpenAI allows 0 to 5).
     logprobs: int | None = Field(None, ge=0, le=5)
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=16)
     suffix: str | None = None
 
     def unsupported(self) -> dict[str, bool]:
         return {
             **super().unsupported(),
-            "best_of": self.best_of not in (None, 1),
+            "best_of with stream": bool((self.best_of or 1) > 1 and self.stream),
             "suffix": bool(self.suffix),
             "echo with stream": bool(self.echo and self.stream),
         }
+
+    @model_validator(mode="after")
+    def _best_of_covers_n(self):
+        if self.best_of is not None and self.best_of < (self.n or 1):
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        return self
+
+    @property
+    def candidates(self) -> int:
+        return max(self.best_of or 1, self.n or 1)
 
     @property
     def top_n(self) -> int | None:
@@ -250,6 +265,11 @@ def completion_logprobs(tokens, offset: int, top_n: int) -> dict:
     }
 
 
+def _mean_logprob(reply: inference_pb2.GenerateResponse) -> float:
+    tokens = reply.details.tokens
+    return sum(t.logprob for t in tokens) / max(len(tokens), 1)
+
+
 def _by_text(alternatives) -> dict[str, float]:
     """text -> logprob, best first; alternatives that read the same (pieces of a character)
     keep the best one's logprob."""
@@ -323,15 +343,28 @@ class _Answer:
         return completion_logprobs(tokens, offset, top_n)
 
     async def complete(self, requests: list[inference_pb2.GenerateRequest]) -> dict:
+        """All the answers at once. Each prompt has `candidates` requests in a row; with
+        best_of, its n choices are those of highest mean logprob per token, and usage
+        counts every candidate, as at OpenAI."""
         replies = await asyncio.gather(
             *(self.backends.inference.call("Generate", r, adapter=r.adapter_id) for r in requests)
         )
-        choices = []
         total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for index, (request, reply) in enumerate(zip(requests, replies, strict=True)):
+        for request, reply in zip(requests, replies, strict=True):
             self.metrics.observe_generation(
                 request.adapter_id, reply.details.generated_tokens, reply.details.prompt_tokens
             )
+            for key, value in usage(reply.details).items():
+                total[key] += value
+        per_prompt, n = self.body.candidates, self.body.n or 1
+        chosen = []
+        for start in range(0, len(requests), per_prompt):
+            group = list(zip(requests, replies, strict=True))[start : start + per_prompt]
+            if per_prompt > n:
+                group = sorted(group, key=lambda pair: _mean_logprob(pair[1]), reverse=True)[:n]
+            chosen += group
+        choices = []
+        for index, (request, reply) in enumerate(chosen):
             tokens = list(reply.details.tokens)
             if request.parameters.return_full_text:  # echo: the prompt's tokens come first
                 tokens = list(reply.details.prefill) + tokens
@@ -344,8 +377,6 @@ class _Answer:
                     logprobs=self._logprobs(tokens),
                 )
             )
-            for key, value in usage(reply.details).items():
-                total[key] += value
         return self._envelope(choices, usage=total)
 
     async def stream(self, requests: list[inference_pb2.GenerateRequest]):

@@ -1,6 +1,7 @@
 """The text-generation-inference API (TGI's request and response fields, so the
 `text-generation` client works unchanged); the adapter is `parameters.adapter_id` (LoRAX)."""
 
+import asyncio
 import json
 import math
 import time
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.auth import require_key
 from gateway.sse import event_response
-from tuneyard.errors import Unavailable
+from tuneyard.errors import InvalidArgument, Unavailable
 from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
 from tuneyard.v1 import inference_pb2
 
@@ -24,6 +25,7 @@ FINISH_REASONS = {
     inference_pb2.STOP_SEQUENCE: "stop_sequence",
 }
 UINT32_MAX = 2**32 - 1  # the proto's counts are uint32
+MAX_BEST_OF = 4
 
 
 class Grammar(BaseModel):
@@ -59,17 +61,30 @@ class Parameters(BaseModel):
     top_n_tokens: int | None = Field(None, ge=0, le=UINT32_MAX)
     frequency_penalty: float | None = None
     typical_p: float | None = Field(None, gt=0, le=1)
-    # Accepted at their defaults only.
-    best_of: int | None = None
-    watermark: bool | None = False
+    best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF)
     grammar: Grammar | None = None
+    # Accepted at its default only.
+    watermark: bool | None = False
+
+    @model_validator(mode="after")
+    def _best_of_samples(self):
+        if (self.best_of or 1) > 1:
+            if self.seed is not None:
+                raise ValueError("`seed` must not be set when `best_of` is > 1")
+            sampling = (
+                self.do_sample
+                or self.temperature not in (None, 1.0)
+                or self.top_k is not None
+                or (self.top_p or 1.0) < 1.0
+                or (self.typical_p or 1.0) < 1.0
+            )
+            if not sampling:
+                raise ValueError("you must use sampling when `best_of` is > 1")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsupported(self):
-        unsupported = {
-            "best_of": self.best_of not in (None, 1),
-            "watermark": bool(self.watermark),
-        }
+        unsupported = {"watermark": bool(self.watermark)}
         names = [name for name, refused in unsupported.items() if refused]
         if names:
             raise ValueError(f"not supported by this server: {', '.join(names)}")
@@ -172,21 +187,42 @@ def stream_details_json(details: inference_pb2.GenerateDetails) -> dict:
 
 
 async def generate(request: Request, req: GenerateRequest) -> dict:
-    reply = await request.app.state.backends.inference.call(
-        "Generate", to_proto(req), adapter=req.params.adapter_id or ""
-    )
-    request.app.state.metrics.observe_generation(
-        req.params.adapter_id or "", reply.details.generated_tokens, reply.details.prompt_tokens
-    )
-    body = {"generated_text": reply.generated_text}
-    if req.params.details:
-        body["details"] = details_json(
-            reply.details, bool(req.params.decoder_input_details), bool(req.params.top_n_tokens)
+    """One answer; with best_of, that many sampled ones and the most likely of them (the
+    highest sum of token logprobs), the others in details.best_of_sequences."""
+    proto = to_proto(req)
+    adapter = req.params.adapter_id or ""
+    replies = await asyncio.gather(
+        *(
+            request.app.state.backends.inference.call("Generate", proto, adapter=adapter)
+            for _ in range(req.params.best_of or 1)
         )
+    )
+    for reply in replies:
+        request.app.state.metrics.observe_generation(
+            adapter, reply.details.generated_tokens, reply.details.prompt_tokens
+        )
+    best = max(replies, key=lambda r: sum(t.logprob for t in r.details.tokens))
+    body = {"generated_text": best.generated_text}
+    if req.params.details:
+        body["details"] = _details(req, best)
+        if len(replies) > 1:
+            body["details"]["best_of_sequences"] = [
+                {"generated_text": r.generated_text, **_details(req, r)}
+                for r in replies
+                if r is not best
+            ]
     return body
 
 
+def _details(req: GenerateRequest, reply: inference_pb2.GenerateResponse) -> dict:
+    return details_json(
+        reply.details, bool(req.params.decoder_input_details), bool(req.params.top_n_tokens)
+    )
+
+
 async def generate_stream(request: Request, req: GenerateRequest):
+    if (req.params.best_of or 1) > 1:
+        raise InvalidArgument("`best_of` != 1 is not allowed for this endpoint", param="best_of")
     metrics = request.app.state.metrics
     start = time.perf_counter()
     messages = await request.app.state.backends.inference.stream(
@@ -250,7 +286,7 @@ async def info_route(request: Request) -> dict:
         "model_dtype": info.model_dtype,
         "model_device_type": info.model_device_type,
         "model_pipeline_tag": "text-generation",
-        "max_best_of": 1,
+        "max_best_of": MAX_BEST_OF,
         "max_input_tokens": info.max_input_tokens,
         "max_total_tokens": info.max_total_tokens,
         "max_batch_size": info.max_batch_size or None,

@@ -148,6 +148,32 @@ def test_text_generation_client_grammar(gateway):
         client.generate("Answer:", grammar=Grammar(type=GrammarType.Regex, value="("))
 
 
+def test_best_of(gateway, oai, http):
+    """TGI: the most likely of best_of samples (highest sum of logprobs), the others in
+    best_of_sequences; OpenAI: the n of best_of with the highest mean logprob."""
+    client = text_generation.Client(gateway.url, timeout=60)
+    answer = client.generate("Subject: Meet", max_new_tokens=5, do_sample=True, best_of=3)
+    others = answer.details.best_of_sequences
+    assert len(others) == 2
+    best = sum(t.logprob for t in answer.details.tokens)
+    assert all(best >= sum(t.logprob for t in o.tokens) for o in others)
+    stream = {"inputs": "x", "parameters": {"best_of": 2, "do_sample": True}}
+    refused = http.post("/generate_stream", json=stream)
+    assert refused.status_code == 422 and "best_of" in refused.json()["error"]
+    assert http.get("/info").json()["max_best_of"] == 4
+
+    ask = dict(model="emails", prompt="Subject:", max_tokens=5, temperature=1.0, seed=5)
+    candidates = [oai.completions.create(**{**ask, "seed": 5 + i}, logprobs=0) for i in range(3)]
+    chosen = oai.completions.create(**ask, best_of=3, n=2, logprobs=0)
+
+    def mean(choice) -> float:
+        return sum(choice.logprobs.token_logprobs) / len(choice.logprobs.token_logprobs)
+
+    ranked = sorted((c.choices[0] for c in candidates), key=mean, reverse=True)
+    assert [c.text for c in chosen.choices] == [c.text for c in ranked[:2]]
+    assert chosen.usage.completion_tokens == sum(c.usage.completion_tokens for c in candidates)
+
+
 def test_text_generation_client_errors(gateway):
     client = text_generation.Client(gateway.url, timeout=60)
     with pytest.raises(ValidationError, match="max_new_tokens"):
@@ -460,8 +486,8 @@ def test_openai_errors(oai):
         oai.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.NotFoundError):
         list(oai.completions.create(model="ghost", prompt="x", stream=True))
-    with pytest.raises(openai.BadRequestError, match="not supported by this server: best_of"):
-        oai.completions.create(model="emails", prompt="x", best_of=3)
+    with pytest.raises(openai.BadRequestError, match="not supported by this server: suffix"):
+        oai.completions.create(model="emails", prompt="x", suffix="y")
 
 
 # --- metrics -----------------------------------------------------------------------------

@@ -38,11 +38,15 @@ def test_tgi_validation_errors(http, path):
     assert "parameters.max_new_tokens" in _tgi_error(response, 422, "validation")
     response = http.post(path, json={"inputs": "x", "parameters": {"max_new_tokens": 2**32}})
     assert "parameters.max_new_tokens" in _tgi_error(response, 422, "validation")
-    response = http.post(
-        path, json={"inputs": "x", "parameters": {"best_of": 2, "watermark": True}}
-    )
-    message = _tgi_error(response, 422, "validation")
-    assert "not supported by this server: best_of, watermark" in message
+    response = http.post(path, json={"inputs": "x", "parameters": {"watermark": True}})
+    assert "not supported by this server: watermark" in _tgi_error(response, 422, "validation")
+    response = http.post(path, json={"inputs": "x", "parameters": {"best_of": 2}})
+    assert "you must use sampling when `best_of` is > 1" in _tgi_error(response, 422, "validation")
+    both = {"best_of": 2, "do_sample": True, "seed": 1}
+    response = http.post(path, json={"inputs": "x", "parameters": both})
+    assert "`seed` must not be set" in _tgi_error(response, 422, "validation")
+    response = http.post(path, json={"inputs": "x", "parameters": {"best_of": 5}})
+    assert "best_of" in _tgi_error(response, 422, "validation")
     assert "inputs" in _tgi_error(http.post(path, json={}), 422, "validation")
     assert "JSON" in _tgi_error(
         http.post(path, content=b"{oops", headers={"content-type": "application/json"}),
@@ -87,11 +91,14 @@ def test_openai_validation_errors(http):
     )
     assert error["param"] == "n"
     error = _openai_error(
-        http.post("/v1/completions", json={"model": "m", "prompt": "x", "best_of": 2}),
+        http.post("/v1/completions", json={"model": "m", "prompt": "x", "best_of": 2, "n": 3}),
         400,
         "invalid_request_error",
     )
-    assert "not supported by this server: best_of" in error["message"]
+    assert "best_of (2) must be at least n (3)" in error["message"]
+    stream = {"model": "m", "prompt": "x", "best_of": 2, "stream": True}
+    error = _openai_error(http.post("/v1/completions", json=stream), 400, "invalid_request_error")
+    assert "not supported by this server: best_of with stream" in error["message"]
     error = _openai_error(
         http.post("/v1/completions", json={"prompt": "x"}), 400, "invalid_request_error"
     )

@@ -46,7 +46,6 @@ def test_tgi_null_parameters_are_defaults():
 @pytest.mark.parametrize(
     "params, named",
     [
-        ({"best_of": 2}, "best_of"),
         ({"watermark": True}, "watermark"),
     ],
 )
