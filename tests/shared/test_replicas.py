@@ -11,7 +11,6 @@ from tests.inference.conftest import make_adapter
 from trainer_service.notify import InferenceNotifier
 from tuneyard.errors import Unavailable
 from tuneyard.local_stack import free_port
-from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
 from tuneyard.replicas import ReplicaAddresses, split_host_port
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
@@ -74,20 +73,6 @@ def test_failed_resolution_keeps_the_last_known_set(caplog):
     assert never.refresh() == []
     with pytest.raises(OSError):
         never.resolve()
-
-
-def test_optional_generation_parameters_come_from_the_proto():
-    assert OPTIONAL_GENERATION_PARAMETERS == (
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "top_k",
-        "repetition_penalty",
-        "seed",
-        "truncate",
-    )
-    for name in OPTIONAL_GENERATION_PARAMETERS:
-        assert not inference_pb2.GenerationParameters().HasField(name)
 
 
 def _loaded(running) -> set[str]:
