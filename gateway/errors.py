@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from tuneyard.errors import TuneyardError
 
-TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/info", "/health"})
+TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/tokenize", "/info", "/health"})
 
 _HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,

@@ -268,6 +268,19 @@ class Engine:
             ids |= set(config_eos) if isinstance(config_eos, list) else {config_eos}
         return {i for i in ids if i is not None}
 
+    def tokenize(self, text: str) -> list[tuple[int, str, int, int]]:
+        """(id, text, start, stop) of each token of a raw input, special tokens added as
+        generation adds them; start/stop are character offsets in `text`."""
+        if not text:
+            raise InvalidArgument("inputs cannot be empty", param="inputs")
+        encoded = self.tokenizer(text, return_offsets_mapping=True)
+        return [
+            (token_id, text[start:stop], start, stop)
+            for token_id, (start, stop) in zip(
+                encoded["input_ids"], encoded["offset_mapping"], strict=True
+            )
+        ]
+
     def info(self) -> dict:
         return {
             "model_id": self.base.id,

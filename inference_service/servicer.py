@@ -65,6 +65,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def Info(self, request, context):
         return pb.InfoResponse(**self.engine.info())
 
+    @maps_errors
+    def Tokenize(self, request, context):
+        tokens = self.engine.tokenize(request.inputs)
+        return pb.TokenizeResponse(
+            tokens=[pb.InputToken(id=i, text=t, start=a, stop=b) for i, t, a, b in tokens]
+        )
+
 
 def to_input(request: pb.GenerateRequest) -> GenerateInput:
     p = request.parameters

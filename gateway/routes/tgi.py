@@ -277,6 +277,17 @@ async def compat_route(request: Request, req: GenerateRequest):
     return [await generate(request, req)]
 
 
+@authed.post("/tokenize")
+async def tokenize_route(request: Request, req: GenerateRequest) -> list[dict]:
+    """TGI's /tokenize: the tokens of `inputs` with their character offsets."""
+    if req.fields:
+        raise InvalidArgument("/tokenize takes inputs, not fields", param="fields")
+    reply = await request.app.state.backends.inference.call(
+        "Tokenize", inference_pb2.TokenizeRequest(inputs=req.inputs)
+    )
+    return [{"id": t.id, "text": t.text, "start": t.start, "stop": t.stop} for t in reply.tokens]
+
+
 @authed.get("/info")
 async def info_route(request: Request) -> dict:
     info = await request.app.state.backends.inference.call("Info", inference_pb2.InfoRequest())

@@ -174,6 +174,19 @@ def test_best_of(gateway, oai, http):
     assert chosen.usage.completion_tokens == sum(c.usage.completion_tokens for c in candidates)
 
 
+def test_tokenize(http, tiny_llama):
+    from transformers import AutoTokenizer
+
+    text = "Subject: Meet the lamp"
+    tokens = http.post("/tokenize", json={"inputs": text}).json()
+    expected = AutoTokenizer.from_pretrained(tiny_llama)(text)["input_ids"]
+    assert [t["id"] for t in tokens] == expected
+    assert all(t["text"] == text[t["start"] : t["stop"]] for t in tokens)
+    assert "".join(t["text"] for t in tokens) == text
+    empty = http.post("/tokenize", json={"inputs": "", "fields": {"product": "x"}})
+    assert empty.status_code == 422 and "inputs, not fields" in empty.json()["error"]
+
+
 def test_text_generation_client_errors(gateway):
     client = text_generation.Client(gateway.url, timeout=60)
     with pytest.raises(ValidationError, match="max_new_tokens"):

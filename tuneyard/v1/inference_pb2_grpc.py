@@ -64,6 +64,11 @@ class InferenceServiceStub:
                 request_serializer=tuneyard_dot_v1_dot_inference__pb2.InfoRequest.SerializeToString,
                 response_deserializer=tuneyard_dot_v1_dot_inference__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/tuneyard.v1.InferenceService/Tokenize',
+                request_serializer=tuneyard_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -106,6 +111,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """The tokens a raw input becomes, as generation would see it (TGI's /tokenize).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +150,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=tuneyard_dot_v1_dot_inference__pb2.InfoRequest.FromString,
                     response_serializer=tuneyard_dot_v1_dot_inference__pb2.InfoResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=tuneyard_dot_v1_dot_inference__pb2.TokenizeRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_inference__pb2.TokenizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +319,33 @@ class InferenceService:
             '/tuneyard.v1.InferenceService/Info',
             tuneyard_dot_v1_dot_inference__pb2.InfoRequest.SerializeToString,
             tuneyard_dot_v1_dot_inference__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.InferenceService/Tokenize',
+            tuneyard_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
+            tuneyard_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
