@@ -234,7 +234,10 @@ class Engine:
                 raise InvalidArgument(f"messages[{i}] has no role", param="messages")
         try:
             prompt = self.tokenizer.apply_chat_template(
-                request.messages, tokenize=False, add_generation_prompt=True
+                request.messages,
+                tools=request.tools or None,
+                tokenize=False,
+                add_generation_prompt=True,
             )
         except Exception as err:  # the template's own Jinja may raise anything
             raise InvalidArgument(

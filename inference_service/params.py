@@ -106,6 +106,7 @@ class GenerateInput:
     parameters: Parameters = field(default_factory=Parameters)
     fields: dict[str, str] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
+    tools: list[dict] = field(default_factory=list)  # for the chat template, with messages
 
     def check_one_input(self) -> None:
         given = [n for n in ("inputs", "fields", "messages") if getattr(self, n)]
@@ -115,4 +116,8 @@ class GenerateInput:
             raise InvalidArgument(
                 f"give only one of inputs, fields or messages (got {' and '.join(given)})",
                 param="inputs",
+            )
+        if self.tools and not self.messages:
+            raise InvalidArgument(
+                "tools go with messages (the chat template renders them)", param="tools"
             )

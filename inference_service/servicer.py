@@ -1,7 +1,10 @@
 """InferenceService over gRPC: proto messages in and out, the engine does the work."""
 
+import json
+
 import grpc
 
+from tuneyard.errors import InvalidArgument
 from tuneyard.grpc_server import maps_errors, maps_stream_errors
 from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
 from tuneyard.v1 import inference_pb2 as pb
@@ -95,7 +98,20 @@ def to_input(request: pb.GenerateRequest) -> GenerateInput:
         parameters=params,
         fields=dict(request.fields),
         messages=[{"role": m.role, "content": m.content} for m in request.messages],
+        tools=_tools(request.tools),
     )
+
+
+def _tools(text: str) -> list[dict]:
+    if not text:
+        return []
+    try:
+        tools = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidArgument(f"tools is not valid JSON: {err}", param="tools") from err
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise InvalidArgument("tools must be a JSON list of objects", param="tools")
+    return tools
 
 
 def to_token(token: TokenInfo) -> pb.Token:

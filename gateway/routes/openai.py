@@ -3,11 +3,12 @@
 component); the answer carries usage counts."""
 
 import asyncio
+import contextlib
 import json
 import math
 import time
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -156,13 +157,47 @@ class TextPart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = ""
+    # An assistant turn that called tools: its calls, written back as the model wrote them.
+    tool_calls: list[dict] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
+        if not self.content and self.tool_calls:
+            return json.dumps([_call_json(c) for c in self.tool_calls])
         return self.content or ""
+
+
+class Function(BaseModel):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: Function
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+def _call_json(call: dict) -> dict:
+    """A tool call as the model writes it: {"name", "arguments"} (arguments an object)."""
+    function = call.get("function", {})
+    arguments = function.get("arguments", "{}")
+    if isinstance(arguments, str):
+        with contextlib.suppress(json.JSONDecodeError):  # kept as the text it was
+            arguments = json.loads(arguments)
+    return {"name": function.get("name", ""), "arguments": arguments}
 
 
 class JsonSchema(BaseModel):
@@ -196,14 +231,52 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
 
-    def unsupported(self) -> dict[str, bool]:
-        return {
-            **super().unsupported(),
-            "tools": bool(self.tools),
-        }
+    @model_validator(mode="after")
+    def _tool_choice_fits(self):
+        names = [t.function.name for t in self.tools or []]
+        choice = self.tool_choice
+        if choice is not None and not names and choice != "none":
+            raise ValueError("tool_choice needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, not one of the tools")
+        if names and choice in (None, "auto"):
+            raise ValueError(
+                "tool_choice 'auto' is not supported (telling a tool call from text needs a "
+                "parser per model): use 'required', name a function, or 'none'"
+            )
+        if self.forced_tools and self.response_format and self.response_format.type != "text":
+            raise ValueError("give response_format or a tool call to force, not both")
+        return self
+
+    @property
+    def forced_tools(self) -> list[Tool]:
+        """The tools one of which the answer must call ('required' or a named one)."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return [t for t in self.tools if t.function.name == self.tool_choice.function.name]
+        return list(self.tools or []) if self.tool_choice == "required" else []
+
+    def tool_grammar(self) -> inference_pb2.Grammar | None:
+        """The answer is {"name": <a forced tool>, "arguments": <its parameters>}."""
+        calls = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": t.function.name},
+                    "arguments": t.function.parameters,
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for t in self.forced_tools
+        ]
+        if not calls:
+            return None
+        schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        return inference_pb2.Grammar(type="json", value=json.dumps(schema))
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self):
@@ -327,12 +400,33 @@ class _Answer:
                 "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
+        message = {"role": "assistant", "content": text}
+        calls = self._tool_calls(text or "")
+        if calls:
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            finish_reason = "tool_calls"
         return {
             "index": index,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "logprobs": logprobs,
             "finish_reason": finish_reason,
         }
+
+    @property
+    def _forced_tools(self) -> bool:
+        return bool(getattr(self.body, "forced_tools", None))
+
+    def _tool_calls(self, text: str) -> list[dict] | None:
+        """The tool call a forced-tool answer holds, in OpenAI's shape; None without forced
+        tools or when the answer was cut short (max_tokens) before the call was complete."""
+        if not self._forced_tools:
+            return None
+        try:
+            call = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        function = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
+        return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": function}]
 
     def _logprobs(self, tokens, offset: int = 0) -> dict | None:
         top_n = self.body.top_n
@@ -436,7 +530,9 @@ class _Answer:
                     token = message.token
                     # With logprobs, a token that adds no text yet (part of a character)
                     # still gets its chunk: the streamed logprobs equal the whole answer's.
-                    if not token.special and (token.text or self.body.top_n is not None):
+                    # A forced tool call comes whole at the end instead.
+                    wanted = token.text or self.body.top_n is not None
+                    if not token.special and wanted and not self._forced_tools:
                         logprobs = self._logprobs([token], offsets[index])
                         offsets[index] += len(token.text)
                         yield chunk(
@@ -454,6 +550,24 @@ class _Answer:
                         for key, value in usage(details).items():
                             total[key] += value
                         reason = FINISH_REASONS.get(details.finish_reason, "stop")
+                        if self._forced_tools:
+                            calls = self._tool_calls(message.generated_text)
+                            delta = (
+                                {"tool_calls": [{"index": 0, **calls[0]}]}
+                                if calls
+                                else {"content": message.generated_text}
+                            )
+                            reason = "tool_calls" if calls else reason
+                            yield chunk(
+                                [
+                                    {
+                                        "index": index,
+                                        "delta": delta,
+                                        "logprobs": None,
+                                        "finish_reason": None,
+                                    }
+                                ]
+                            )
                         text = None if self.chat else ""
                         yield chunk([self._choice(index, text, reason, stream=True)])
                 if self.body.include_usage:
@@ -491,13 +605,17 @@ async def chat_completions(request: Request, body: ChatRequest):
     answer = _Answer(request, body, chat=True)
     adapter = await adapter_for(answer.backends, body.model)
     params = body.parameters(body.max_completion_tokens or body.max_tokens)
-    grammar = body.response_format.grammar() if body.response_format else None
+    grammar = body.tool_grammar() or (
+        body.response_format.grammar() if body.response_format else None
+    )
     if grammar is not None:
         params.grammar.CopyFrom(grammar)
+    tools = [t.model_dump() for t in body.tools or []] if body.tool_choice != "none" else []
     generate = inference_pb2.GenerateRequest(
         adapter_id=adapter,
         parameters=params,
         messages=[inference_pb2.ChatMessage(role=m.role, content=m.text()) for m in body.messages],
+        tools=json.dumps(tools) if tools else "",
     )
     requests = body.choices(generate)
     if body.stream:

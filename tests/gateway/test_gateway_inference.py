@@ -494,6 +494,71 @@ def test_openai_response_format(oai):
         oai.chat.completions.create(**ask, response_format={"type": "yaml"})
 
 
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"unit": {"enum": ["C", "F"]}},
+                "required": ["unit"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {
+                "type": "object",
+                "properties": {"utc": {"type": "boolean"}},
+                "required": ["utc"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+
+
+def test_openai_forced_tool_calls(oai):
+    ask = dict(model="emails", messages=[{"role": "user", "content": "Hi"}], max_tokens=60)
+    reply = oai.chat.completions.create(**ask, tools=TOOLS, tool_choice="required")
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    arguments = json.loads(call.function.arguments)
+    if call.function.name == "get_weather":
+        assert arguments["unit"] in ("C", "F")
+    else:
+        assert call.function.name == "get_time" and isinstance(arguments["utc"], bool)
+    named = {"type": "function", "function": {"name": "get_time"}}
+    chunks = list(oai.chat.completions.create(**ask, tools=TOOLS, tool_choice=named, stream=True))
+    calls = [d for c in chunks for ch in c.choices for d in ch.delta.tool_calls or []]
+    assert [c.function.name for c in calls] == ["get_time"]
+    assert set(json.loads(calls[0].function.arguments)) == {"utc"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # The call and its result go back as history; "none" answers in text.
+    history = [
+        *ask["messages"],
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "21 C"},
+    ]
+    text = oai.chat.completions.create(
+        **{**ask, "messages": history}, tools=TOOLS, tool_choice="none"
+    )
+    assert text.choices[0].message.tool_calls is None
+    for bad, message in [
+        ({"tools": TOOLS}, "tool_choice 'auto' is not supported"),
+        ({"tools": TOOLS, "tool_choice": {**named, "function": {"name": "x"}}}, "not one of"),
+        ({"tool_choice": "required"}, "tool_choice needs tools"),
+    ]:
+        with pytest.raises(openai.BadRequestError, match=message):
+            oai.chat.completions.create(**ask, **bad)
+
+
 def test_openai_errors(oai):
     with pytest.raises(openai.NotFoundError, match="ghost"):
         oai.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])

@@ -291,6 +291,17 @@ def test_chat_messages_use_the_chat_template(engine):
     )
 
 
+def test_tools_are_rendered_by_the_chat_template(engine):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    messages = [{"role": "user", "content": "Weather?"}]
+    params = Parameters(max_new_tokens=1)
+    seq = engine.submit(GenerateInput(messages=messages, tools=tools, parameters=params))
+    seq.result(60)
+    assert "get_weather" in seq.prompt_text and "Weather?" in seq.prompt_text
+    with pytest.raises(InvalidArgument, match="tools go with messages"):
+        engine.submit(GenerateInput(inputs="x", tools=tools, parameters=params))
+
+
 def test_cancelled_request_leaves_the_batch(engine):
     seq = engine.submit(GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=200)))
     other = engine.submit(
