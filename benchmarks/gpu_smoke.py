@@ -22,7 +22,8 @@ grpcio 1.85's health/reflection and jsonschema), carry these wheels (cp312, abou
 install them with `pip install --no-index --no-deps --target`: bitsandbytes, grpcio,
 grpcio-health-checking, grpcio-reflection, protobuf, pydantic, pydantic_core,
 pydantic-settings, python-dotenv, annotated-types, typing-inspection, typing_extensions,
-jsonschema, jsonschema-specifications, referencing, rpds-py, at constraints.txt's versions;
+jsonschema, jsonschema-specifications, referencing, rpds-py, llguidance (the engine's
+constrained decoding), at constraints.txt's versions;
 then `python3 -m benchmarks.gpu_smoke --model llama-1b --device cuda --out $OUT`. The
 default recipe, causal_lm, needs neither trl nor datasets.
 """
