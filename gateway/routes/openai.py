@@ -226,6 +226,21 @@ class ResponseFormat(BaseModel):
         return inference_pb2.Grammar(type="json", value=json.dumps(schema))
 
 
+NO_TOOL = Tool(
+    type="function",
+    function=Function(
+        name="no_tool",
+        description="Answer in text, calling no tool: the answer goes in content.",
+        parameters={
+            "type": "object",
+            "properties": {"content": {"type": "string"}},
+            "required": ["content"],
+            "additionalProperties": False,
+        },
+    ),
+)
+
+
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=UINT32_MAX)
@@ -243,24 +258,26 @@ class ChatRequest(_Sampling):
             raise ValueError("tool_choice needs tools")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
             raise ValueError(f"tool_choice names {choice.function.name!r}, not one of the tools")
-        if names and choice in (None, "auto"):
-            raise ValueError(
-                "tool_choice 'auto' is not supported (telling a tool call from text needs a "
-                "parser per model): use 'required', name a function, or 'none'"
-            )
-        if self.forced_tools and self.response_format and self.response_format.type != "text":
-            raise ValueError("give response_format or a tool call to force, not both")
+        if NO_TOOL.function.name in names:
+            raise ValueError(f"the tool name {NO_TOOL.function.name!r} is reserved")
+        if self.callable_tools and self.response_format and self.response_format.type != "text":
+            raise ValueError("give response_format or tools, not both")
         return self
 
     @property
-    def forced_tools(self) -> list[Tool]:
-        """The tools one of which the answer must call ('required' or a named one)."""
-        if isinstance(self.tool_choice, NamedToolChoice):
-            return [t for t in self.tools if t.function.name == self.tool_choice.function.name]
-        return list(self.tools or []) if self.tool_choice == "required" else []
+    def callable_tools(self) -> list[Tool]:
+        """What the answer may call: the named tool, every tool ('required'), or every tool
+        and `no_tool` ('auto', the default with tools, as TGI does it: a text answer is the
+        content of a no_tool call); none with 'none' or no tools."""
+        tools, choice = list(self.tools or []), self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            return [t for t in tools if t.function.name == choice.function.name]
+        if not tools or choice == "none":
+            return []
+        return tools if choice == "required" else [*tools, NO_TOOL]
 
     def tool_grammar(self) -> inference_pb2.Grammar | None:
-        """The answer is {"name": <a forced tool>, "arguments": <its parameters>}."""
+        """The answer is {"name": <a callable tool>, "arguments": <its parameters>}."""
         calls = [
             {
                 "type": "object",
@@ -271,12 +288,19 @@ class ChatRequest(_Sampling):
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for t in self.forced_tools
+            for t in self.callable_tools
         ]
         if not calls:
             return None
         schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
         return inference_pb2.Grammar(type="json", value=json.dumps(schema))
+
+    def rendered_tools(self) -> list[dict]:
+        """The tool definitions the chat template shows the model."""
+        if self.tool_choice == "none":
+            return []
+        extra = [NO_TOOL] if NO_TOOL in self.callable_tools else []
+        return [t.model_dump() for t in [*(self.tools or []), *extra]]
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self):
@@ -400,10 +424,10 @@ class _Answer:
                 "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
-        message = {"role": "assistant", "content": text}
-        calls = self._tool_calls(text or "")
+        content, calls = self._tool_answer(text)
+        message = {"role": "assistant", "content": content}
         if calls:
-            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            message["tool_calls"] = calls
             finish_reason = "tool_calls"
         return {
             "index": index,
@@ -413,20 +437,26 @@ class _Answer:
         }
 
     @property
-    def _forced_tools(self) -> bool:
-        return bool(getattr(self.body, "forced_tools", None))
+    def _calls_tools(self) -> bool:
+        """The answer is a tool call (JSON constrained by tool_grammar), not free text."""
+        return bool(getattr(self.body, "callable_tools", None))
 
-    def _tool_calls(self, text: str) -> list[dict] | None:
-        """The tool call a forced-tool answer holds, in OpenAI's shape; None without forced
-        tools or when the answer was cut short (max_tokens) before the call was complete."""
-        if not self._forced_tools:
-            return None
+    def _tool_answer(self, text: str | None) -> tuple[str | None, list[dict] | None]:
+        """(content, tool_calls) of an answer: a tool call in OpenAI's shape, or no_tool's
+        content as text; the text as it is without tools or when max_tokens cut the call
+        short."""
+        if not self._calls_tools or text is None:
+            return text, None
         try:
             call = json.loads(text)
         except json.JSONDecodeError:
-            return None
+            return text, None
+        if call["name"] == NO_TOOL.function.name:
+            return call["arguments"]["content"], None
         function = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
-        return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": function}]
+        return None, [
+            {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": function}
+        ]
 
     def _logprobs(self, tokens, offset: int = 0) -> dict | None:
         top_n = self.body.top_n
@@ -530,9 +560,9 @@ class _Answer:
                     token = message.token
                     # With logprobs, a token that adds no text yet (part of a character)
                     # still gets its chunk: the streamed logprobs equal the whole answer's.
-                    # A forced tool call comes whole at the end instead.
+                    # A tool call (or no_tool's text) comes whole at the end instead.
                     wanted = token.text or self.body.top_n is not None
-                    if not token.special and wanted and not self._forced_tools:
+                    if not token.special and wanted and not self._calls_tools:
                         logprobs = self._logprobs([token], offsets[index])
                         offsets[index] += len(token.text)
                         yield chunk(
@@ -550,12 +580,12 @@ class _Answer:
                         for key, value in usage(details).items():
                             total[key] += value
                         reason = FINISH_REASONS.get(details.finish_reason, "stop")
-                        if self._forced_tools:
-                            calls = self._tool_calls(message.generated_text)
+                        if self._calls_tools:
+                            content, calls = self._tool_answer(message.generated_text)
                             delta = (
                                 {"tool_calls": [{"index": 0, **calls[0]}]}
                                 if calls
-                                else {"content": message.generated_text}
+                                else {"content": content}
                             )
                             reason = "tool_calls" if calls else reason
                             yield chunk(
@@ -610,7 +640,7 @@ async def chat_completions(request: Request, body: ChatRequest):
     )
     if grammar is not None:
         params.grammar.CopyFrom(grammar)
-    tools = [t.model_dump() for t in body.tools or []] if body.tool_choice != "none" else []
+    tools = body.rendered_tools()
     generate = inference_pb2.GenerateRequest(
         adapter_id=adapter,
         parameters=params,

@@ -550,8 +550,21 @@ def test_openai_forced_tool_calls(oai):
         **{**ask, "messages": history}, tools=TOOLS, tool_choice="none"
     )
     assert text.choices[0].message.tool_calls is None
+    # auto (the default with tools), as TGI does it: a tool call, or text as the content
+    # of a no_tool call.
+    for _ in range(3):
+        auto = oai.chat.completions.create(**ask, tools=TOOLS, temperature=1.0).choices[0]
+        if auto.message.tool_calls:
+            assert auto.finish_reason == "tool_calls" and auto.message.content is None
+            assert auto.message.tool_calls[0].function.name in ("get_weather", "get_time")
+        else:
+            assert isinstance(auto.message.content, str) and auto.finish_reason in (
+                "stop",
+                "length",
+            )
+    reserved = {**TOOLS[0], "function": {**TOOLS[0]["function"], "name": "no_tool"}}
     for bad, message in [
-        ({"tools": TOOLS}, "tool_choice 'auto' is not supported"),
+        ({"tools": [reserved]}, "the tool name 'no_tool' is reserved"),
         ({"tools": TOOLS, "tool_choice": {**named, "function": {"name": "x"}}}, "not one of"),
         ({"tool_choice": "required"}, "tool_choice needs tools"),
     ]:
