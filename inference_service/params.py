@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from tuneyard.errors import InvalidArgument
+from tuneyard.sampling import is_sampling
 
 MAX_STOP_SEQUENCES = 8
 MAX_TOP_N_TOKENS = 20  # OpenAI's top_logprobs limit
@@ -33,15 +34,7 @@ class Parameters:
 
     @property
     def sampling(self) -> bool:
-        # As in TGI: a temperature other than 1, a top_k, or a top_p or typical_p below 1
-        # mean sampling.
-        return (
-            self.do_sample
-            or (self.temperature is not None and self.temperature != 1.0)
-            or self.top_k is not None
-            or (self.top_p is not None and self.top_p < 1.0)
-            or (self.typical_p is not None and self.typical_p < 1.0)
-        )
+        return is_sampling(self.do_sample, self.temperature, self.top_k, self.top_p, self.typical_p)
 
     def validate(self, *, max_input_tokens: int) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

@@ -14,6 +14,7 @@ from gateway.auth import require_key
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, Unavailable
 from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
+from tuneyard.sampling import is_sampling
 from tuneyard.v1 import inference_pb2
 
 router = APIRouter()
@@ -71,12 +72,8 @@ class Parameters(BaseModel):
         if (self.best_of or 1) > 1:
             if self.seed is not None:
                 raise ValueError("`seed` must not be set when `best_of` is > 1")
-            sampling = (
-                self.do_sample
-                or self.temperature not in (None, 1.0)
-                or self.top_k is not None
-                or (self.top_p or 1.0) < 1.0
-                or (self.typical_p or 1.0) < 1.0
+            sampling = is_sampling(
+                self.do_sample, self.temperature, self.top_k, self.top_p, self.typical_p
             )
             if not sampling:
                 raise ValueError("you must use sampling when `best_of` is > 1")
