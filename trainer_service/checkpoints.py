@@ -60,14 +60,16 @@ def get_checkpoint(workdir: Path, job_id: str, step: int) -> Checkpoint:
     raise NotFound(f"job {job_id} has no checkpoint at step {step}", param="step")
 
 
-def publish_checkpoint(store: AdapterStore, workdir: Path, job_id: str, step: int) -> Checkpoint:
-    """Publish one checkpoint as the next version of the job's adapter (once; publishing
-    it again returns the version it already is)."""
+def publish_checkpoint(
+    store: AdapterStore, workdir: Path, job_id: str, step: int
+) -> tuple[Checkpoint, bool]:
+    """Publish one checkpoint as the next version of the job's adapter, once: returns it
+    and whether this call published it (again, it is the version it already is)."""
     from trainer_service.worker.publish import publish_checkpoint as publish_folder
 
     checkpoint = get_checkpoint(workdir, job_id, step)
     if checkpoint.published_as:
-        return checkpoint
+        return checkpoint, False
     draft = Path(workdir) / MANIFEST_DRAFT
     if not draft.is_file():
         raise FailedPrecondition(f"job {job_id} has no manifest draft to publish with")
@@ -76,7 +78,7 @@ def publish_checkpoint(store: AdapterStore, workdir: Path, job_id: str, step: in
     manifest.created_at = time.time()
     version = publish_folder(store, checkpoint.path, manifest)
     (checkpoint.path / PUBLISHED).write_text(version.id)
-    return _read(job_id, checkpoint.path)
+    return _read(job_id, checkpoint.path), True
 
 
 def _step(path: Path) -> int:

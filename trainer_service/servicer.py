@@ -185,12 +185,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     @maps_errors
     def PublishCheckpoint(self, request, context):
         self.store.get_job(request.job_id)
-        workdir = self._workdir(request.job_id)
-        already = checkpoints.get_checkpoint(workdir, request.job_id, request.step).published_as
-        checkpoint = checkpoints.publish_checkpoint(
-            self.adapters, workdir, request.job_id, request.step
+        checkpoint, published = checkpoints.publish_checkpoint(
+            self.adapters, self._workdir(request.job_id), request.job_id, request.step
         )
-        if not already:
+        if published:
             self.scheduler.announce(request.job_id, checkpoint.published_as)
         return checkpoint_to_proto(checkpoint)
 

@@ -47,11 +47,11 @@ def test_sft_packing_eval_steps_and_checkpoints(settings, tiny_llama, email_json
     checkpoints = list_checkpoints(workdir, "ftjob-test")
     assert [c.step for c in checkpoints] == [2, 4]
     assert checkpoints[0].metrics["loss"] > 0 and checkpoints[0].metrics["eval_loss"] > 0
-    published = publish_checkpoint(
+    published, _ = publish_checkpoint(
         AdapterStore(settings.resolved_adapters_dir), workdir, "ftjob-test", 2
     )
     assert published.published_as == "emails@2"
-    again = publish_checkpoint(
+    again, _ = publish_checkpoint(
         AdapterStore(settings.resolved_adapters_dir), workdir, "ftjob-test", 2
     )
     assert again.published_as == "emails@2"  # once only
