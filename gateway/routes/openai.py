@@ -55,10 +55,10 @@ def chat_logprobs(tokens) -> dict:
     return {"content": content, "refusal": None}
 
 
-def completion_logprobs(tokens, offset: int, top_n: int) -> dict:
+def completion_logprobs(tokens, offset: int) -> dict:
     """choices[].logprobs of a text completion (the legacy shape); `offset` is where the
-    first token starts in the choice's text. Prompt tokens (echo) have no alternatives,
-    and the first of them no logprob."""
+    first token starts in the choice's text. Tokens without alternatives (none asked for,
+    or prompt tokens with echo) have None there; the first prompt token has no logprob."""
     tokens = [t for t in tokens if not t.special]
     offsets = []
     for token in tokens:
@@ -67,9 +67,7 @@ def completion_logprobs(tokens, offset: int, top_n: int) -> dict:
     return {
         "tokens": [t.text for t in tokens],
         "token_logprobs": [None if math.isnan(t.logprob) else t.logprob for t in tokens],
-        "top_logprobs": [
-            _by_text(t.top_tokens) if top_n and t.top_tokens else None for t in tokens
-        ],
+        "top_logprobs": [_by_text(t.top_tokens) if t.top_tokens else None for t in tokens],
         "text_offset": offsets,
     }
 
@@ -101,6 +99,8 @@ class _Answer:
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
+        # The answer is a tool call (JSON constrained by tool_grammar), not free text.
+        self._calls_tools = bool(getattr(body, "callable_tools", None))
 
     def _envelope(self, choices: list[dict], **extra) -> dict:
         return {
@@ -148,11 +148,6 @@ class _Answer:
             "finish_reason": finish_reason,
         }
 
-    @property
-    def _calls_tools(self) -> bool:
-        """The answer is a tool call (JSON constrained by tool_grammar), not free text."""
-        return bool(getattr(self.body, "callable_tools", None))
-
     def _tool_answer(self, text: str | None) -> tuple[str | None, list[dict] | None]:
         """(content, tool_calls) of an answer: a tool call in OpenAI's shape, or no_tool's
         content as text; the text as it is without tools or when max_tokens cut the call
@@ -171,12 +166,11 @@ class _Answer:
         ]
 
     def _logprobs(self, tokens, offset: int = 0) -> dict | None:
-        top_n = self.body.top_n
-        if top_n is None:
+        if self.body.top_n is None:
             return None
         if self.chat:
             return chat_logprobs(tokens)
-        return completion_logprobs(tokens, offset, top_n)
+        return completion_logprobs(tokens, offset)
 
     async def complete(self, requests: list[inference_pb2.GenerateRequest]) -> dict:
         """All the answers at once. Each prompt has `candidates` requests in a row; with
@@ -193,9 +187,10 @@ class _Answer:
             for key, value in usage(reply.details).items():
                 total[key] += value
         per_prompt, n = self.body.candidates, self.body.n or 1
+        pairs = list(zip(requests, replies, strict=True))
         chosen = []
-        for start in range(0, len(requests), per_prompt):
-            group = list(zip(requests, replies, strict=True))[start : start + per_prompt]
+        for start in range(0, len(pairs), per_prompt):
+            group = pairs[start : start + per_prompt]
             if per_prompt > n:
                 group = sorted(group, key=lambda pair: _mean_logprob(pair[1]), reverse=True)[:n]
             chosen += group
