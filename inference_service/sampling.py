@@ -33,10 +33,10 @@ class NextTokenChooser:
             self.generator.manual_seed(seed)
 
     def __call__(
-        self, logits: torch.Tensor, previous: list[int], generated: list[int]
+        self, logits: torch.Tensor, prompt: list[int], generated: list[int]
     ) -> tuple[int, float, list]:
-        """Pick from one row's logits [vocab] given the ids so far (`generated`: those of
-        the answer); returns (id, logprob, top) with top the top_n (id, logprob) pairs,
+        """Pick from one row's logits [vocab] given its prompt's ids and those generated so
+        far; returns (id, logprob, top) with top the top_n (id, logprob) pairs,
         best first. The logprobs are of the penalized, biased, temperature-scaled
         distribution, before top-k/p."""
         scores = logits.float()
@@ -52,7 +52,7 @@ class NextTokenChooser:
             ).float()
             scores = scores - self.frequency * counts - self.presence * (counts > 0).float()
         if self.penalty is not None and self.penalty != 1.0:
-            index = torch.tensor(previous, device=scores.device)
+            index = torch.tensor(prompt + generated, device=scores.device)
             seen = scores.gather(0, index)
             seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
             scores = scores.scatter(0, index, seen)

@@ -261,7 +261,7 @@ class Scheduler:
         for i, seq in enumerate(batch.rows):
             if self._dropped(seq):
                 continue
-            pick = picks.get(i) or seq.chooser(logits[i], seq.prompt_ids + seq.ids, seq.ids)
+            pick = picks.get(i) or seq.chooser(logits[i], seq.prompt_ids, seq.ids)
             seq.add(*pick)
             if not seq.done:
                 keep.append(i)

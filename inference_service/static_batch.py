@@ -151,8 +151,7 @@ class StaticBatch:
                 raise RuntimeError(f"a row has filled all {self.width} KV columns")
             self._shift(-unused)
         n = len(self.rows)
-        rows = next(b for b in ROW_BUCKETS + (self.max_rows,) if b >= n)
-        rows = min(rows, self.max_rows)
+        rows = min(next((b for b in ROW_BUCKETS if b >= n), n), self.max_rows)
         columns = self._column_bucket(self._t + 1)
         pad = rows - n
         self._fill(self.input_ids, next_ids + [self.pad_token_id] * pad)
