@@ -1,5 +1,6 @@
 """The text-generation-inference API (TGI's request and response fields, so the
-`text-generation` client works unchanged); the adapter is `parameters.adapter_id` (LoRAX)."""
+`text-generation` client works unchanged); the adapter is `parameters.adapter_id` (LoRAX).
+The details also carry LoRAX's `prompt_tokens`, which `lorax-client` requires."""
 
 import asyncio
 import json
@@ -164,6 +165,8 @@ def details_json(
         ]
     body = {
         "finish_reason": FINISH_REASONS.get(details.finish_reason, "length"),
+        # LoRAX's field (lorax-client requires it); TGI's clients ignore it.
+        "prompt_tokens": details.prompt_tokens,
         "generated_tokens": details.generated_tokens,
         "seed": details.seed if details.HasField("seed") else None,
         "prefill": prefill,
@@ -175,11 +178,14 @@ def details_json(
 
 
 def stream_details_json(details: inference_pb2.GenerateDetails) -> dict:
+    """The last event's details; the prompt's length under both names: TGI's
+    `input_length` (huggingface_hub) and LoRAX's `prompt_tokens` (lorax-client)."""
     return {
         "finish_reason": FINISH_REASONS.get(details.finish_reason, "length"),
         "generated_tokens": details.generated_tokens,
         "seed": details.seed if details.HasField("seed") else None,
         "input_length": details.prompt_tokens,
+        "prompt_tokens": details.prompt_tokens,
     }
 
 

@@ -196,6 +196,94 @@ def test_text_generation_client_errors(gateway):
         client.generate("hi", watermark=True)
 
 
+# Every client's response models parse the answers; counts checked against the tokenizer.
+PROMPT = "Subject: Meet"
+
+
+@pytest.fixture(scope="module")
+def prompt_length(tiny_llama) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(tiny_llama)(PROMPT)["input_ids"])
+
+
+def _finish_reason(generated_tokens: int, max_new_tokens: int) -> str:
+    return "length" if generated_tokens == max_new_tokens else "eos_token"
+
+
+def test_lorax_client_generate_with_adapter(gateway, http, prompt_length):
+    import lorax
+
+    client = lorax.Client(gateway.url, timeout=60)
+    answer = client.generate(
+        PROMPT, adapter_id="emails", max_new_tokens=6, details=True, decoder_input_details=True
+    )
+    details = answer.details
+    assert details.prompt_tokens == prompt_length == len(details.prefill)
+    assert 1 <= details.generated_tokens <= 6 and len(details.tokens) == details.generated_tokens
+    assert details.finish_reason == _finish_reason(details.generated_tokens, 6)
+    assert "".join(t.text for t in details.tokens if not t.special) == answer.generated_text
+    # The adapter answered: as over plain HTTP with it, not as the base model.
+    ask = {"inputs": PROMPT, "parameters": {"adapter_id": "emails", "max_new_tokens": 6}}
+    assert http.post("/generate", json=ask).json()["generated_text"] == answer.generated_text
+    assert client.generate(PROMPT, max_new_tokens=6).generated_text != answer.generated_text
+
+    events = list(client.generate_stream(PROMPT, adapter_id="emails", max_new_tokens=6))
+    last = events[-1]
+    assert all(e.details is None and e.generated_text is None for e in events[:-1])
+    assert last.generated_text == answer.generated_text
+    assert last.details.prompt_tokens == prompt_length
+    assert last.details.generated_tokens == len(events) == details.generated_tokens
+    assert last.details.finish_reason == details.finish_reason
+
+
+def test_lorax_client_best_of(gateway, prompt_length):
+    import lorax
+
+    client = lorax.Client(gateway.url, timeout=60)
+    answer = client.generate(PROMPT, max_new_tokens=3, do_sample=True, best_of=2)
+    assert answer.details.prompt_tokens == prompt_length
+    (other,) = answer.details.best_of_sequences
+    assert 1 <= other.generated_tokens <= 3 and len(other.tokens) == other.generated_tokens
+    assert other.finish_reason == _finish_reason(other.generated_tokens, 3)
+
+
+def test_text_generation_client_details(gateway, prompt_length):
+    client = text_generation.Client(gateway.url, timeout=60)
+    answer = client.generate(PROMPT, max_new_tokens=4, decoder_input_details=True)
+    assert len(answer.details.prefill) == prompt_length
+    assert answer.details.finish_reason == _finish_reason(answer.details.generated_tokens, 4)
+    last = list(client.generate_stream(PROMPT, max_new_tokens=4))[-1]
+    assert last.details.generated_tokens == answer.details.generated_tokens
+    assert last.details.finish_reason == answer.details.finish_reason
+
+
+def test_huggingface_hub_text_generation(gateway, prompt_length):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=gateway.url, timeout=60)
+    ask = dict(adapter_id="emails", max_new_tokens=4)
+    answer = client.text_generation(
+        PROMPT, details=True, decoder_input_details=True, top_n_tokens=2, **ask
+    )
+    details = answer.details
+    assert len(details.prefill) == prompt_length
+    assert 1 <= details.generated_tokens <= 4 and len(details.tokens) == details.generated_tokens
+    assert details.finish_reason == _finish_reason(details.generated_tokens, 4)
+    assert [len(top) for top in details.top_tokens] == [2] * details.generated_tokens
+    assert client.text_generation(PROMPT, **ask) == answer.generated_text
+
+    events = list(client.text_generation(PROMPT, details=True, stream=True, **ask))
+    assert [e.index for e in events] == list(range(1, len(events) + 1))
+    last = events[-1]
+    assert last.generated_text == answer.generated_text
+    assert last.details.input_length == prompt_length
+    assert last.details.generated_tokens == len(events) == details.generated_tokens
+    assert last.details.finish_reason == details.finish_reason
+    texts = list(client.text_generation(PROMPT, stream=True, **ask))
+    assert texts == [e.token.text for e in events]
+
+
 def test_generate_with_adapter_and_unknown_adapter(http):
     def generate(adapter_id, path="/generate"):
         return http.post(
@@ -217,6 +305,7 @@ def test_generate_with_adapter_and_unknown_adapter(http):
     assert tuned.json()["generated_text"] != base.json()["generated_text"]
     assert set(tuned.json()["details"]) == {
         "finish_reason",
+        "prompt_tokens",
         "generated_tokens",
         "seed",
         "prefill",

@@ -72,6 +72,7 @@ def test_tgi_details_json():
     )
     body = tgi.details_json(details, decoder_input_details=True)
     assert body["finish_reason"] == "eos_token" and body["seed"] == 5
+    assert body["prompt_tokens"] == 3  # LoRAX's field
     assert body["prefill"] == [
         {"id": 1, "text": "a", "logprob": None},
         {"id": 2, "text": "b", "logprob": -1.5},
@@ -84,6 +85,7 @@ def test_tgi_details_json():
         "generated_tokens": 2,
         "seed": None,
         "input_length": 3,
+        "prompt_tokens": 3,
     }
     assert not any(isinstance(v, float) and math.isnan(v) for v in body.values())
 
