@@ -65,6 +65,9 @@ class Parameters(BaseModel):
     typical_p: float | None = Field(None, gt=0, le=1)
     best_of: int | None = Field(None, ge=1, le=MAX_BEST_OF)
     grammar: Grammar | None = None
+    # LoRAX's: the k most likely tokens at each generated position, as each token's
+    # `alternative_tokens` (what top_n_tokens gives TGI's clients as `top_tokens`).
+    return_k_alternatives: int | None = Field(None, gt=0, le=UINT32_MAX)
     # Accepted at its default only.
     watermark: bool | None = False
 
@@ -126,6 +129,9 @@ def to_proto(req: GenerateRequest) -> inference_pb2.GenerateRequest:
         value = getattr(p, name, None)  # TGI has no presence_penalty
         if value is not None:
             setattr(params, name, value)
+    if p.return_k_alternatives:
+        # One list of the most likely tokens serves both: each answer takes its prefix.
+        params.top_n_tokens = max(p.top_n_tokens or 0, p.return_k_alternatives)
     if p.grammar is not None:
         params.grammar.CopyFrom(p.grammar.to_proto())
     return inference_pb2.GenerateRequest(
@@ -140,21 +146,30 @@ def _logprob(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def token_json(token: inference_pb2.Token) -> dict:
-    return {
+def token_json(token: inference_pb2.Token, alternatives: int = 0) -> dict:
+    body = {
         "id": token.id,
         "text": token.text,
         "logprob": _logprob(token.logprob),
         "special": token.special,
     }
+    if alternatives:  # as LoRAX: only when asked for
+        body["alternative_tokens"] = [
+            {"id": t.id, "text": t.text, "logprob": _logprob(t.logprob)}
+            for t in token.top_tokens[:alternatives]
+        ]
+    return body
 
 
-def top_tokens_json(token: inference_pb2.Token) -> list[dict]:
-    return [token_json(t) for t in token.top_tokens]
+def top_tokens_json(token: inference_pb2.Token, top_n: int) -> list[dict]:
+    return [token_json(t) for t in token.top_tokens[:top_n]]
 
 
 def details_json(
-    details: inference_pb2.GenerateDetails, decoder_input_details: bool, top_n: bool = False
+    details: inference_pb2.GenerateDetails,
+    decoder_input_details: bool,
+    top_n: int = 0,
+    alternatives: int = 0,
 ) -> dict:
     prefill = []
     if decoder_input_details:
@@ -170,10 +185,10 @@ def details_json(
         "generated_tokens": details.generated_tokens,
         "seed": details.seed if details.HasField("seed") else None,
         "prefill": prefill,
-        "tokens": [token_json(t) for t in details.tokens],
+        "tokens": [token_json(t, alternatives) for t in details.tokens],
     }
     if top_n:  # as TGI: only when asked for
-        body["top_tokens"] = [top_tokens_json(t) for t in details.tokens]
+        body["top_tokens"] = [top_tokens_json(t, top_n) for t in details.tokens]
     return body
 
 
@@ -218,8 +233,12 @@ async def generate(request: Request, req: GenerateRequest) -> dict:
 
 
 def _details(req: GenerateRequest, reply: inference_pb2.GenerateResponse) -> dict:
+    p = req.params
     return details_json(
-        reply.details, bool(req.params.decoder_input_details), bool(req.params.top_n_tokens)
+        reply.details,
+        bool(p.decoder_input_details),
+        p.top_n_tokens or 0,
+        p.return_k_alternatives or 0,
     )
 
 
@@ -241,12 +260,12 @@ async def generate_stream(request: Request, req: GenerateRequest):
                 first_token_s = time.perf_counter() - start
             event = {
                 "index": index,
-                "token": token_json(message.token),
+                "token": token_json(message.token, req.params.return_k_alternatives or 0),
                 "generated_text": None,
                 "details": None,
             }
             if req.params.top_n_tokens:
-                event["top_tokens"] = top_tokens_json(message.token)
+                event["top_tokens"] = top_tokens_json(message.token, req.params.top_n_tokens)
             if message.HasField("generated_text"):
                 event["generated_text"] = message.generated_text
                 event["details"] = stream_details_json(message.details)

@@ -248,6 +248,25 @@ def test_lorax_client_best_of(gateway, prompt_length):
     assert other.finish_reason == _finish_reason(other.generated_tokens, 3)
 
 
+def test_lorax_client_alternative_tokens(gateway, http):
+    import lorax
+
+    client = lorax.Client(gateway.url, timeout=60)
+    answer = client.generate(PROMPT, max_new_tokens=3, return_k_alternatives=2)
+    for token in answer.details.tokens:
+        assert len(token.alternative_tokens) == 2
+        assert token.alternative_tokens[0].id == token.id  # greedy: the best one was chosen
+        assert token.alternative_tokens[0].logprob >= token.alternative_tokens[1].logprob
+    assert client.generate(PROMPT, max_new_tokens=3).details.tokens[0].alternative_tokens is None
+    # With TGI's top_n_tokens too, each answer takes as many as it asked for.
+    ask = {"max_new_tokens": 3, "details": True, "top_n_tokens": 3, "return_k_alternatives": 1}
+    details = http.post("/generate", json={"inputs": PROMPT, "parameters": ask}).json()["details"]
+    for token, top in zip(details["tokens"], details["top_tokens"], strict=True):
+        assert len(top) == 3 and token["alternative_tokens"] == [
+            {key: top[0][key] for key in ("id", "text", "logprob")}
+        ]
+
+
 def test_text_generation_client_details(gateway, prompt_length):
     client = text_generation.Client(gateway.url, timeout=60)
     answer = client.generate(PROMPT, max_new_tokens=4, decoder_input_details=True)
