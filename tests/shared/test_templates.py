@@ -1,7 +1,10 @@
+import time
+
 import pytest
 
+from tuneyard import templates
 from tuneyard.errors import InvalidArgument
-from tuneyard.templates import PromptTemplate
+from tuneyard.templates import PromptTemplate, TemplateRefused
 
 
 def test_alpaca_renders_with_and_without_context():
@@ -44,3 +47,108 @@ def test_hash_changes_with_either_part():
 def test_unknown_builtin():
     with pytest.raises(InvalidArgument, match="unknown template 'nope'; built-in: alpaca"):
         PromptTemplate.builtin("nope")
+
+
+# --- the sandbox: templates are data from users --------------------------------------------
+ISSUE_PAYLOAD = (
+    "{% for c in ''.__class__.__mro__[1].__subclasses__() %}"
+    "{% if c.__name__ == '_wrap_close' %}{{ c.__init__.__globals__['mkdir'](PATH) }}"
+    "{% endif %}{% endfor %}{{ product }}"
+)
+ESCAPES = [
+    ISSUE_PAYLOAD,
+    "{{ product.__class__.__mro__ }}",
+    "{{ product['__class__'] }}",
+    "{{ product|attr('__class__') }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{{ lipsum.__globals__['os'] }}",
+    "{{ namespace.__init__ }}",
+    "{{ range(3) }}",
+    "{{ self._TemplateReference__context }}",
+    "{{ self }}",
+    "{{ '{0.__class__}'.format(product) }}",
+    "{{ product.format_map({}) }}",
+    "{{ product.encode() }}",
+    "{{ product|map('upper')|list }}",
+    "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+    "{% include 'other' %}",
+    "{% import 'other' as o %}",
+    "{% extends 'base' %}",
+    "{% for x in product recursive %}{{ loop(x) }}{% endfor %}",
+    "{% call product.strip() %}{% endcall %}",
+    "{{ '%s' % product }}",
+    "{{ 2 ** 999999 }}",
+]
+
+
+@pytest.mark.parametrize("source", ESCAPES)
+def test_sandbox_escapes_are_refused_and_run_nothing(source, tmp_path):
+    canary = tmp_path / "created-by-template"
+    source = source.replace("PATH", repr(str(canary)))
+    with pytest.raises(TemplateRefused) as err:
+        template = PromptTemplate(source, "{{ email }}")
+        template.render_prompt({"product": "x", "email": "y"})
+    assert err.value.param == "template.prompt"
+    assert err.value.http_status == 422
+    assert not canary.exists()
+
+
+def test_a_refused_response_template_names_template_response():
+    with pytest.raises(TemplateRefused) as err:
+        PromptTemplate("{{ product }}", "{{ email.__class__ }}")
+    assert err.value.param == "template.response"
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        ("{{ product * 100000000 }}", "renders more than"),
+        ("{{ product|replace('', product) }}", "renders more than"),
+        ("{{ product ~ product ~ product ~ product ~ product }}", "renders more than"),
+        ("{% for c in product %}{{ product }}{% endfor %}", "renders more than"),
+        (
+            "{% for a in product %}{% for b in product %}{% for c in product %}"
+            "{% endfor %}{% endfor %}{% endfor %}",
+            "takes longer than",
+        ),
+    ],
+)
+def test_a_render_over_budget_is_refused(source, why, monkeypatch):
+    monkeypatch.setattr(templates, "MAX_RENDER_SECONDS", 0.2)
+    template = PromptTemplate(source, "{{ email }}")
+    started = time.monotonic()
+    with pytest.raises(TemplateRefused, match=why) as err:
+        template.render_prompt({"product": "x" * (templates.MAX_RENDERED_CHARS // 4 + 1)})
+    assert err.value.param == "template.prompt"
+    assert time.monotonic() - started < 5
+
+
+def test_a_template_over_the_length_limit_is_refused():
+    with pytest.raises(TemplateRefused, match="the limit is"):
+        PromptTemplate("x" * (templates.MAX_TEMPLATE_CHARS + 1), "{{ email }}")
+
+
+def test_a_render_error_names_the_part_and_is_not_a_crash():
+    template = PromptTemplate("{{ 1/0 }}{{ product }}", "{{ email }}")
+    with pytest.raises(InvalidArgument, match="ZeroDivisionError") as err:
+        template.render_prompt({"product": "x"})
+    assert err.value.param == "template.prompt"
+
+
+def test_what_templates_do_use_still_renders():
+    template = PromptTemplate(
+        "{% for m in messages %}{{ loop.index }}. {{ m.role|upper }}: {{ m.content.strip() }}\n"
+        "{% endfor %}{% if context %}{{ context|trim }}{% endif %}"
+        "{{ tags|join(', ') }} {{ product|default('none')|truncate(9) }} {{ product ~ '!' }}"
+        "{{ product|replace('a', 'o') }}{{ meta.get('lang', 'en') }} {{ product|length }}",
+        "{{ email }}",
+    )
+    row = {
+        "messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}],
+        "tags": ["a", "b"],
+        "product": "banana",
+        "meta": {},
+    }
+    assert template.render_prompt(row) == (
+        "1. USER: hi\n2. ASSISTANT: yo\na, b banana banana!bononoen 6"
+    )
