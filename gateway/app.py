@@ -9,6 +9,7 @@ from gateway.auth import ApiKeys
 from gateway.backends import Backends
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.request_guard import RequestGuard
 from gateway.routes import adapters, evaluations, files, jobs, openai, tgi
 from gateway.settings import GatewaySettings
 
@@ -31,6 +32,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     for module in (tgi, openai, jobs, files, adapters, evaluations):
         for router in module.routers:
             app.include_router(router)
+    # The guard sits inside the metrics, so a refused or failed request is still counted.
+    app.add_middleware(RequestGuard)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)

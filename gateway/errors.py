@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tuneyard.errors import TuneyardError
+from tuneyard.grpc_server import error_fields
 
 TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/tokenize", "/info", "/health"})
 
@@ -32,6 +33,7 @@ _TGI_ERROR_TYPE = {
     401: "authentication",
     403: "permission",
     404: "not_found",
+    405: "validation",
     409: "validation",
     422: "validation",
     429: "overloaded",
@@ -42,7 +44,9 @@ _OPENAI_ERROR_TYPE = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
@@ -67,8 +71,8 @@ class PermissionDenied(TuneyardError):
 class BackendError(TuneyardError):
     """A failed gRPC call, keeping the backend's status code."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
+    def __init__(self, code: str, message: str, *, param: str = "", line: int = 0):
+        super().__init__(message, param=param, line=line)
         self.code = code
 
 
@@ -79,14 +83,16 @@ def from_rpc_error(backend: str, err: grpc.aio.AioRpcError) -> BackendError:
         message = f"{backend} service unavailable: {err.details()}"
     else:
         message = err.details() or code.name
-    return BackendError(code.name, message)
+    return BackendError(code.name, message, **error_fields(err))
 
 
 def is_tgi_path(path: str) -> bool:
     return path in TGI_PATHS
 
 
-def http_status(code: str, tgi: bool) -> int:
+def http_status(code: str, tgi: bool, override: int | None = None) -> int:
+    if override:
+        return override
     if tgi and code in _TGI_VALIDATION:
         return 422
     if code == "UNIMPLEMENTED":
@@ -109,18 +115,27 @@ def openai_body(status: int, code: str, message: str, param: str = "") -> dict:
     }
 
 
-def error_response(path: str, code: str, message: str, param: str = "") -> JSONResponse:
+def error_response(
+    path: str,
+    code: str,
+    message: str,
+    param: str = "",
+    status: int | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
     tgi = is_tgi_path(path)
-    status = http_status(code, tgi)
+    status = http_status(code, tgi, status)
     body = tgi_body(status, message) if tgi else openai_body(status, code, message, param)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def error_event(path: str, err: TuneyardError) -> dict:
     """The body of an error that happens after a stream has started (sent as an event)."""
     tgi = is_tgi_path(path)
-    status = http_status(err.code, tgi)
+    status = http_status(err.code, tgi, err.http_status)
     return (
         tgi_body(status, err.message)
         if tgi
@@ -128,12 +143,20 @@ def error_event(path: str, err: TuneyardError) -> dict:
     )
 
 
+def field_name(loc: tuple) -> str:
+    """A validation error's location as the client wrote it: "parameters.stop.1", "limit"
+    (without FastAPI's leading "body", "query" or "path")."""
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    return ".".join(str(p) for p in loc)
+
+
 def validation_message(err: RequestValidationError) -> str:
     """FastAPI's validation errors as one line naming each field, e.g.
     "parameters.max_new_tokens: Input should be greater than 0"."""
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+        loc = field_name(e["loc"]) or "body"
         problems.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
 
@@ -141,21 +164,17 @@ def validation_message(err: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TuneyardError)
     async def _tuneyard_error(request: Request, err: TuneyardError):
-        return error_response(request.url.path, err.code, err.message, err.param)
+        return error_response(request.url.path, err.code, err.message, err.param, err.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
         first = err.errors()[0]["loc"] if err.errors() else ()
-        param = ".".join(str(p) for p in first if p != "body")
+        param = field_name(first)
         return error_response(request.url.path, "INVALID_ARGUMENT", validation_message(err), param)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception):
-        # Starlette logs the traceback after this answer is sent.
-        return error_response(request.url.path, "INTERNAL", f"internal error: {err!r}")
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, err: HTTPException):
         code = _CODE_OF_HTTP.get(err.status_code, "INTERNAL")
         message = f"{err.detail}: {request.method} {request.url.path}"
-        return error_response(request.url.path, code, message)
+        # A 405 keeps Starlette's Allow header: the methods the path does take.
+        return error_response(request.url.path, code, message, headers=err.headers)

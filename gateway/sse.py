@@ -1,12 +1,16 @@
 """Server-sent events: one `data:` line of JSON per event, as TGI and OpenAI send them."""
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi.responses import StreamingResponse
 
 from gateway.errors import error_event
+from gateway.request_guard import new_request_id
 from tuneyard.errors import TuneyardError
+
+log = logging.getLogger(__name__)
 
 
 def encode(data: dict | str) -> str:
@@ -24,6 +28,13 @@ def event_response(path: str, events: AsyncIterator[dict], done_marker: bool = F
                 yield encode(event)
         except TuneyardError as err:
             yield encode(error_event(path, err))
+            return
+        except Exception:
+            request_id = new_request_id()
+            log.exception("stream of %s failed; request id %s", path, request_id)
+            yield encode(
+                error_event(path, TuneyardError(f"internal error; request id {request_id}"))
+            )
             return
         if done_marker:
             yield encode("[DONE]")

@@ -6,6 +6,8 @@ class TuneyardError(Exception):
     """Base error; `code` names the gRPC status it maps to."""
 
     code = "INTERNAL"
+    # An HTTP status other than the code's, where the difference matters to a client.
+    http_status: int | None = None
 
     def __init__(self, message: str, *, param: str = "", line: int = 0):
         super().__init__(message)

@@ -18,6 +18,8 @@ from tuneyard.templates import ChatTemplate, PromptTemplate
 from tuneyard.v1 import evaluation_pb2, trainer_pb2
 
 ALL_LINEAR = "all-linear"
+# The proto's counters are uint32: a larger number is refused here, naming its field.
+UINT32_MAX = 2**32 - 1
 
 
 class _Strict(BaseModel):
@@ -102,22 +104,22 @@ class QuantizationSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    max_steps: int = Field(0, ge=0, description="0: train for `epochs` instead.")
+    max_steps: int = Field(0, ge=0, le=UINT32_MAX, description="0: train for `epochs` instead.")
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
     batch_size: int = Field(4, ge=1, le=1024)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     max_seq_length: int = Field(512, ge=8, le=131072)
-    seed: int = Field(42, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    seed: int = Field(42, ge=0, le=UINT32_MAX)
+    warmup_steps: int = Field(0, ge=0, le=UINT32_MAX)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    logging_steps: int = Field(1, ge=1)
+    logging_steps: int = Field(1, ge=1, le=UINT32_MAX)
     optimizer: Literal["adamw_torch", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit"] = (
         "adamw_torch"
     )
     gradient_checkpointing: bool = False
-    eval_steps: int = Field(0, ge=0, description="0: eval once per epoch.")
-    save_steps: int = Field(0, ge=0, description="0: no checkpoints (no resume).")
+    eval_steps: int = Field(0, ge=0, le=UINT32_MAX, description="0: eval once per epoch.")
+    save_steps: int = Field(0, ge=0, le=UINT32_MAX, description="0: no checkpoints (no resume).")
     completion_only_loss: bool = Field(True, description="sft only.")
     packing: bool = Field(False, description="sft only: TRL's bfd packing.")
 

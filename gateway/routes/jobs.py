@@ -11,14 +11,14 @@ import copy
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import require_admin, require_key
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument
-from tuneyard.jobspec import JobSpec
+from tuneyard.jobspec import UINT32_MAX, JobSpec
 from tuneyard.v1 import trainer_pb2
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", dependencies=[Depends(require_key)])
@@ -53,7 +53,7 @@ class CreateJobBody(BaseModel):
     training_file: str | None = None
     suffix: str | None = None
     hyperparameters: Hyperparameters | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=UINT32_MAX)
     tuneyard: dict = Field(default_factory=dict)
 
 
@@ -317,7 +317,9 @@ async def list_checkpoints(
 
 
 @router.post("/{job_id}/checkpoints/{step}/publish", dependencies=[Depends(require_admin)])
-async def publish_checkpoint(request: Request, job_id: str, step: int) -> dict:
+async def publish_checkpoint(
+    request: Request, job_id: str, step: Annotated[int, Path(ge=1, le=UINT32_MAX)]
+) -> dict:
     """Publish one checkpoint as a new version of the job's adapter."""
     checkpoint = await request.app.state.backends.trainer.call(
         "PublishCheckpoint", trainer_pb2.PublishCheckpointRequest(job_id=job_id, step=step)

@@ -6,7 +6,7 @@ import contextlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.routes.tgi import UINT32_MAX
 from tuneyard.v1 import inference_pb2
@@ -36,6 +36,14 @@ class SamplingRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     # Token id (a string in JSON) -> bias added to its logit.
     logit_bias: dict[int, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[int, float] | None):
+        for token in bias or {}:
+            if not 0 <= token <= UINT32_MAX:
+                raise ValueError(f"token id {token} is not a token id (0 or more)")
+        return bias
 
     def unsupported(self) -> dict[str, bool]:
         return {}
