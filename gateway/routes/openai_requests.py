@@ -114,6 +114,13 @@ class CompletionRequest(SamplingRequest):
     best_of: int | None = Field(None, ge=1, le=16)
     suffix: str | None = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, prompt: str | list[str]):
+        if not prompt and isinstance(prompt, list):
+            raise ValueError("give at least one prompt (the list is empty)")
+        return prompt
+
     def unsupported(self) -> dict[str, bool]:
         return {
             **super().unsupported(),
@@ -153,6 +160,13 @@ class Message(BaseModel):
     content: str | list[TextPart] | None = ""
     # An assistant turn that called tools: its calls, written back as the model wrote them.
     tool_calls: list[dict] | None = None
+
+    @model_validator(mode="after")
+    def _content_given(self):
+        # Only an assistant turn that called tools may leave content out (OpenAI's rule).
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content (it is null)")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):

@@ -170,3 +170,27 @@ def test_a_wrong_method_is_405_with_allow(keyed):
     response, answer = conn.send("PUT", "/generate")
     assert response.status == 405 and answer["error_type"] == "validation"
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/completions", {"model": "m", "prompt": []}, "prompt"),
+        ("/v1/chat/completions", {"model": "m", "messages": []}, "messages"),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "user", "content": None}]},
+            "messages.0",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [{"role": "assistant", "content": None}]},
+            "messages.0",
+        ),
+    ],
+)
+def test_clearly_invalid_openai_input_is_refused(keyed, path, body, field):
+    conn = Connection(keyed.url)
+    status, answer = _send(conn, "POST", path, json.dumps(body))
+    _named(status, answer, field)
+    conn.close()
