@@ -40,6 +40,12 @@ def add_health_and_reflection(server: grpc.Server, service_names: list[str]):
     return health_servicer
 
 
+# Trailing metadata that carries a TuneyardError's `param` and `line` with its status, so a
+# client (the gateway) can name the field that was wrong, as the error had it.
+PARAM_KEY = "tuneyard-param"
+LINE_KEY = "tuneyard-line"
+
+
 def maps_errors(method: Callable) -> Callable:
     """Turn a TuneyardError raised by plain code into the matching gRPC status."""
 
@@ -48,7 +54,7 @@ def maps_errors(method: Callable) -> Callable:
         try:
             return method(self, request, context)
         except TuneyardError as err:
-            context.abort(getattr(grpc.StatusCode, err.code), err.message)
+            _abort(context, err)
 
     return wrapper
 
@@ -61,9 +67,32 @@ def maps_stream_errors(method: Callable) -> Callable:
         try:
             yield from method(self, request, context)
         except TuneyardError as err:
-            context.abort(getattr(grpc.StatusCode, err.code), err.message)
+            _abort(context, err)
 
     return wrapper
+
+
+def _abort(context, err: TuneyardError) -> None:
+    metadata = []
+    if err.param and err.param.isascii() and err.param.isprintable():  # what metadata takes
+        metadata.append((PARAM_KEY, err.param))
+    if err.line:
+        metadata.append((LINE_KEY, str(err.line)))
+    if metadata:
+        context.set_trailing_metadata(metadata)
+    context.abort(getattr(grpc.StatusCode, err.code), err.message)
+
+
+def error_fields(err: grpc.RpcError) -> dict:
+    """The `param` and `line` a failed call's status carries (see maps_errors), as keyword
+    arguments of TuneyardError; empty when it carries none."""
+    metadata = dict(err.trailing_metadata() or ())
+    fields = {}
+    if metadata.get(PARAM_KEY):
+        fields["param"] = metadata[PARAM_KEY]
+    if str(metadata.get(LINE_KEY, "")).isdigit():
+        fields["line"] = int(metadata[LINE_KEY])
+    return fields
 
 
 def run_until_signal(serve: Callable[[], T], stop: Callable[[T], None]) -> None:
