@@ -5,6 +5,8 @@ TGI routes answer `{"error", "error_type"}` (validation errors are 422 there); e
 route answers OpenAI's `{"error": {"message", "type", "param", "code"}}` (validation 400).
 """
 
+import logging
+
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +15,8 @@ from starlette.exceptions import HTTPException
 
 from tuneyard.errors import TuneyardError
 from tuneyard.grpc_server import error_fields
+
+log = logging.getLogger(__name__)
 
 TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/tokenize", "/info", "/health"})
 
@@ -77,10 +81,20 @@ class BackendError(TuneyardError):
 
 
 def from_rpc_error(backend: str, err: grpc.aio.AioRpcError) -> BackendError:
+    """The client hears the backend's own message only where it is the backend's answer to
+    the request; transport troubles and crashes are named, their details logged."""
     code = err.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        # The backend's own words ("failed to connect to all addresses...") do not say which.
-        message = f"{backend} service unavailable: {err.details()}"
+        # gRPC's words ("recvmsg:Connection reset by peer", addresses) are for the log.
+        log.warning("%s service: %s: %s", backend, code.name, err.details())
+        message = f"{backend} service unavailable"
+    elif code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        log.error("%s service: %s: %s", backend, code.name, err.details())
+        details = err.details() or ""
+        # Our servers say only a request id (tuneyard.grpc_server); anything else is gRPC's.
+        message = details if details.startswith("internal error; request id") else ""
+        message = message or f"internal error in the {backend} service"
+        code = grpc.StatusCode.INTERNAL
     else:
         message = err.details() or code.name
     return BackendError(code.name, message, **error_fields(err))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest
 from tuneyard.errors import FailedPrecondition, ResourceExhausted, TuneyardError
-from tuneyard.modeling import BaseModelRef
+from tuneyard.modeling import BaseModelRef, public_name
 from tuneyard.templates import PromptTemplate
 
 from .lora import LoraWeights, MultiLora, read_adapter
@@ -73,6 +73,7 @@ class AdapterCache:
         lora: MultiLora,
         base: BaseModelRef,
         *,
+        base_name: str = "",
         max_loaded: int,
         max_rank: int,
         model_lock: threading.Lock,
@@ -83,6 +84,7 @@ class AdapterCache:
         self.store = store
         self.lora = lora
         self.base = base
+        self.base_name = base_name or public_name(base.id)
         self.max_loaded = max_loaded
         self.max_rank = max_rank
         self.model_lock = model_lock
@@ -149,14 +151,11 @@ class AdapterCache:
             raise FailedPrecondition(
                 f"adapter {version.id} has no readable manifest: {err}"
             ) from err
-        same_revision = bool(manifest.base_model_revision) and (
-            manifest.base_model_revision == self.base.revision
-        )
-        if not same_revision and manifest.base_model != self.base.id:
+        if not self._on_this_base(manifest):
             raise FailedPrecondition(
-                f"adapter {version.id} was trained on {manifest.base_model!r} "
+                f"adapter {version.id} was trained on {public_name(manifest.base_model)!r} "
                 f"(revision {manifest.base_model_revision or '?'}), but this service serves "
-                f"{self.base.id!r} (revision {self.base.revision})"
+                f"{self.base_name!r} (revision {self.base.revision})"
             )
         weights = read_adapter(version.path, self.max_rank)
         self.lora.check(weights)
@@ -202,6 +201,12 @@ class AdapterCache:
         del self._loaded[key]
         self.on_change(len(self._loaded))
 
+    def _on_this_base(self, manifest) -> bool:
+        same_revision = bool(manifest.base_model_revision) and (
+            manifest.base_model_revision == self.base.revision
+        )
+        return same_revision or manifest.base_model == self.base.id
+
     def _info(self, version: AdapterVersion) -> AdapterInfo:
         info = AdapterInfo(
             id=version.id, name=version.name, version=version.version, state="available"
@@ -209,7 +214,10 @@ class AdapterCache:
         loaded = self._loaded.get(version.id)
         try:
             manifest = loaded.manifest if loaded else version.manifest()
-            info.base_model, info.recipe = manifest.base_model, manifest.recipe
+            info.recipe = manifest.recipe
+            info.base_model = (
+                self.base_name if self._on_this_base(manifest) else public_name(manifest.base_model)
+            )
             info.created_at = manifest.created_at
             info.size_bytes = version.size_bytes()
         except (OSError, ValueError) as err:

@@ -17,6 +17,7 @@ from tuneyard.modeling import (
     load_tokenizer,
     pick_device,
     pick_dtype,
+    public_name,
     resolve_base_model,
 )
 
@@ -45,6 +46,7 @@ class Engine:
     ):
         self.settings = settings
         self.base = base
+        self.served_name = settings.served_model_name or public_name(base.id)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.metrics = metrics or Metrics(settings.metrics_max_adapters)
@@ -58,6 +60,7 @@ class Engine:
             AdapterStore(settings.resolved_adapters_dir),
             self.lora,
             base,
+            base_name=self.served_name,
             max_loaded=settings.max_loaded_adapters,
             max_rank=settings.max_adapter_rank,
             model_lock=model_lock,
@@ -286,7 +289,7 @@ class Engine:
 
     def info(self) -> dict:
         return {
-            "model_id": self.base.id,
+            "model_id": self.served_name,
             "model_dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "model_device_type": self.device.type,
             "max_input_tokens": self.settings.max_input_tokens,

@@ -2,12 +2,15 @@
 the same column mapping and the same train/eval split.
 
 Sources: a local JSONL / CSV / Parquet file, an uploaded file (by id), or a dataset read
-with `datasets.load_dataset` (a hub id with config and split, or a local dataset folder)."""
+with `datasets.load_dataset` (a hub id with config and split, or a local dataset folder).
+An upload is read the same way before it is stored (`check_file`), so a file that was
+accepted reads as training data."""
 
 import csv
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,15 @@ class LoadedData:
     sha256: str
 
 
+class RowError(InvalidArgument):
+    """A row (a line of a text file) that cannot be read; `reason` is the job error code
+    validation gives it."""
+
+    def __init__(self, reason: str, message: str, *, param: str, line: int):
+        super().__init__(message, param=param, line=line)
+        self.reason = reason
+
+
 def load_data(data: DataSpec, files_root: Path) -> LoadedData:
     """The rows of the spec's source, columns mapped. Raises InvalidArgument naming the
     spec field and, for a bad row, its line."""
@@ -48,8 +60,12 @@ def load_data(data: DataSpec, files_root: Path) -> LoadedData:
     return LoadedData(rows, str(path.resolve()), file_sha256(path))
 
 
-def read_rows(path: str | Path, columns: dict[str, str], param: str = "data.path") -> list[Row]:
-    """A local file's rows; the format comes from its extension."""
+def read_rows(
+    path: str | Path, columns: dict[str, str], param: str = "data.path", max_row_bytes: int = 0
+) -> list[Row]:
+    """A local file's rows; the format comes from its extension. Text formats (JSONL, CSV)
+    must be UTF-8 without NUL bytes; a CSV row has as many fields as the header. With
+    `max_row_bytes`, a row bigger than that is refused too. Errors name the line."""
     path = Path(path)
     if not path.is_file():
         raise InvalidArgument(f"data file {path} does not exist", param=param)
@@ -60,18 +76,29 @@ def read_rows(path: str | Path, columns: dict[str, str], param: str = "data.path
             f"use {', '.join(FORMATS)}",
             param=param,
         )
+    limit = _RowLimit(path.name, param, max_row_bytes)
     try:
         if suffix == ".csv":
-            records = _read_csv(path)
+            records = _read_csv(path, param, limit)
         elif suffix == ".parquet":
-            records = _read_parquet(path, param)
+            records = _read_parquet(path, param, limit)
         else:
-            records = _read_jsonl(path, param)
-    except UnicodeDecodeError as err:
-        raise InvalidArgument(f"{path.name} is not UTF-8 text: {err.reason}", param=param) from err
+            records = _read_jsonl(path, param, limit)
     except OSError as err:
         raise InvalidArgument(f"cannot read data file {path}: {err.strerror}", param=param) from err
     return [_mapped(line, value, columns) for line, value in records]
+
+
+def check_file(path: str | Path, max_row_bytes: int, param: str = "file") -> int:
+    """What an uploaded file must pass before it is stored: it reads as training data
+    (read_rows: a known format, UTF-8 text without NUL bytes, each JSONL line an object,
+    CSV rows as wide as the header, a readable Parquet file), no row is bigger than
+    `max_row_bytes`, and it has at least one row. Returns the number of rows."""
+    path = Path(path)
+    rows = read_rows(path, {}, param, max_row_bytes)
+    if not rows:
+        raise InvalidArgument(f"{path.name} has no rows", param=param)
+    return len(rows)
 
 
 def _mapped(line: int, value: dict, columns: dict[str, str]) -> Row:
@@ -81,38 +108,127 @@ def _mapped(line: int, value: dict, columns: dict[str, str]) -> Row:
     return Row(line, value)
 
 
-def _read_jsonl(path: Path, param: str) -> list[tuple[int, dict]]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise InvalidArgument(
-                    f"{path.name} line {number} is not valid JSON: {err.msg}",
-                    param=param,
-                    line=number,
-                ) from err
-            if not isinstance(value, dict):
-                raise InvalidArgument(
-                    f"{path.name} line {number} is a JSON {type(value).__name__}, "
-                    "expected an object",
+@dataclass(frozen=True)
+class _RowLimit:
+    name: str
+    param: str
+    max_bytes: int  # 0: no limit
+
+    def check(self, size: int, line: int, where: str) -> None:
+        if self.max_bytes and size > self.max_bytes:
+            raise RowError(
+                "row_too_large",
+                f"{self.name} {where}: the row has {size} bytes, more than the limit of "
+                f"{self.max_bytes} bytes per row",
+                param=self.param,
+                line=line,
+            )
+
+
+def _text_lines(path: Path, param: str) -> Iterator[tuple[int, str, int]]:
+    """A text file's lines as (number from 1, text, size in bytes), each checked to be
+    UTF-8 without NUL bytes (a byte order mark at the start is dropped)."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if b"\0" in raw:
+                at = raw.index(b"\0") + 1
+                raise RowError(
+                    "invalid_file",
+                    f"{path.name} line {number}: contains a NUL byte (at byte {at} of the "
+                    "line); is it a binary file?",
                     param=param,
                     line=number,
                 )
-            records.append((number, value))
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise RowError(
+                    "invalid_file",
+                    f"{path.name} line {number}: not UTF-8 text: {err.reason} at byte "
+                    f"{err.start + 1} of the line",
+                    param=param,
+                    line=number,
+                ) from err
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            yield number, text, len(raw)
+
+
+def _read_jsonl(path: Path, param: str, limit: _RowLimit) -> list[tuple[int, dict]]:
+    records = []
+    for number, text, size in _text_lines(path, param):
+        if not text.strip():
+            continue
+        limit.check(size, number, f"line {number}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RowError(
+                "invalid_json",
+                f"{path.name} line {number}: not valid JSON: {err.msg} (column {err.colno})",
+                param=param,
+                line=number,
+            ) from err
+        if not isinstance(value, dict):
+            raise RowError(
+                "invalid_json",
+                f"{path.name} line {number}: a JSON {_json_type(value)}, expected an object",
+                param=param,
+                line=number,
+            )
+        records.append((number, value))
     return records
 
 
-def _read_csv(path: Path) -> list[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        # Row numbers count data rows; the header is line 1 of the file.
-        return [(number, dict(row)) for number, row in enumerate(csv.DictReader(f), start=1)]
+def _json_type(value) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _read_parquet(path: Path, param: str) -> list[tuple[int, dict]]:
+def _read_csv(path: Path, param: str, limit: _RowLimit) -> list[tuple[int, dict]]:
+    """Row numbers count data rows (the header is line 1 of the file); errors name both."""
+    line, read = 0, 0  # the last line the reader took, and the bytes it took so far
+
+    def lines() -> Iterator[str]:
+        nonlocal line, read
+        for number, text, size in _text_lines(path, param):
+            line, read = number, read + size
+            yield text
+
+    reader = csv.DictReader(lines())
+    records = []
+    try:
+        width = len(reader.fieldnames or ())
+        before = read
+        for number, row in enumerate(reader, start=1):
+            where = f"row {number} (line {line})"
+            limit.check(read - before, number, where)
+            before = read
+            if None in row:  # the values past the header's width
+                raise RowError(
+                    "invalid_csv",
+                    f"{path.name} {where}: {width + len(row[None])} fields, but the header "
+                    f"has {width}",
+                    param=param,
+                    line=number,
+                )
+            if None in row.values():  # the header's columns the row did not reach
+                got = sum(v is not None for v in row.values())
+                raise RowError(
+                    "invalid_csv",
+                    f"{path.name} {where}: {got} fields, but the header has {width}",
+                    param=param,
+                    line=number,
+                )
+            records.append((number, dict(row)))
+    except csv.Error as err:
+        raise InvalidArgument(
+            f"{path.name} line {line}: not valid CSV: {err}", param=param
+        ) from err
+    return records
+
+
+def _read_parquet(path: Path, param: str, limit: _RowLimit) -> list[tuple[int, dict]]:
     import pyarrow
     import pyarrow.parquet
 
@@ -122,7 +238,13 @@ def _read_parquet(path: Path, param: str) -> list[tuple[int, dict]]:
         raise InvalidArgument(
             f"{path.name} is not a readable Parquet file: {err}", param=param
         ) from err
-    return list(enumerate(table.to_pylist(), start=1))
+    records = list(enumerate(table.to_pylist(), start=1))
+    if limit.max_bytes:
+        for number, record in records:
+            # A record's size as JSON text: what a row of the same data weighs in JSONL.
+            size = len(json.dumps(record, ensure_ascii=False, default=str).encode())
+            limit.check(size, number, f"record {number}")
+    return records
 
 
 def _load_dataset(data: DataSpec) -> LoadedData:

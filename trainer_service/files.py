@@ -2,13 +2,16 @@
 trainer and its workers (a child process, or a Job mounting the same volume) read them.
 
 Each file is `<id>/<filename>` plus `<id>/meta.json`, written to a staging folder and
-renamed into place like adapter versions."""
+renamed into place like adapter versions. A store given a `check` runs it on the staged
+file first (the trainer's: trainer_service.dataset.check_file), and keeps nothing of a file
+it refuses."""
 
 import json
 import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,8 +38,9 @@ class FileInfo:
 
 
 class FileStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, check: Callable[[Path], object] | None = None):
         self.root = Path(root)
+        self.check = check  # raises InvalidArgument for content that must not be stored
 
     def put(self, filename: str, purpose: str, content: bytes) -> FileInfo:
         name = Path(filename or "").name
@@ -59,6 +63,8 @@ class FileStore:
         staging.mkdir()
         try:
             (staging / name).write_bytes(content)
+            if self.check is not None:
+                self.check(staging / name)
             (staging / _META).write_text(json.dumps(asdict(info)))
             staging.rename(self.root / info.id)
         except BaseException:

@@ -5,6 +5,7 @@ from dataclasses import asdict
 import grpc
 
 from trainer_service import checkpoints, job_store
+from trainer_service.dataset import check_file
 from trainer_service.files import FileInfo, FileStore
 from trainer_service.scheduler import Scheduler
 from trainer_service.validation import JobValidationError, ValidationReport, validate
@@ -114,7 +115,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
         self.store = scheduler.store
-        self.files = FileStore(scheduler.files_root)
+        max_row_bytes = scheduler.settings.max_row_bytes
+        self.files = FileStore(
+            scheduler.files_root, check=lambda path: check_file(path, max_row_bytes)
+        )
         self.adapters = AdapterStore(scheduler.settings.resolved_adapters_dir)
 
     @maps_errors

@@ -19,6 +19,11 @@ class TrainerSettings(CommonSettings):
     )
     inference_addr: str = Field("", description="host:port to notify of new adapters; '' = none.")
     trainer_device: str = Field("auto", description="Worker device: auto, cpu, cuda, cuda:1...")
+    max_row_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="Largest row an uploaded training file may have (a JSONL line, a CSV row).",
+    )
     executor: str = Field(
         "local",
         description="How workers run: local (a child process) or kubernetes (a batch/v1 Job each).",

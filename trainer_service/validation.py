@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 from jinja2 import nodes
 
-from trainer_service.dataset import Row, load_data, split_rows
+from trainer_service.dataset import Row, RowError, load_data, split_rows
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import BaseModelRef, load_tokenizer, resolve_base_model
@@ -71,7 +71,7 @@ def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
     try:
         loaded = load_data(spec.data, files_root)
     except InvalidArgument as err:
-        reason = "invalid_json" if err.line else "invalid_file"
+        reason = err.reason if isinstance(err, RowError) else "invalid_file"
         raise JobValidationError(reason, err.message, param=err.param, line=err.line) from err
     rows = loaded.rows
     if not rows:

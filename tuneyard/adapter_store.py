@@ -105,7 +105,7 @@ class AdapterStore:
         name, version = parse_adapter_id(adapter_id)
         versions = self.versions(name)
         if not versions:
-            raise NotFound(f"adapter {name!r} not found in {self.root}", param="adapter_id")
+            raise NotFound(f"adapter {name!r} not found", param="adapter_id")
         if version is None:
             return versions[-1]
         for v in versions:

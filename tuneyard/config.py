@@ -15,6 +15,11 @@ class CommonSettings(BaseSettings):
     home: Path = Field(DEFAULT_HOME, description="Root for the model cache, adapters and jobs.")
     adapters_dir: Path | None = Field(None, description="Shared adapters volume.")
     base_model: str = Field("", description="Hub id or local folder of the base model.")
+    served_model_name: str = Field(
+        "",
+        description="The base model's name in answers (OpenAI `model`, TGI `model_id`); "
+        "default: the hub id, or a local folder's name. Its path is never shown.",
+    )
     log_level: str = "INFO"
 
     @property

@@ -1,6 +1,11 @@
 """Errors every service raises from plain code; servicers and the gateway map them to
 gRPC status codes and HTTP statuses in one place each."""
 
+import re
+
+# An absolute path (two segments or more) that does not continue a URL or a word.
+_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+~-]+/)+([\w.@+~-]+)/?")
+
 
 class TuneyardError(Exception):
     """Base error; `code` names the gRPC status it maps to."""
@@ -34,3 +39,9 @@ class ResourceExhausted(TuneyardError):
 
 class Unavailable(TuneyardError):
     code = "UNAVAILABLE"
+
+
+def redact_paths(text: str) -> str:
+    """`text` with each absolute server path cut to its last part ("adapters", "x.jsonl"):
+    a client learns which file, not where the server keeps it. Logs keep the full text."""
+    return _PATH.sub(r"\1", text)

@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tuneyard.errors import TuneyardError
+from tuneyard.errors import TuneyardError, redact_paths
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +48,8 @@ LINE_KEY = "tuneyard-line"
 
 
 def maps_errors(method: Callable) -> Callable:
-    """Turn a TuneyardError raised by plain code into the matching gRPC status."""
+    """Turn a TuneyardError raised by plain code into the matching gRPC status, and any
+    other exception into INTERNAL with a request id (the traceback goes to the log)."""
 
     @functools.wraps(method)
     def wrapper(self, request, context):
@@ -55,6 +57,8 @@ def maps_errors(method: Callable) -> Callable:
             return method(self, request, context)
         except TuneyardError as err:
             _abort(context, err)
+        except Exception:
+            _abort_unexpected(context, method.__name__)
 
     return wrapper
 
@@ -68,8 +72,18 @@ def maps_stream_errors(method: Callable) -> Callable:
             yield from method(self, request, context)
         except TuneyardError as err:
             _abort(context, err)
+        except Exception:
+            _abort_unexpected(context, method.__name__)
 
     return wrapper
+
+
+def _abort_unexpected(context, rpc: str) -> None:
+    if context.code() is not None:  # the method aborted the call itself
+        raise
+    request_id = "req-" + secrets.token_hex(8)
+    log.exception("%s failed; request id %s", rpc, request_id)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}")
 
 
 def _abort(context, err: TuneyardError) -> None:
@@ -80,7 +94,11 @@ def _abort(context, err: TuneyardError) -> None:
         metadata.append((LINE_KEY, str(err.line)))
     if metadata:
         context.set_trailing_metadata(metadata)
-    context.abort(getattr(grpc.StatusCode, err.code), err.message)
+    # Server paths stay in the log; the client gets their last part.
+    message = redact_paths(err.message)
+    if message != err.message:
+        log.info("%s: %s", err.code, err.message)
+    context.abort(getattr(grpc.StatusCode, err.code), message)
 
 
 def error_fields(err: grpc.RpcError) -> dict:

@@ -40,6 +40,15 @@ class BaseModelRef:
         return json.loads((self.path / "config.json").read_text()).get("model_type", "")
 
 
+def public_name(model_id: str) -> str:
+    """How a base model is named to clients: a hub id as it is, a local folder by its
+    name (its path says nothing to a client and too much about the server)."""
+    local = Path(model_id).expanduser()
+    if model_id.startswith(("/", ".", "~")) or local.is_dir():
+        return local.resolve().name
+    return model_id
+
+
 def resolve_base_model(model_id: str) -> BaseModelRef:
     """Find a base model's files: a local folder as is, a hub id through the hub cache
     (downloading it unless HF_HUB_OFFLINE is set)."""

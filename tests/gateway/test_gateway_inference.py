@@ -374,7 +374,7 @@ def test_compat_route(http):
 
 def test_info_and_health(http, tiny_llama):
     info = http.get("/info").json()
-    assert info["model_id"] == str(tiny_llama) or info["model_id"].endswith("tiny-llama")
+    assert info["model_id"] == "tiny-llama"  # the folder's name, never its path
     assert info["model_device_type"] == "cpu" and info["max_input_tokens"] == 1024
     assert info["max_total_tokens"] == 2048 and info["model_pipeline_tag"] == "text-generation"
     assert http.get("/health").status_code == 200
@@ -391,9 +391,11 @@ def test_adapters_list_load_unload(http):
     (entry,) = [a for a in listed["data"] if a["name"] == "emails"]
     assert entry["loaded"] and entry["size"] > 0 and entry["version"] == "1"
     assert entry["state"] == "loaded"
+    assert entry["base_model"] == "tiny-llama"  # the served name, not the folder's path
     response = http.post("/v1/adapters/ghost/load")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
+    assert "/" not in response.json()["error"]["message"]  # no server path
 
 
 # --- OpenAI ------------------------------------------------------------------------------

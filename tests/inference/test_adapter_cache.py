@@ -175,8 +175,21 @@ def test_load_unload_list(small_engine, tiny_llama, adapters_dir):
     cache = small_engine.adapters
     info = cache.load("admin")
     assert (info.id, info.state, info.rank, info.version) == ("admin@1", "loaded", 8, "1")
-    assert info.size_bytes > 0 and info.base_model == str(tiny_llama)
+    assert info.size_bytes > 0 and info.base_model == tiny_llama.name
     assert info.target_modules == ["q_proj", "v_proj"]
     assert cache.unload("admin@1").state == "available"
     with pytest.raises(NotFound):
         cache.unload("never-there")
+
+
+def test_the_base_model_is_named_not_located(tiny_llama, adapters_dir):
+    """TUNEYARD_SERVED_MODEL_NAME names the base model in answers; by default a local
+    folder is named by its name. Adapters trained on it show the same name."""
+    make_adapter(tiny_llama, adapters_dir, "named")
+    engine = make_engine(tiny_llama, adapters_dir, served_model_name="acme/base-v2")
+    try:
+        assert engine.info()["model_id"] == "acme/base-v2"
+        (info,) = [a for a in engine.adapters.list() if a.name == "named"]
+        assert info.base_model == "acme/base-v2"
+    finally:
+        engine.stop()

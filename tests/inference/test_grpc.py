@@ -122,7 +122,7 @@ def test_adapter_admin(stub):
 
 def test_info(stub, tiny_llama):
     info = stub.Info(pb.InfoRequest(), timeout=30)
-    assert info.model_id == str(tiny_llama)
+    assert info.model_id == tiny_llama.name
     assert (info.model_dtype, info.model_device_type) == ("float32", "cpu")
     assert info.max_total_tokens == 2048 and info.eos_token == "<|endoftext|>"
 

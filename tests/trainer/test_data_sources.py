@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import EMAIL_ROWS
 from tests.trainer.conftest import make_spec
-from trainer_service.dataset import load_data
+from trainer_service.dataset import RowError, check_file, load_data
 from trainer_service.files import FileStore
+from trainer_service.settings import TrainerSettings
 from trainer_service.validation import JobValidationError, validate
 from tuneyard.errors import InvalidArgument, NotFound
 from tuneyard.jobspec import JobSpec
@@ -108,6 +109,40 @@ def test_upload_errors(tmp_path, filename, purpose, content, param):
     with pytest.raises(InvalidArgument) as caught:
         FileStore(tmp_path).put(filename, purpose, content)
     assert caught.value.param == param
+
+
+def test_a_refused_upload_leaves_nothing_stored(tmp_path):
+    files = FileStore(tmp_path / "files", check=lambda path: check_file(path, 1024))
+    with pytest.raises(InvalidArgument) as caught:
+        files.put("d.jsonl", "fine-tune", b'{"a": 1}\n{"a": \n')
+    assert (caught.value.param, caught.value.line) == ("file", 2)
+    assert files.list() == [] and list(files.root.iterdir()) == []
+    assert files.put("d.jsonl", "fine-tune", b'{"a": 1}\n').bytes == 9
+
+
+def test_row_limit_is_the_trainers_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEYARD_MAX_ROW_BYTES", "100")
+    limit = TrainerSettings(home=tmp_path).max_row_bytes
+    assert limit == 100 and TrainerSettings.model_fields["max_row_bytes"].default == 1 << 20
+    rows = [{"text": "x" * 10}, {"text": "x" * 200}]
+    for path in (write_jsonl(tmp_path / "d.jsonl", rows), write_csv(tmp_path / "d.csv", rows)):
+        with pytest.raises(RowError) as caught:
+            check_file(path, limit)
+        assert caught.value.reason == "row_too_large" and caught.value.line == 2
+        assert check_file(path, 1000) == 2
+    parquet = write_parquet(tmp_path / "d.parquet", rows)
+    size = len(json.dumps(rows[1]))  # a Parquet record weighs what it would as JSON
+    with pytest.raises(RowError, match=f"record 2: the row has {size} bytes"):
+        check_file(parquet, limit)
+
+
+def test_ragged_csv_row_fails_validation_naming_the_row(tmp_path, tiny_llama):
+    path = tmp_path / "e.csv"
+    path.write_text(write_csv(path, EMAIL_ROWS[:2]).read_text() + "a,b,c,d\n")
+    with pytest.raises(JobValidationError) as caught:
+        validate(make_spec(tiny_llama, path), NO_FILES)
+    assert (caught.value.reason, caught.value.line) == ("invalid_csv", 3)
+    assert "row 3 (line " in caught.value.message
 
 
 def test_unknown_file_id_is_not_found(tmp_path):

@@ -1,16 +1,20 @@
 """The training HTTP routes through the real gateway and a real trainer: /v1/files (with
-the openai client), a job on an uploaded file, /validate, and checkpoints; and the CLI's
-`tuneyard validate`."""
+the openai client, and the checks an upload gets on arrival), a job on an uploaded file,
+/validate, and checkpoints; and the CLI's `tuneyard validate`."""
 
+import csv
+import io
 import json
 import time
 
 import httpx
 import openai
+import pyarrow
+import pyarrow.parquet
 import pytest
 import yaml
 
-from tests.conftest import EMAIL_TEMPLATE
+from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
 from tests.gateway.conftest import start_gateway
 from trainer_service.server import serve
 from tuneyard.cli import main as cli
@@ -57,8 +61,115 @@ def test_files_api_with_the_openai_client(gateway, http, email_jsonl):
     assert missing.status_code == 404 and "not found" in missing.json()["error"]["message"]
     bad = http.post("/v1/files", files={"file": ("a.jsonl", b"{}")}, data={"purpose": "x"})
     assert bad.status_code == 400 and "unsupported purpose 'x'" in bad.json()["error"]["message"]
+    assert bad.json()["error"]["param"] == "purpose"  # the trainer's param, through gRPC
     no_file = http.post("/v1/files", data={"purpose": "fine-tune"})
     assert no_file.status_code == 400
+
+
+def jsonl(*lines) -> bytes:
+    return "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
+
+
+def parquet(rows: list[dict]) -> bytes:
+    out = io.BytesIO()
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), out)
+    return out.getvalue()
+
+
+def csv_text(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+ROW = EMAIL_ROWS[0]
+CSV = csv_text(EMAIL_ROWS[:3])  # 3 rows, each over several lines (the emails have newlines)
+
+
+def upload(http, filename: str, content: bytes) -> httpx.Response:
+    return http.post(
+        "/v1/files", files={"file": (filename, content)}, data={"purpose": "fine-tune"}
+    )
+
+
+def refused(http, filename: str, content: bytes) -> str:
+    """Upload a file the trainer must refuse: a 400 in OpenAI's error shape naming `file`,
+    and nothing stored. Returns the error message."""
+    before = http.get("/v1/files").json()["data"]
+    response = upload(http, filename, content)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == "file"
+    assert http.get("/v1/files").json()["data"] == before
+    return error["message"]
+
+
+def test_upload_with_a_broken_json_line_names_the_line(http):
+    message = refused(http, "d.jsonl", jsonl(ROW, ROW, '{"product": "x", '))
+    assert message.startswith("d.jsonl line 3: not valid JSON:"), message
+
+
+def test_upload_with_nul_bytes_is_refused(http):
+    message = refused(http, "d.jsonl", jsonl(ROW) + b'{"product": "a\x00b"}\n')
+    assert "line 2: contains a NUL byte" in message, message
+
+
+def test_upload_with_a_row_over_the_limit_is_refused(http):
+    # The trainer's default limit (TUNEYARD_MAX_ROW_BYTES) is 1 MiB.
+    big = {**ROW, "email": "x" * (5 * 1024 * 1024)}
+    message = refused(http, "d.jsonl", jsonl(ROW, ROW, big))
+    assert "line 3: the row has" in message and "limit of 1048576 bytes" in message, message
+
+
+def test_upload_that_is_not_utf8_is_refused(http):
+    message = refused(http, "d.jsonl", jsonl(ROW) + '{"product": "café"}\n'.encode("latin-1"))
+    assert "line 2: not UTF-8 text" in message, message
+
+
+def test_upload_with_a_json_array_line_is_refused(http):
+    message = refused(http, "d.jsonl", jsonl(ROW, [ROW]))
+    assert "line 2: a JSON array, expected an object" in message, message
+
+
+def test_empty_upload_is_refused(http):
+    assert "empty" in refused(http, "d.jsonl", b"")
+
+
+def test_upload_with_no_rows_is_refused(http):
+    assert "d.jsonl has no rows" in refused(http, "d.jsonl", b"\n  \n")
+    assert "d.csv has no rows" in refused(http, "d.csv", b"product,description,email\n")
+
+
+def test_csv_upload_with_a_ragged_row_is_refused(http):
+    line = CSV.count("\n") + 1  # the file's line of the 4th row
+    message = refused(http, "d.csv", (CSV + "a,b,c,d\n").encode())
+    assert f"d.csv row 4 (line {line}): 4 fields, but the header has 3" in message, message
+    message = refused(http, "d.csv", (CSV + "a,b\n").encode())
+    assert f"d.csv row 4 (line {line}): 2 fields, but the header has 3" in message, message
+
+
+def test_upload_of_an_unknown_format_is_refused(http):
+    assert "unknown format '.txt'" in refused(http, "d.txt", b"hello\n")
+    assert "not a readable Parquet file" in refused(http, "d.parquet", b"PAR1 but not")
+
+
+@pytest.mark.parametrize(
+    ("filename", "content"),
+    [
+        ("good.jsonl", jsonl(*EMAIL_ROWS)),
+        ("good.csv", CSV.encode()),
+        ("good.parquet", parquet(EMAIL_ROWS)),
+        ("bom.jsonl", b"\xef\xbb\xbf" + jsonl(*EMAIL_ROWS)),  # a byte order mark is fine
+    ],
+)
+def test_good_uploads_are_accepted(http, filename, content):
+    response = upload(http, filename, content)
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == len(content)
+    assert response.json()["id"] in [f["id"] for f in http.get("/v1/files").json()["data"]]
 
 
 def test_validate_route_reports_without_a_job(http, tiny_llama, email_jsonl, tmp_path):

@@ -1,6 +1,7 @@
 """The evaluation's client of the inference service: generations and reference losses,
 every call with a deadline; gRPC errors come back as TuneyardErrors."""
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ import grpc
 
 from tuneyard import errors
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 _ERRORS = {cls.code: cls for cls in errors.TuneyardError.__subclasses__()}
 
@@ -72,8 +75,7 @@ class InferenceClient:
         logprobs = [t.logprob for t in prefill[max(prompt_tokens, 1) :]]
         if not logprobs or any(math.isnan(lp) for lp in logprobs):
             raise errors.FailedPrecondition(
-                f"the inference service at {self.addr} returned no prompt logprobs "
-                "(decoder_input_details)"
+                "the inference service returned no prompt logprobs (decoder_input_details)"
             )
         return -sum(logprobs), len(logprobs)
 
@@ -83,9 +85,9 @@ class InferenceClient:
         except grpc.RpcError as err:
             code = err.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise errors.Unavailable(
-                    f"inference service at {self.addr} unavailable: {err.details()}"
-                ) from None
+                # gRPC's words (addresses, "recvmsg:...") are for the log, not the report.
+                log.warning("inference service at %s: %s", self.addr, err.details())
+                raise errors.Unavailable("the inference service is unavailable") from None
             raise _ERRORS.get(code.name, errors.TuneyardError)(
                 f"inference service: {err.details()}"
             ) from None
