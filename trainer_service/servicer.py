@@ -8,7 +8,12 @@ from trainer_service import checkpoints, job_store
 from trainer_service.dataset import check_file
 from trainer_service.files import FileInfo, FileStore
 from trainer_service.scheduler import Scheduler
-from trainer_service.validation import JobValidationError, ValidationReport, validate
+from trainer_service.validation import (
+    JobValidationError,
+    ValidationReport,
+    check_data,
+    validate,
+)
 from tuneyard.adapter_store import AdapterStore
 from tuneyard.errors import InvalidArgument
 from tuneyard.grpc_server import maps_errors, maps_stream_errors
@@ -123,9 +128,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     @maps_errors
     def CreateJob(self, request, context):
+        """Refuses (INVALID_ARGUMENT, naming the field and line, as ValidateDataset would)
+        a job whose data does not read or does not fit its template, before it is stored;
+        the rest of validation (base model, token lengths, split) runs in the background."""
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", param="spec")
-        return job_to_proto(self.scheduler.create(JobSpec.from_proto(request.spec)))
+        spec = self.scheduler.with_default_base(JobSpec.from_proto(request.spec))
+        check_data(spec, self.scheduler.files_root)
+        return job_to_proto(self.scheduler.create(spec))
 
     @maps_errors
     def GetJob(self, request, context):

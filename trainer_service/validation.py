@@ -11,10 +11,11 @@ from pathlib import Path
 import jinja2
 from jinja2 import nodes
 
-from trainer_service.dataset import Row, RowError, load_data, split_rows
+from trainer_service.dataset import LoadedData, Row, RowError, load_data, split_rows
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import BaseModelRef, load_tokenizer, resolve_base_model
+from tuneyard.templates import ChatTemplate
 
 MAX_EXAMPLES = 5
 
@@ -68,28 +69,10 @@ def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
         ref = resolve_base_model(spec.base_model)
     except InvalidArgument as err:
         raise JobValidationError("invalid_base_model", err.message, param="base_model") from err
-    try:
-        loaded = load_data(spec.data, files_root)
-    except InvalidArgument as err:
-        reason = err.reason if isinstance(err, RowError) else "invalid_file"
-        raise JobValidationError(reason, err.message, param=err.param, line=err.line) from err
+    loaded = _read(spec, files_root)
     rows = loaded.rows
-    if not rows:
-        raise JobValidationError(
-            "no_rows", f"{loaded.source} has no rows", param=_source_param(spec)
-        )
-
     tokenizer = load_tokenizer(ref)
-    try:
-        template = spec.template.build(tokenizer)
-    except InvalidArgument as err:
-        raise JobValidationError("template_error", err.message, param=err.param) from err
-    required = (
-        set(template.fields)
-        if spec.template.is_chat
-        else printed_fields(template.prompt) | printed_fields(template.response)
-    )
-    texts = [_render(template, row, required, spec.data.columns) for row in rows]
+    texts = _rendered(spec, rows, tokenizer)
 
     # Counted exactly as the recipes encode: special tokens, then the EOS that ends a row.
     eos = tokenizer.eos_token or ""
@@ -145,11 +128,69 @@ def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
     )
 
 
+def check_data(spec: JobSpec, files_root: Path) -> int:
+    """The part of `validate` that needs no model, cheap enough to run while a client waits:
+    the data reads, has rows, and every row has the template's fields and renders with it.
+    Raises JobValidationError as `validate` does; returns the number of rows. A chat
+    template needs the base model's tokenizer to render, so here its rows are only checked
+    for their fields; a `data.dataset` source (a hub download, maybe) is not read at all.
+    Token lengths and the split stay with `validate`."""
+    if spec.data.dataset:
+        return 0
+    rows = _read(spec, files_root).rows
+    if spec.template.is_chat:
+        for row in rows:
+            _check_fields(row, set(ChatTemplate.fields), spec.data.columns)
+    else:
+        _rendered(spec, rows, tokenizer=None)
+    return len(rows)
+
+
+def _read(spec: JobSpec, files_root: Path) -> LoadedData:
+    try:
+        loaded = load_data(spec.data, files_root)
+    except InvalidArgument as err:
+        reason = err.reason if isinstance(err, RowError) else "invalid_file"
+        raise JobValidationError(reason, err.message, param=err.param, line=err.line) from err
+    if not loaded.rows:
+        raise JobValidationError(
+            "no_rows", f"{loaded.source} has no rows", param=_source_param(spec)
+        )
+    return loaded
+
+
+def _rendered(spec: JobSpec, rows: list[Row], tokenizer) -> list[str]:
+    """Each row as the template renders it (a chat template needs the tokenizer)."""
+    try:
+        template = spec.template.build(tokenizer)
+    except InvalidArgument as err:
+        raise JobValidationError("template_error", err.message, param=err.param) from err
+    required = (
+        set(template.fields)
+        if spec.template.is_chat
+        else printed_fields(template.prompt) | printed_fields(template.response)
+    )
+    return [_render(template, row, required, spec.data.columns) for row in rows]
+
+
 def _source_param(spec: JobSpec) -> str:
     return next(f"data.{k}" for k in ("path", "dataset", "file_id") if getattr(spec.data, k))
 
 
 def _render(template, row: Row, required: set[str], columns: dict[str, str]) -> str:
+    _check_fields(row, required, columns)
+    try:
+        return template.render_prompt(row.fields) + template.render_response(row.fields)
+    except InvalidArgument as err:
+        raise JobValidationError(
+            "template_error",
+            f"line {row.line}: template does not render: {err.message}",
+            param="template",
+            line=row.line,
+        ) from err
+
+
+def _check_fields(row: Row, required: set[str], columns: dict[str, str]) -> None:
     for name in sorted(required):
         column = columns.get(name, name)
         if name not in row.fields:
@@ -168,15 +209,6 @@ def _render(template, row: Row, required: set[str], columns: dict[str, str]) -> 
                 param="data.columns",
                 line=row.line,
             )
-    try:
-        return template.render_prompt(row.fields) + template.render_response(row.fields)
-    except InvalidArgument as err:
-        raise JobValidationError(
-            "template_error",
-            f"line {row.line}: template does not render: {err.message}",
-            param="template",
-            line=row.line,
-        ) from err
 
 
 def printed_fields(source: str) -> set[str]:

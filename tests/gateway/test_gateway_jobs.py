@@ -147,17 +147,32 @@ def test_cancel_running_job(oai, http, tiny_llama, email_jsonl):
     assert final["status"] == "cancelled" and final["fine_tuned_model"] is None
 
 
-def test_job_that_fails_validation_says_why(oai, http, tiny_llama, tmp_path):
+def test_job_on_data_that_fails_validation_is_refused(oai, tiny_llama, tmp_path):
+    before = [j.id for j in oai.fine_tuning.jobs.list(limit=100).data]
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.fine_tuning.jobs.create(
+            model=str(tiny_llama),
+            training_file=str(tmp_path / "missing.jsonl"),
+            suffix="broken",
+            extra_body={"tuneyard": TUNEYARD},
+        )
+    assert "missing.jsonl" in caught.value.message
+    assert caught.value.param == "data.path"
+    assert [j.id for j in oai.fine_tuning.jobs.list(limit=100).data] == before
+
+
+def test_job_that_fails_validation_says_why(oai, http, tmp_path, email_jsonl):
+    """What only the background validation finds (here: the base model) fails the job."""
     job = oai.fine_tuning.jobs.create(
-        model=str(tiny_llama),
-        training_file=str(tmp_path / "missing.jsonl"),
+        model=str(tmp_path / "no-model"),
+        training_file=str(email_jsonl),
         suffix="broken",
         extra_body={"tuneyard": TUNEYARD},
     )
     final = _wait_status(http, job.id, {"failed", "succeeded", "cancelled"})
     assert final["status"] == "failed"
-    assert "missing.jsonl" in final["error"]["message"]
-    assert final["error"]["param"] == "data.path"
+    assert "no-model" in final["error"]["message"]
+    assert final["error"]["param"] == "base_model"
 
 
 def test_job_errors(oai, http):

@@ -1,6 +1,6 @@
 """The training HTTP routes through the real gateway and a real trainer: /v1/files (with
-the openai client, and the checks an upload gets on arrival), a job on an uploaded file,
-/validate, and checkpoints; and the CLI's `tuneyard validate`."""
+the openai client, and the checks an upload gets on arrival), a job on an uploaded file, a
+job refused for its data, /validate, and checkpoints; and the CLI's `tuneyard validate`."""
 
 import csv
 import io
@@ -170,6 +170,30 @@ def test_good_uploads_are_accepted(http, filename, content):
     assert response.status_code == 200, response.text
     assert response.json()["bytes"] == len(content)
     assert response.json()["id"] in [f["id"] for f in http.get("/v1/files").json()["data"]]
+
+
+def test_job_on_a_file_missing_a_template_column_is_refused(http, tiny_llama):
+    rows = [dict(r) for r in EMAIL_ROWS[:3]]
+    del rows[1]["email"]
+    file_id = upload(http, "no-email.jsonl", jsonl(*rows)).json()["id"]
+    before = http.get("/v1/fine_tuning/jobs").json()["data"]
+    body = {
+        "model": str(tiny_llama),
+        "training_file": file_id,
+        "suffix": "no-email",
+        "tuneyard": TUNEYARD,
+    }
+
+    response = http.post("/v1/fine_tuning/jobs", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "data.columns"
+    assert error["message"].startswith("line 2 has no column 'email'"), error
+    assert http.get("/v1/fine_tuning/jobs").json()["data"] == before
+    # The same words as /validate gives.
+    report = http.post("/v1/fine_tuning/jobs/validate", json=body).json()
+    assert report["error"]["code"] == "missing_column" and report["error"]["line"] == 2
+    assert report["error"]["message"] == error["message"]
 
 
 def test_validate_route_reports_without_a_job(http, tiny_llama, email_jsonl, tmp_path):

@@ -111,14 +111,33 @@ def test_create_and_watch_until_succeeded(running, stub, tiny_llama, email_jsonl
     assert "tuneyard_trainer_tokens_per_second" in scrape
 
 
-def test_validation_failure_over_grpc(stub, tiny_llama, tmp_path):
-    spec = make_spec(tiny_llama, tmp_path / "absent.jsonl").to_proto()
+def test_job_with_bad_data_is_refused_before_it_exists(stub, tiny_llama, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"product": "a", "description": "b", "email": "c"}\n{"product": "a"}\n')
+    for path, param, line, needle in [
+        (tmp_path / "absent.jsonl", "data.path", None, "absent.jsonl does not exist"),
+        (bad, "data.columns", "2", "line 2 has no column"),
+    ]:
+        spec = make_spec(tiny_llama, path).to_proto()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateJob(trainer_pb2.CreateJobRequest(spec=spec), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert needle in caught.value.details()
+        metadata = dict(caught.value.trailing_metadata())
+        assert metadata["tuneyard-param"] == param and metadata.get("tuneyard-line") == line
+    assert stub.ListJobs(trainer_pb2.ListJobsRequest()).jobs == []
+
+
+def test_validation_failure_over_grpc(stub, tmp_path, email_jsonl):
+    """What only the background validation finds (here: the base model) fails the job,
+    which says why."""
+    spec = make_spec(tmp_path / "no-model", email_jsonl).to_proto()
     job = stub.CreateJob(trainer_pb2.CreateJobRequest(spec=spec), timeout=10)
     events = list(stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=60))
     assert events[-1].level == "error"
     done = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.id))
     assert done.status == trainer_pb2.FAILED
-    assert done.error.code == "invalid_file" and done.error.param == "data.path"
+    assert done.error.code == "invalid_base_model" and done.error.param == "base_model"
 
 
 def test_errors_map_to_status_codes(stub, tiny_llama, email_jsonl):
