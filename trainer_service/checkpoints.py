@@ -41,7 +41,7 @@ def checkpoint_dirs(workdir: Path) -> list[Path]:
         if p.name.removeprefix("checkpoint-").isdigit()
         and all((p / f).is_file() for f in _COMPLETE)
     ]
-    return sorted(found, key=_step)
+    return sorted(found, key=checkpoint_step)
 
 
 def last_checkpoint(workdir: Path) -> Path | None:
@@ -81,13 +81,13 @@ def publish_checkpoint(
     return _read(job_id, checkpoint.path), True
 
 
-def _step(path: Path) -> int:
+def checkpoint_step(path: Path) -> int:
     return int(path.name.removeprefix("checkpoint-"))
 
 
 def _read(job_id: str, path: Path) -> Checkpoint:
     state = json.loads((path / "trainer_state.json").read_text())
-    step = _step(path)
+    step = checkpoint_step(path)
     metrics: dict = {"step": step}
     if state.get("epoch") is not None:
         metrics["epoch"] = state["epoch"]

@@ -44,7 +44,7 @@ class Job:
     trained_tokens: int = 0
     estimated_finish: float = 0.0
     result_files: list[str] = field(default_factory=list)
-    resumes: int = 0  # times the job was resumed from a checkpoint after a restart
+    resumes: int = 0  # times resumed from a checkpoint (a trainer restart, a worker death)
 
     @property
     def terminal(self) -> bool:

@@ -3,6 +3,10 @@
     validating_files -> queued -> running -> succeeded | failed | cancelled
     (validation can fail; cancel works in every state; a finished job stays as it is)
 
+A job whose worker dies (killed by a signal, or gone without reporting an error) or whose
+trainer restarts goes on from its last checkpoint, `max_resumes` times in all; a worker that
+reports an error fails the job, which running it again would not change.
+
 Every change is written to the store first and then announced through `changed`, which
 watchers wait on instead of polling.
 """
@@ -12,9 +16,10 @@ import signal
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
-from trainer_service.checkpoints import last_checkpoint
+from trainer_service.checkpoints import checkpoint_step, last_checkpoint
 from trainer_service.evaluation.service import EvaluationService, evaluate_job_output
 from trainer_service.executors.base import CANCELLED_EXIT, ExecutionHandle, Executor
 from trainer_service.files import files_dir
@@ -37,6 +42,22 @@ from trainer_service.validation import JobValidationError, validate
 from tuneyard.jobspec import JobSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRun:
+    """How one run of a job's worker ended."""
+
+    code: int  # its exit status; negative: killed by that signal
+    result: dict | None = None  # its "result" event: it published
+    error: str = ""  # the last error it (or its executor about it) reported
+
+    @property
+    def died(self) -> bool:
+        """Killed by a signal or gone without reporting an error (OOM killer, a lost node,
+        an eviction): worth resuming from a checkpoint. A worker that reported an error
+        failed for that reason (bad data, a bug in the recipe) and would fail again."""
+        return self.code != 0 and not self.error and self.result is None
 
 
 class Scheduler:
@@ -222,10 +243,35 @@ class Scheduler:
             self._dispatch()
 
     def _run_worker(self, job_id: str) -> None:
+        """Run the job's worker until it ends for good: a worker that died (killed by a
+        signal, or gone without reporting an error) is started again from the job's last
+        checkpoint, up to max_resumes times in all (trainer restarts included)."""
         job = self.store.get_job(job_id)
         workdir = self.workdir / job_id
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "spec.json").write_text(JobSpec.model_validate(job.spec).model_dump_json())
+        while True:
+            with self._lock:
+                stopping = job_id in self._cancelling or self._closed
+            # Cancelled or stopped before a (re)start: as if the worker had stopped at once.
+            attempt = WorkerRun(CANCELLED_EXIT) if stopping else self._run_once(job_id, workdir)
+            with self._lock:
+                cancelled, closed = job_id in self._cancelling, self._closed
+            if attempt.code == 0 and attempt.result is not None:
+                self._succeed(job_id, attempt.result)
+            elif cancelled:
+                self._finish(job_id, CANCELLED, "cancelled; nothing was published")
+            elif closed:
+                self._interrupted(job_id)
+            elif attempt.died:
+                if self._resume_after_death(job_id, workdir, attempt.code):
+                    continue
+            else:
+                self._fail_worker(job_id, attempt)
+            return
+
+    def _run_once(self, job_id: str, workdir: Path) -> "WorkerRun":
+        """Start the worker, relay its events, and wait for it to end."""
         handle = self.executor.start(job_id, workdir)
         with self._lock:
             self._running[job_id] = handle
@@ -246,23 +292,47 @@ class Scheduler:
                 if level == "error":
                     last_error = event.get("message", "")
                 self._event(job_id, str(event.get("message", "")), level=level)
-        code = handle.wait()
+        return WorkerRun(handle.wait(), result, last_error)
 
+    def _resume_after_death(self, job_id: str, workdir: Path, code: int) -> bool:
+        """A worker died under a running job: True to start it again from the job's last
+        checkpoint (or to let the loop end a job cancelled meanwhile), False once the job
+        failed, saying why it was not resumed."""
+        died = f"the worker died ({_describe_exit(code)}) without reporting an error"
+        checkpoint = last_checkpoint(workdir)
+        limit = self.settings.max_resumes
         with self._lock:
-            cancelled, closed = job_id in self._cancelling, self._closed
-        if code == 0 and result is not None:
-            self._succeed(job_id, result)
-        elif cancelled:
-            self._finish(job_id, CANCELLED, "cancelled; nothing was published")
-        elif closed:
-            self._interrupted(job_id)
-        else:
-            reason = last_error or (
-                "the worker ended without publishing a result"
-                if code == 0
-                else "the worker crashed"
-            )
-            self._finish(job_id, FAILED, f"{reason} ({_describe_exit(code)})", code="worker_failed")
+            if job_id in self._cancelling or self._closed:
+                return True  # the loop ends it as cancelled or interrupted
+            resumes = self.store.get_job(job_id).resumes
+            if checkpoint is None:
+                reason = "it has no checkpoint to resume from (training.save_steps is 0 or "
+                reason += "none was saved yet)"
+            elif resumes >= limit:
+                reason = f"it was resumed {resumes} times already (max_resumes is {limit})"
+            else:
+                self.store.update(job_id, resumes=resumes + 1, estimated_finish=0)
+                self._event(
+                    job_id,
+                    f"{died}; resuming from checkpoint step {checkpoint_step(checkpoint)} "
+                    f"(resume {resumes + 1} of {limit})",
+                    level="warn",
+                )
+                return True
+            self._finish_locked(job_id, FAILED, f"{died}; {reason}", code="worker_failed")
+            return False
+
+    def _fail_worker(self, job_id: str, attempt: "WorkerRun") -> None:
+        """The worker failed for a reason it (or its executor) reported, or ended without a
+        result: running it again would not help."""
+        reason = attempt.error or (
+            "the worker ended without publishing a result"
+            if attempt.code == 0
+            else "the worker crashed after publishing"
+        )
+        self._finish(
+            job_id, FAILED, f"{reason} ({_describe_exit(attempt.code)})", code="worker_failed"
+        )
 
     def _interrupted(self, job_id: str) -> None:
         """The trainer stopped under a running job: queue it to resume from its checkpoint
@@ -374,10 +444,16 @@ class Scheduler:
 
 def _describe_exit(code: int) -> str:
     if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
+        return f"killed by {_signal_name(-code)}"
     if code == CANCELLED_EXIT:
         return f"exit code {code}: stopped by SIGTERM"
+    if 128 < code <= 128 + 64:  # how a shell or a container runtime reports a signal
+        return f"exit code {code}: killed by {_signal_name(code - 128)}"
     return f"exit code {code}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

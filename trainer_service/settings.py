@@ -15,7 +15,10 @@ class TrainerSettings(CommonSettings):
     trainer_workdir: Path | None = Field(None, description="Job folders; default home/trainer/jobs")
     max_concurrent_jobs: int = Field(1, ge=1)
     max_resumes: int = Field(
-        3, ge=0, description="Times a job resumes from its checkpoint after restarts."
+        3,
+        ge=0,
+        description="Times a job resumes from its last checkpoint after a trainer restart or "
+        "its worker's death (killed by a signal: OOM killer, lost node).",
     )
     inference_addr: str = Field("", description="host:port to notify of new adapters; '' = none.")
     trainer_device: str = Field("auto", description="Worker device: auto, cpu, cuda, cuda:1...")

@@ -1,5 +1,6 @@
 """The trainer as a real process: killed mid-job and restarted, the job resumes from its
-last checkpoint; plus the ValidateDataset, checkpoint and file RPCs over loopback gRPC."""
+last checkpoint; so does a job whose worker alone is killed; plus the ValidateDataset,
+checkpoint and file RPCs over loopback gRPC."""
 
 import json
 import os
@@ -15,7 +16,8 @@ import pytest
 from tests.conftest import EMAIL_ROWS
 from tests.trainer.conftest import make_spec, wait_until
 from tests.trainer.test_server import free_port
-from trainer_service.job_store import FAILED, QUEUED, RUNNING, JobStore
+from trainer_service.executors.local import LocalExecutor
+from trainer_service.job_store import FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 from trainer_service.scheduler import Scheduler
 from trainer_service.server import serve
 from tuneyard.adapter_store import AdapterStore
@@ -279,3 +281,150 @@ def test_relative_local_paths_are_made_absolute(settings, tiny_llama, email_json
         assert scheduler.with_default_base(hub).base_model == "org/some-model"
     finally:
         scheduler.store.close()
+
+
+# --- a worker that dies alone (OOM killer, a lost node) -----------------------------------
+def worker_processes(job_id: str) -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if job_id in " ".join(p.cmdline())]
+
+
+def terminal(scheduler: Scheduler, job_id: str):
+    job = scheduler.get(job_id)
+    return job if job.terminal else None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_its_checkpoint(settings, tiny_llama, email_jsonl):
+    scheduler = Scheduler(
+        settings, JobStore(settings.resolved_trainer_db), LocalExecutor(settings, kill_grace_s=5)
+    )
+    scheduler.start()
+    try:
+        spec = make_spec(tiny_llama, email_jsonl, training={"max_steps": 40, "save_steps": 4})
+        job = scheduler.create(spec)
+        wait_until(
+            lambda: (
+                terminal(scheduler, job.id)
+                or any("checkpoint saved" in e.message for e in scheduler.store.events(job.id))
+            ),
+            timeout=120,
+        )
+        assert scheduler.get(job.id).status == RUNNING, scheduler.store.events(job.id)[-3:]
+        (worker,) = worker_processes(job.id)
+        worker.send_signal(signal.SIGKILL)  # the worker alone, as the OOM killer would
+        done = wait_until(lambda: terminal(scheduler, job.id), timeout=120)
+
+        events = scheduler.store.events(job.id)
+        messages = [e.message for e in events]
+        assert done.status == SUCCEEDED, messages[-5:]
+        assert done.resumes == 1 and done.fine_tuned_model == "emails@1"
+        (resumed,) = [e for e in events if "resuming from checkpoint step" in e.message]
+        assert resumed.level == "warn"
+        assert "the worker died (killed by SIGKILL) without reporting an error" in resumed.message
+        assert resumed.message.endswith("(resume 1 of 3)")
+        # The second worker went on from that checkpoint, not from step 1.
+        step = int(resumed.message.split("checkpoint step ")[1].split()[0])
+        assert step % 4 == 0 and step < 40
+        assert f"resuming from checkpoint-{step}" in messages
+        later = [e.metrics["step"] for e in events if e.seq > resumed.seq and e.metrics]
+        assert later and min(later) > step and max(later) == 40
+        assert [v.id for v in AdapterStore(settings.resolved_adapters_dir).versions("emails")] == [
+            "emails@1"
+        ]
+    finally:
+        scheduler.close()
+        scheduler.store.close()
+
+
+class Scripted:
+    """An executor whose runs end as scripted, one (events, exit status) per start."""
+
+    def __init__(self, *runs: tuple[list[dict], int]):
+        self.runs = list(runs)
+        self.starts = 0
+
+    def start(self, job_id, workdir):
+        self.starts += 1
+        events, code = self.runs.pop(0)
+
+        class Run:
+            def events(self):
+                yield from events
+
+            def cancel(self):
+                pass
+
+            def wait(self):
+                return code
+
+        return Run()
+
+
+def run_scripted(settings, executor: Scripted, spec: dict, resumes: int = 0, step: int = 0):
+    """A queued job (with a checkpoint at `step`, if any) run to its end by `executor`."""
+    store = JobStore(settings.resolved_trainer_db)
+    job = store.create_job(spec, status=QUEUED)
+    store.update(job.id, resumes=resumes)
+    if step:
+        fake_checkpoint(settings, job.id, step)
+    scheduler = Scheduler(settings, store, executor)
+    scheduler.start()
+    try:
+        done = wait_until(lambda: terminal(scheduler, job.id), timeout=10)
+        return done, [e.message for e in store.events(job.id)]
+    finally:
+        scheduler.close(timeout=1)
+        store.close()
+
+
+RESULT = {"type": "result", "fine_tuned_model": "emails@1", "result_files": []}
+
+
+def test_a_dead_worker_is_resumed_up_to_max_resumes_then_fails_saying_why(
+    settings, tiny_llama, email_jsonl
+):
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5}).model_dump()
+    # Killed, then gone without a word (a lost pod), then it publishes.
+    executor = Scripted(([], -9), ([], 1), ([RESULT], 0))
+    done, messages = run_scripted(settings, executor, spec, step=5)
+    assert done.status == SUCCEEDED and done.resumes == 2 and executor.starts == 3
+    assert [m for m in messages if "resuming" in m] == [
+        "the worker died (killed by SIGKILL) without reporting an error; "
+        "resuming from checkpoint step 5 (resume 1 of 3)",
+        "the worker died (exit code 1) without reporting an error; "
+        "resuming from checkpoint step 5 (resume 2 of 3)",
+    ]
+
+    # Resumes used up (trainer restarts count too): it fails at the next death.
+    executor = Scripted(([], 137))
+    done, _ = run_scripted(settings, executor, spec, resumes=settings.max_resumes, step=5)
+    assert done.status == FAILED and done.error.code == "worker_failed"
+    assert done.error.message == (
+        "the worker died (exit code 137: killed by SIGKILL) without reporting an error; "
+        f"it was resumed {settings.max_resumes} times already (max_resumes is "
+        f"{settings.max_resumes})"
+    )
+    assert done.resumes == settings.max_resumes
+
+    # No checkpoint to go on from.
+    done, _ = run_scripted(settings, Scripted(([], -9)), spec)
+    assert done.status == FAILED and done.resumes == 0
+    assert "killed by SIGKILL" in done.error.message
+    assert done.error.message.endswith(
+        "it has no checkpoint to resume from (training.save_steps is 0 or none was saved yet)"
+    )
+
+
+def test_a_worker_that_reports_an_error_is_not_resumed(settings, tiny_llama, email_jsonl):
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5}).model_dump()
+    error = {"type": "message", "level": "error", "message": "ValueError: bad row"}
+    for code in (1, -9):  # even if something killed it after it reported
+        executor = Scripted(([error], code))
+        done, messages = run_scripted(settings, executor, spec, step=5)
+        assert done.status == FAILED and done.resumes == 0 and executor.starts == 1
+        assert done.error.message.startswith("ValueError: bad row (")
+        assert not any("resuming" in m for m in messages)
+    # A worker that said it was done but published nothing is not a death either.
+    done, _ = run_scripted(settings, Scripted(([], 0)), spec, step=5)
+    assert done.status == FAILED and done.resumes == 0
+    assert done.error.message == "the worker ended without publishing a result (exit code 0)"

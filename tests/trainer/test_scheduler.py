@@ -149,6 +149,7 @@ def test_worker_killed_fails_the_job_with_reason(make_scheduler, settings, tiny_
     done = wait_status(scheduler, job.id, FAILED, CANCELLED, SUCCEEDED, timeout=60)
     assert done.status == FAILED and done.error.code == "worker_failed"
     assert "killed by SIGKILL" in done.error.message
+    assert "no checkpoint to resume from" in done.error.message  # save_steps is 0
     assert published(settings) == []
 
 

@@ -16,7 +16,11 @@ Kubernetes) for jobs to resume after a restart. Uploaded files are read from
 TUNEYARD_HOME/files.
 
 Exit status 0 means published; CANCELLED_EXIT means it stopped on SIGTERM and published
-nothing; anything else is a failure, explained by the last "error" message.
+nothing; anything else is a failure, explained by the last "error" message. A failure
+without one is a death (killed by a signal: the OOM killer, a lost node, an eviction), which
+the scheduler resumes from the job's last checkpoint. So an executor reports a reason of its
+own that must end the job for good (a deadline, a Job deleted behind its back) as an "error"
+message too, and what merely goes with a death (a Job's BackoffLimitExceeded) as a "warn".
 """
 
 import json
