@@ -118,9 +118,11 @@ def test_cpu_job_asks_for_no_gpu():
 
 
 def test_job_names_are_dns_labels_for_any_job_id():
-    name = job_name("FTJOB_" + "x" * 80)
-    assert len(name) <= 63 and name.startswith("tuneyard-train-ftjob-x")
-    assert all(c.isalnum() or c == "-" for c in name) and name == name.lower()
+    for run in (1, 2, 12):
+        name = job_name("FTJOB_" + "x" * 80, run)
+        assert len(name) <= 63 and name.startswith("tuneyard-train-ftjob-x")
+        assert all(c.isalnum() or c == "-" for c in name) and name == name.lower()
+        assert name.endswith(f"x-{run}") if run > 1 else name.endswith("x")
 
 
 def test_settings_require_a_home_volume_and_valid_json(monkeypatch):
@@ -168,8 +170,37 @@ def test_worker_failure_gives_its_exit_code_and_the_job_condition():
         events = list(handle.events())
         assert handle.wait() == 3
     assert events[:2] == [METRICS, ERROR]
-    assert events[2]["level"] == "error"
+    # The pod's exit and the worker's own error tell what happened: the condition that
+    # follows is no error of its own (else a killed worker could not be told apart).
+    assert events[2]["level"] == "warn"
     assert "BackoffLimitExceeded" in events[2]["message"]
+
+
+def test_a_killed_pod_reports_its_exit_and_the_job_runs_again_under_a_new_name():
+    scripts = [PodScript(lines(METRICS), exit_code=137), PodScript(lines(METRICS, RESULT))]
+    with KubeStandIn(scripts) as kube:
+        ex = executor(kube)
+        first = ex.start("ftjob-abc123", WORKDIR)
+        events = list(first.events())
+        assert first.wait() == 137  # what the kubelet reports for SIGKILL (OOMKilled)
+        assert [e.get("level") for e in events] == [None, "warn"]
+        # The failed Job stays until its TTL: the resumed run is a Job of its own.
+        second = ex.start("ftjob-abc123", WORKDIR)
+        assert second.name == job_name("ftjob-abc123", 2) == "tuneyard-train-ftjob-abc123-2"
+        assert list(second.events()) == [METRICS, RESULT]
+        assert second.wait() == 0
+    assert set(kube.jobs) == {job_name("ftjob-abc123"), second.name}
+
+
+def test_a_job_deleted_by_someone_else_is_an_error_not_a_death():
+    with KubeStandIn([PodScript(lines(METRICS), hold=True)]) as kube:
+        handle = executor(kube).start("ftjob-abc123", WORKDIR)
+        events = handle.events()
+        assert next(events) == METRICS
+        executor(kube).batch.delete_namespaced_job(handle.name, "tuneyard")  # kubectl, say
+        (last,) = list(events)
+        assert handle.wait() == 1
+    assert last["level"] == "error" and "deleted by someone else" in last["message"]
 
 
 def test_a_retried_pod_is_followed_too():
@@ -200,6 +231,50 @@ def test_a_pod_that_never_starts_is_reported_then_fails_at_the_deadline():
         assert handle.wait() == 1
     assert rest[-1]["level"] == "error"
     assert "DeadlineExceeded" in rest[-1]["message"]
+
+
+def test_the_scheduler_resumes_a_job_whose_pod_was_killed(tmp_path):
+    """The resume decision is the scheduler's, the same for every executor: here a pod
+    OOM-killed after a checkpoint, the job going on as a second Job."""
+    from tests.trainer.conftest import wait_until
+    from trainer_service.job_store import QUEUED, SUCCEEDED, JobStore
+    from trainer_service.scheduler import Scheduler
+    from trainer_service.settings import TrainerSettings
+
+    home = tmp_path / "home"
+    trainer = TrainerSettings(home=home, trainer_metrics_port=0)
+    store = JobStore(trainer.resolved_trainer_db)
+    spec = JobSpec.parse(
+        {
+            "base_model": "org/model",
+            "adapter_name": "emails",
+            "data": {"path": "/data/emails.jsonl"},
+            "template": EMAIL_TEMPLATE,
+            "training": {"max_steps": 10, "save_steps": 5},
+        }
+    )
+    job = store.create_job(spec.model_dump(), status=QUEUED)
+    checkpoint = trainer.resolved_trainer_workdir / job.id / "trainer" / "checkpoint-5"
+    checkpoint.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json"):
+        (checkpoint / name).write_text("{}")
+    scripts = [PodScript(lines(METRICS), exit_code=137), PodScript(lines(RESULT))]
+    with KubeStandIn(scripts) as kube:
+        k8s = executor(kube, home=home, adapters_dir=None, k8s_adapters_pvc="")
+        scheduler = Scheduler(trainer, store, k8s)
+        scheduler.start()
+        try:
+            done = wait_until(lambda: (j := store.get_job(job.id)).terminal and j, timeout=30)
+            messages = [e.message for e in store.events(job.id)]
+        finally:
+            scheduler.close(timeout=5)
+            store.close()
+    assert done.status == SUCCEEDED and done.resumes == 1, messages
+    assert (
+        "the worker died (exit code 137: killed by SIGKILL) without reporting an error; "
+        "resuming from checkpoint step 5 (resume 1 of 3)"
+    ) in messages
+    assert set(kube.jobs) == {job_name(job.id), job_name(job.id, 2)}
 
 
 def test_a_job_that_exists_already_is_refused():

@@ -57,10 +57,12 @@ class KubernetesExecutorSettings(CommonSettings):
     k8s_poll_seconds: float = Field(2.0, gt=0)
 
 
-def job_name(job_id: str) -> str:
-    """A DNS-1123 name for the Job, stable for a job id (63 characters at most)."""
+def job_name(job_id: str, run: int = 1) -> str:
+    """A DNS-1123 name for the Job, stable for a job id and its run (63 characters at most):
+    `tuneyard-train-<job id>`, then `-2`, `-3`... for the runs that resume it after a death."""
     slug = re.sub(r"[^a-z0-9-]+", "-", job_id.lower()).strip("-")
-    return f"tuneyard-train-{slug}"[:63].rstrip("-")
+    suffix = f"-{run}" if run > 1 else ""
+    return f"tuneyard-train-{slug}"[: 63 - len(suffix)].rstrip("-") + suffix
 
 
 def label_value(value: str) -> str:
@@ -89,9 +91,9 @@ class KubernetesExecutor:
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
 
-    def build_job(self, job_id: str, workdir: Path) -> client.V1Job:
+    def build_job(self, job_id: str, workdir: Path, name: str = "") -> client.V1Job:
         s = self.settings
-        name = job_name(job_id)
+        name = name or job_name(job_id)
         labels = {
             "app.kubernetes.io/name": "tuneyard-worker",
             "app.kubernetes.io/part-of": "tuneyard",
@@ -187,20 +189,33 @@ class KubernetesExecutor:
                 f"job folder {workdir} is not under TUNEYARD_HOME ({self.settings.home}), "
                 f"the volume {self.settings.k8s_home_pvc} shared with the training pods"
             )
-        job = self.build_job(job_id, workdir)
-        try:
-            self.batch.create_namespaced_job(self.settings.k8s_namespace, job)
-        except ApiException as err:
-            if err.status == 409:
+        run = 1
+        while True:
+            job = self.build_job(job_id, workdir, job_name(job_id, run))
+            name = job.metadata.name
+            try:
+                self.batch.create_namespaced_job(self.settings.k8s_namespace, job)
+                return KubernetesHandle(self, name)
+            except ApiException as err:
+                if err.status != 409:
+                    raise Unavailable(
+                        f"could not create Kubernetes Job {name}: {err.status} {err.reason}"
+                    ) from err
+            except HTTPError as err:
+                raise Unavailable(f"Kubernetes API unreachable: {err}") from err
+            # The name is taken: by an earlier run of this job that ended (its worker died
+            # and the scheduler resumes it), whose Job stays until its TTL; take the next.
+            try:
+                existing = self.batch.read_namespaced_job_status(name, job.metadata.namespace)
+            except ApiException as err:
+                if err.status == 404:  # deleted meanwhile: the name is free again
+                    continue
+                raise
+            if not _finished(existing):
                 raise FailedPrecondition(
-                    f"a Kubernetes Job {job.metadata.name} already exists"
-                ) from err
-            raise Unavailable(
-                f"could not create Kubernetes Job {job.metadata.name}: {err.status} {err.reason}"
-            ) from err
-        except HTTPError as err:
-            raise Unavailable(f"Kubernetes API unreachable: {err}") from err
-        return KubernetesHandle(self, job.metadata.name)
+                    f"a Kubernetes Job {name} already exists and has not finished"
+                )
+            run += 1
 
 
 class KubernetesHandle:
@@ -225,7 +240,7 @@ class KubernetesHandle:
                     continue
                 followed.add(pod.metadata.name)
                 yield from self._log_events(pod.metadata.name)
-            if job is None or self._finished(job):
+            if job is None or _finished(job):
                 break
             for pod in pods:
                 message = _pending_reason(pod)
@@ -233,9 +248,17 @@ class KubernetesHandle:
                     reported.add(message)
                     yield {"type": "message", "level": "info", "message": message}
             time.sleep(self.poll)
-        failure = self._failure(job) if job is not None else None
-        if failure:
-            yield {"type": "message", "level": "error", "message": failure}
+        if job is None:
+            if not self._cancelled.is_set():  # not a death: someone meant it to end
+                message = f"Kubernetes Job {self.name} was deleted by someone else"
+                yield {"type": "message", "level": "error", "message": message}
+        elif failed := _conditions(job).get("Failed"):
+            message = f"Kubernetes Job {self.name} failed: {failed.reason}: {failed.message or ''}"
+            # Its pods failed (BackoffLimitExceeded): their exit says how, and the scheduler
+            # tells a worker's own error from a death it resumes. Any other reason (a
+            # DeadlineExceeded) ends the job.
+            level = "warn" if failed.reason == "BackoffLimitExceeded" else "error"
+            yield {"type": "message", "level": level, "message": message}
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -254,8 +277,8 @@ class KubernetesHandle:
             job = self._read_job()
             if job is None:  # deleted: by our cancel, or by someone else
                 return CANCELLED_EXIT if self._cancelled.is_set() else FAILED_EXIT
-            if self._finished(job):
-                if self._succeeded(job):
+            if _finished(job):
+                if "Complete" in _conditions(job):
                     return 0
                 return self._last_exit_code() or FAILED_EXIT
             time.sleep(self.poll)
@@ -306,23 +329,13 @@ class KubernetesHandle:
                     return status.state.terminated.exit_code
         return None
 
-    @staticmethod
-    def _conditions(job: client.V1Job) -> dict[str, client.V1JobCondition]:
-        return {
-            c.type: c for c in (job.status and job.status.conditions) or [] if c.status == "True"
-        }
 
-    def _finished(self, job: client.V1Job) -> bool:
-        return bool({"Complete", "Failed"} & self._conditions(job).keys())
+def _conditions(job: client.V1Job) -> dict[str, client.V1JobCondition]:
+    return {c.type: c for c in (job.status and job.status.conditions) or [] if c.status == "True"}
 
-    def _succeeded(self, job: client.V1Job) -> bool:
-        return "Complete" in self._conditions(job)
 
-    def _failure(self, job: client.V1Job) -> str | None:
-        failed = self._conditions(job).get("Failed")
-        if failed is None:
-            return None
-        return f"Kubernetes Job {self.name} failed: {failed.reason}: {failed.message or ''}"
+def _finished(job: client.V1Job) -> bool:
+    return bool({"Complete", "Failed"} & _conditions(job).keys())
 
 
 def _pending_reason(pod: client.V1Pod) -> str | None:
