@@ -182,12 +182,15 @@ def _render(template, row: Row, required: set[str], columns: dict[str, str]) -> 
     try:
         return template.render_prompt(row.fields) + template.render_response(row.fields)
     except InvalidArgument as err:
-        raise JobValidationError(
+        error = JobValidationError(
             "template_error",
             f"line {row.line}: template does not render: {err.message}",
-            param="template",
+            # The part that failed (template.prompt / template.response), where known.
+            param=err.param if err.param.startswith("template.") else "template",
             line=row.line,
-        ) from err
+        )
+        error.http_status = err.http_status  # a refusal stays a refusal (422)
+        raise error from err
 
 
 def _check_fields(row: Row, required: set[str], columns: dict[str, str]) -> None:

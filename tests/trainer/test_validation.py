@@ -92,8 +92,9 @@ def test_template_that_does_not_render(tiny_llama, email_jsonl):
     spec = make_spec(tiny_llama, email_jsonl, template={"response": "{{ email[9999] }}"})
     err = fails(spec)
     assert err.reason == "template_error" and err.line == 1 and err.param == "template"
-    err = fails(make_spec(tiny_llama, email_jsonl, template={"response": "{{ email.x(1) }}"}))
-    assert err.reason == "template_error" and err.line == 1
+    err = fails(make_spec(tiny_llama, email_jsonl, template={"response": "{{ 1/0 }}"}))
+    assert err.reason == "template_error" and err.line == 1 and "ZeroDivisionError" in err.message
+    assert err.param == "template.response"
 
 
 def test_unknown_base_model_folder(tmp_path, email_jsonl):
