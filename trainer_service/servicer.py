@@ -124,7 +124,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.files = FileStore(
             scheduler.files_root, check=lambda path: check_file(path, max_row_bytes)
         )
-        self.adapters = AdapterStore(scheduler.settings.resolved_adapters_dir)
+        settings = scheduler.settings
+        self.adapters = AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode)
 
     @maps_errors
     def CreateJob(self, request, context):

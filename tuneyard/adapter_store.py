@@ -4,6 +4,11 @@ tokenizer files and a `tuneyard.json` manifest.
 A version is written into a hidden staging folder beside its name and renamed into place,
 so a reader never sees half a version. Versions are increasing integers; `name` resolves
 to the newest, `name@version` to that one.
+
+The volume is shared: the inference service may run as another user than the trainer. A
+version's folders get the store's mode (TUNEYARD_ADAPTERS_MODE, 0755 by default; 0750 to
+share with the group only) and its files the same without the execute bits, whatever the
+umask; so do the folders the store creates on the way to it.
 """
 
 import os
@@ -19,6 +24,7 @@ from pydantic import BaseModel, Field
 from tuneyard.errors import InvalidArgument, NotFound
 
 MANIFEST = "tuneyard.json"
+DEFAULT_MODE = 0o755
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -71,6 +77,21 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_mode(value: int | str) -> int:
+    """A folder mode: an int, or octal text ("0750", "750", "0o750"). The owner must keep
+    rwx (the publisher writes the folder); nothing beyond the permission bits."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 8)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an octal mode such as 0755 or 0750") from None
+    if not 0 <= value <= 0o777 or value & 0o700 != 0o700:
+        raise ValueError(
+            f"mode {value:04o} must be within 0777 and give the owner rwx (0700), e.g. 0755"
+        )
+    return value
+
+
 def parse_adapter_id(adapter_id: str) -> tuple[str, str | None]:
     """'name' -> (name, None); 'name@3' -> (name, '3')."""
     name, _, version = adapter_id.partition("@")
@@ -83,8 +104,12 @@ def parse_adapter_id(adapter_id: str) -> tuple[str, str | None]:
 
 
 class AdapterStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, mode: int = DEFAULT_MODE):
+        """`mode`: of the folders a published version is made of; its files get it without
+        the execute bits (0755 -> 0644)."""
         self.root = Path(root)
+        self.mode = check_mode(mode)
+        self.file_mode = self.mode & ~0o111
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -120,8 +145,8 @@ class AdapterStore:
     def staging_dir(self, name: str) -> Path:
         """A fresh hidden folder on the same filesystem as the final version."""
         folder = self.root / check_name(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        self._make_dirs(folder)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))  # 0700 until published
 
     def publish(self, staging: Path, manifest: Manifest) -> AdapterVersion:
         """Rename a complete staging folder into the next free version number."""
@@ -131,6 +156,7 @@ class AdapterStore:
             version = str(max(existing, default=0) + 1)
             manifest.version = version
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            self._apply_mode(staging)
             try:
                 # rename() of a folder fails if the target exists: another publisher won.
                 os.rename(staging, folder / version)
@@ -143,3 +169,26 @@ class AdapterStore:
     @staticmethod
     def discard(staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create `folder` and its missing parents with the store's mode (mkdir's own mode
+        is cut by the umask); folders that exist are left as they are."""
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:  # another publisher made it
+                continue
+            os.chmod(path, self.mode)
+
+    def _apply_mode(self, staging: Path) -> None:
+        """The store's modes on a staged version, before it is renamed into place."""
+        for folder, _, files in os.walk(staging):  # symbolic links are left alone
+            os.chmod(folder, self.mode)
+            for name in files:
+                path = os.path.join(folder, name)
+                if not os.path.islink(path):
+                    os.chmod(path, self.file_mode)

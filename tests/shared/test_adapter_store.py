@@ -1,9 +1,19 @@
+import os
 import threading
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from tuneyard.adapter_store import MANIFEST, AdapterStore, Manifest, parse_adapter_id
+from tuneyard.adapter_store import (
+    DEFAULT_MODE,
+    MANIFEST,
+    AdapterStore,
+    Manifest,
+    check_mode,
+    parse_adapter_id,
+)
+from tuneyard.config import CommonSettings
 from tuneyard.errors import InvalidArgument, NotFound
 
 
@@ -80,3 +90,63 @@ def test_version_must_be_a_number():
         parse_adapter_id("emails@latest")
     assert parse_adapter_id("emails@3") == ("emails", "3")
     assert parse_adapter_id("emails") == ("emails", None)
+
+
+def modes(root: Path) -> dict[str, str]:
+    """Every path under root (root included, as '.') with its permission bits in octal."""
+    paths = [root, *sorted(root.rglob("*"))]
+    return {str(p.relative_to(root)): f"{p.stat().st_mode & 0o777:04o}" for p in paths}
+
+
+@pytest.fixture
+def strict_umask():
+    """A umask that would leave everything owner-only: the store's modes must not depend
+    on the publisher's umask."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize(
+    ("mode", "folders", "files"), [(DEFAULT_MODE, "0755", "0644"), (0o750, "0750", "0640")]
+)
+def test_a_published_version_has_the_stores_modes(tmp_path, strict_umask, mode, folders, files):
+    store = AdapterStore(tmp_path / "adapters", mode)
+    staging = store.staging_dir("emails")
+    (staging / "adapter_model.safetensors").write_text("x")
+    (staging / "merged").mkdir()  # a subfolder (merge=True), made under the umask
+    (staging / "merged" / "config.json").write_text("{}")
+    os.chmod(staging / "adapter_model.safetensors", 0o700)  # execute bits are dropped
+    version = store.publish(staging, manifest("emails"))
+    assert modes(tmp_path / "adapters") == {
+        ".": folders,  # the folders the store created on the way, too
+        "emails": folders,
+        "emails/1": folders,
+        "emails/1/adapter_model.safetensors": files,
+        "emails/1/merged": folders,
+        "emails/1/merged/config.json": files,
+        f"emails/1/{MANIFEST}": files,
+    }
+    assert version.path == tmp_path / "adapters" / "emails" / "1"
+
+
+def test_folders_that_exist_keep_their_mode(tmp_path):
+    (tmp_path / "adapters").mkdir(mode=0o700)
+    store = AdapterStore(tmp_path / "adapters")
+    publish(store, "emails")
+    assert modes(tmp_path / "adapters")["."] == "0700"  # the operator's choice
+    assert modes(tmp_path / "adapters")["emails/1"] == "0755"
+
+
+def test_the_mode_setting_is_octal_text_and_keeps_the_owners_rights(monkeypatch):
+    assert CommonSettings().adapters_mode == 0o755
+    for text in ("0750", "750", "0o750", " 0750 "):
+        monkeypatch.setenv("TUNEYARD_ADAPTERS_MODE", text)
+        assert CommonSettings().adapters_mode == 0o750
+    for bad, why in [("0644", "give the owner rwx"), ("1755", "within 0777"), ("rwx", "octal")]:
+        monkeypatch.setenv("TUNEYARD_ADAPTERS_MODE", bad)
+        with pytest.raises(ValidationError, match=why):
+            CommonSettings()
+    with pytest.raises(ValueError, match="give the owner rwx"):
+        AdapterStore(Path("."), 0o055)
+    assert check_mode(0o700) == 0o700

@@ -79,6 +79,7 @@ def check_metrics_events(events):
 
 @pytest.mark.slow
 def test_worker_llama_end_to_end(settings, tiny_llama, email_jsonl):
+    settings = settings.model_copy(update={"adapters_mode": 0o750})  # shared with a group
     spec = make_spec(tiny_llama, email_jsonl, data={"eval_fraction": 0.25})
     code, events, workdir = run_worker(settings, spec)
     assert code == 0, (workdir / "worker.log").read_text()[-3000:]
@@ -86,6 +87,13 @@ def test_worker_llama_end_to_end(settings, tiny_llama, email_jsonl):
     assert all(e["type"] in ("message", "metrics", "result") for e in events)
     check_metrics_events(events)
     check_published(settings, tiny_llama, events, workdir, ["q_proj", "v_proj"])
+    # The worker published with the trainer's mode, whatever its umask.
+    version = AdapterStore(settings.resolved_adapters_dir).resolve("emails")
+    found = {
+        ("folder" if p.is_dir() else "file", oct(p.stat().st_mode & 0o777))
+        for p in [version.path, *version.path.rglob("*")]
+    }
+    assert found == {("folder", "0o750"), ("file", "0o640")}
 
 
 @pytest.mark.slow

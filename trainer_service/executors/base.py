@@ -71,6 +71,7 @@ def worker_env(settings) -> dict[str, str]:
     env = {
         "TUNEYARD_HOME": str(settings.home),
         "TUNEYARD_ADAPTERS_DIR": str(settings.resolved_adapters_dir),
+        "TUNEYARD_ADAPTERS_MODE": f"{settings.adapters_mode:04o}",
         "TUNEYARD_TRAINER_DEVICE": settings.trainer_device,
         "TUNEYARD_LOG_LEVEL": settings.log_level,
     }

@@ -157,7 +157,7 @@ def run(
     if spec.merge:
         events.message("merging the adapter into an unquantized copy of the base")
     version = publish(
-        AdapterStore(settings.resolved_adapters_dir),
+        AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode),
         model,
         tokenizer,
         manifest,
