@@ -110,3 +110,23 @@ EMAIL_TEMPLATE = {
     "prompt": "### Product\n{{ product }}\n\n### Description\n{{ description }}\n\n### Email\n",
     "response": "{{ email }}",
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dirs_cover_test_files(tmp_path_factory):
+    """Tests write their data files under pytest's temporary folders and read the bundled
+    examples: those are the trainer's data folders (TUNEYARD_DATA_DIRS) in every service
+    the suite starts, in-process or as a child process. Tests of the folders' own rules
+    set their own."""
+    import os
+
+    from trainer_service.data_roots import EXAMPLES_DIR
+
+    roots = [str(tmp_path_factory.getbasetemp()), str(EXAMPLES_DIR)]
+    previous = os.environ.get("TUNEYARD_DATA_DIRS")
+    os.environ["TUNEYARD_DATA_DIRS"] = os.pathsep.join(roots)
+    yield
+    if previous is None:
+        os.environ.pop("TUNEYARD_DATA_DIRS", None)
+    else:
+        os.environ["TUNEYARD_DATA_DIRS"] = previous

@@ -15,9 +15,10 @@ from trainer_service.validation import (
     validate,
 )
 from tuneyard.adapter_store import AdapterStore
-from tuneyard.errors import InvalidArgument
+from tuneyard.errors import InvalidArgument, redact_paths
 from tuneyard.grpc_server import maps_errors, maps_stream_errors
 from tuneyard.jobspec import JobSpec
+from tuneyard.modeling import public_name
 from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
 MAX_LIST = 100
@@ -34,10 +35,11 @@ _STATUS = {
 
 
 def job_to_proto(job: job_store.Job) -> trainer_pb2.Job:
+    spec = JobSpec.model_validate(job.spec)
     message = trainer_pb2.Job(
         id=job.id,
         status=_STATUS[job.status],
-        spec=JobSpec.model_validate(job.spec).to_proto(),
+        spec=spec.model_copy(update={"base_model": public_name(spec.base_model)}).to_proto(),
         created_at=int(job.created_at),
         started_at=int(job.started_at),
         finished_at=int(job.finished_at),
@@ -50,7 +52,7 @@ def job_to_proto(job: job_store.Job) -> trainer_pb2.Job:
         message.error.CopyFrom(
             trainer_pb2.JobError(
                 code=job.error.code,
-                message=job.error.message,
+                message=redact_paths(job.error.message),
                 param=job.error.param,
                 line=job.error.line,
             )
@@ -64,7 +66,7 @@ def event_to_proto(event: job_store.Event) -> trainer_pb2.JobEvent:
         job_id=event.job_id,
         created_at=int(event.created_at),
         level=event.level,
-        message=event.message,
+        message=redact_paths(event.message),
     )
     if event.metrics:
         message.metrics.CopyFrom(metrics_to_proto(event.metrics))
@@ -85,7 +87,7 @@ def metrics_to_proto(metrics: dict) -> trainer_pb2.Metrics:
 def report_to_proto(report: ValidationReport) -> trainer_pb2.ValidationReport:
     return trainer_pb2.ValidationReport(
         ok=True,
-        base_model=report.base_model.id,
+        base_model=public_name(report.base_model.id),
         rows=report.rows,
         train_rows=report.train_rows,
         eval_rows=report.eval_rows,
@@ -134,7 +136,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         the rest of validation (base model, token lengths, split) runs in the background."""
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", param="spec")
-        spec = self.scheduler.with_default_base(JobSpec.from_proto(request.spec))
+        spec = self._spec(request.spec)
         check_data(spec, self.scheduler.files_root)
         return job_to_proto(self.scheduler.create(spec))
 
@@ -173,19 +175,28 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         events = self.store.events(request.job_id, after_seq=request.after_seq, limit=request.limit)
         return trainer_pb2.ListJobEventsResponse(events=[event_to_proto(e) for e in events])
 
+    def _spec(self, message: trainer_pb2.JobSpec) -> JobSpec:
+        """A client's spec, its server paths checked against the data folders first."""
+        spec = JobSpec.from_proto(message)
+        self.scheduler.data_roots.check_spec(spec)
+        return self.scheduler.with_default_base(spec)
+
     @maps_errors
     def ValidateDataset(self, request, context):
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", param="spec")
-        spec = self.scheduler.with_default_base(JobSpec.from_proto(request.spec))
+        spec = self._spec(request.spec)
         try:
             return report_to_proto(validate(spec, self.scheduler.files_root))
         except JobValidationError as err:
             return trainer_pb2.ValidationReport(
                 ok=False,
-                base_model=spec.base_model,
+                base_model=public_name(spec.base_model),
                 error=trainer_pb2.JobError(
-                    code=err.reason, message=err.message, param=err.param, line=err.line
+                    code=err.reason,
+                    message=redact_paths(err.message),
+                    param=err.param,
+                    line=err.line,
                 ),
             )
 

@@ -1,8 +1,11 @@
 """Trainer service settings (environment variables with the TUNEYARD_ prefix)."""
 
+import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from tuneyard.config import CommonSettings
 
@@ -27,10 +30,22 @@ class TrainerSettings(CommonSettings):
         ge=1,
         description="Largest row an uploaded training file may have (a JSONL line, a CSV row).",
     )
+    data_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders (separated by ':') that a job's data.path or an evaluation's "
+        "files may be under; default: the uploads folder and the bundled examples.",
+    )
     executor: str = Field(
         "local",
         description="How workers run: local (a child process) or kubernetes (a batch/v1 Job each).",
     )
+
+    @field_validator("data_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value):
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
 
     @property
     def resolved_trainer_db(self) -> Path:

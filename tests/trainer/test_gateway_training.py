@@ -275,3 +275,36 @@ def test_cli_validate(gateway, tiny_llama, email_jsonl, tmp_path, capsys):
     path.write_text(yaml.safe_dump(spec))
     assert cli(["--url", gateway.url, "validate", str(path)]) == 1
     assert "INVALID [invalid_file] data.path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("route", ["/v1/fine_tuning/jobs/validate", "/v1/fine_tuning/jobs"])
+def test_server_paths_outside_the_data_folders_are_refused(http, route, email_jsonl, tiny_llama):
+    """/etc/passwd and a path that does not exist get the same answer: validate tells no
+    one whether a file exists outside the data folders (and creates no job)."""
+    jobs_before = http.get("/v1/fine_tuning/jobs").json()["data"]
+    answers = []
+    for path in ("/etc/passwd", "/etc/no-such-file.jsonl", "/proc/self/environ"):
+        body = {
+            "model": str(tiny_llama),
+            "training_file": path,
+            "suffix": "x",
+            "tuneyard": TUNEYARD,
+        }
+        response = http.post(route, json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "data.path" and "data folders" in error["message"]
+        answers.append(error["message"])
+    assert len(set(answers)) == 1
+    assert http.get("/v1/fine_tuning/jobs").json()["data"] == jobs_before
+    # A path under the data folders (here: pytest's temporary folders) is read as before.
+    fine = http.post(
+        "/v1/fine_tuning/jobs/validate",
+        json={
+            "model": str(tiny_llama),
+            "training_file": str(email_jsonl),
+            "suffix": "ok",
+            "tuneyard": TUNEYARD,
+        },
+    )
+    assert fine.status_code == 200 and fine.json()["ok"] is True, fine.text

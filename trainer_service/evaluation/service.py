@@ -15,6 +15,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from trainer_service.data_roots import DataRoots
 from trainer_service.evaluation.inference import InferenceClient
 from trainer_service.evaluation.plan import Plan, build_plan, fit_shots
 from trainer_service.evaluation.report import write_reports
@@ -56,6 +57,7 @@ class EvaluationService:
         self.store = EvaluationStore(self.folder / "evaluations.db")
         self.adapters = AdapterStore(settings.resolved_adapters_dir)
         self.files_root = files_dir(settings)
+        self.data_roots = DataRoots.of(settings)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._plans: dict[str, Plan] = {}
         self._cancel: dict[str, threading.Event] = {}
@@ -78,6 +80,7 @@ class EvaluationService:
 
     # --- public --------------------------------------------------------------------------
     def create(self, spec: evaluation_pb2.EvaluationSpec, for_job: str = "") -> Evaluation:
+        self.data_roots.check_evaluation(spec)
         plan = self._plan(spec)
         evaluation = self.store.create(
             json_format.MessageToDict(spec, preserving_proto_field_name=True),

@@ -1,0 +1,59 @@
+"""Where a server-side path may point. A job's `data.path` (or a local `data.dataset`) and
+an evaluation's `eval_file` / `few_shot_file` are read by the trainer with its own rights,
+so they are allowed only under the configured data folders (TUNEYARD_DATA_DIRS; default:
+the uploads folder and the bundled examples), after resolving links. Uploaded file ids
+and hub ids are not paths and are not affected.
+
+A refusal says the same whether the file exists or not, and does not name the folders."""
+
+from pathlib import Path
+
+from trainer_service.files import files_dir
+from trainer_service.settings import TrainerSettings
+from tuneyard.errors import InvalidArgument
+from tuneyard.jobspec import JobSpec
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+
+
+class DataRoots:
+    def __init__(self, roots: list[Path]):
+        self.roots = [Path(root).expanduser().resolve() for root in roots]
+
+    @classmethod
+    def of(cls, settings: TrainerSettings) -> "DataRoots":
+        return cls(settings.data_dirs or [files_dir(settings), EXAMPLES_DIR])
+
+    def allows(self, path: str | Path) -> bool:
+        resolved = Path(path).expanduser().resolve()
+        return any(resolved.is_relative_to(root) for root in self.roots)
+
+    def check(self, path: str | Path, param: str) -> None:
+        if not self.allows(path):
+            raise InvalidArgument(
+                f"{param}: this server reads files only from its data folders "
+                "(TUNEYARD_DATA_DIRS); upload the file (POST /v1/files) and give its id",
+                param=param,
+            )
+
+    def check_spec(self, spec: JobSpec) -> None:
+        """The job's data source, where it is a server path."""
+        if spec.data.path:
+            self.check(spec.data.path, "data.path")
+        if spec.data.dataset and _is_local(spec.data.dataset):
+            self.check(spec.data.dataset, "data.dataset")
+        for name in ("eval_file", "few_shot_file"):
+            if (spec.evaluation or {}).get(name):
+                self.check(spec.evaluation[name], f"evaluation.{name}")
+
+    def check_evaluation(self, spec) -> None:
+        """An evaluation spec's files (evaluation.proto's EvaluationSpec)."""
+        for name in ("eval_file", "few_shot_file"):
+            if getattr(spec, name):
+                self.check(getattr(spec, name), name)
+
+
+def _is_local(dataset: str) -> bool:
+    """A dataset value is a path when it looks like one or names something on disk; else a
+    hub id ("databricks/databricks-dolly-15k")."""
+    return dataset.startswith(("/", ".", "~")) or Path(dataset).expanduser().exists()
