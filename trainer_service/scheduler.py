@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer_service.checkpoints import checkpoint_step, last_checkpoint
+from trainer_service.data_roots import DataRoots
 from trainer_service.evaluation.service import EvaluationService, evaluate_job_output
 from trainer_service.executors.base import CANCELLED_EXIT, ExecutionHandle, Executor
 from trainer_service.files import files_dir
@@ -40,8 +41,10 @@ from trainer_service.notify import InferenceNotifier
 from trainer_service.settings import TrainerSettings
 from trainer_service.validation import JobValidationError, validate
 from tuneyard.jobspec import JobSpec
+from tuneyard.modeling import public_name
 
 log = logging.getLogger(__name__)
+_TRANSPORT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "INTERNAL"})
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Scheduler:
         self.evaluations = evaluations
         self.workdir = Path(settings.resolved_trainer_workdir)
         self.files_root = files_dir(settings)
+        self.data_roots = DataRoots.of(settings)
         self._lock = threading.Condition()
         self._version = 0  # bumped on every change; see wait_for_change
         self._queue: deque[str] = deque()
@@ -124,9 +128,12 @@ class Scheduler:
         self._dispatch()
 
     def with_default_base(self, spec: JobSpec) -> JobSpec:
-        """The service's base model for an empty one; a relative local folder or data path
-        made absolute, since the worker runs in its job folder."""
-        base = spec.base_model or self.settings.resolved_base_model
+        """The service's base model for an empty one (or its served name); a relative local
+        folder or data path made absolute, since the worker runs in its job folder."""
+        default = self.settings.resolved_base_model
+        # The default base model also answers to the name clients see it by (/v1/models).
+        served = {self.settings.served_model_name, public_name(default)} - {""}
+        base = default if not spec.base_model or spec.base_model in served else spec.base_model
         if Path(base).is_dir():
             base = str(Path(base).resolve())
         data = spec.data
@@ -392,13 +399,20 @@ class Scheduler:
             return
         try:
             self.notifier.load_adapter(model)
-            self._event(job_id, f"inference service at {self.notifier.address} loaded {model}")
+            self._event(job_id, f"the inference service loaded {model}")
         except Exception as err:  # grpc.RpcError mostly; serving can still load it later
             detail = err.details() if hasattr(err, "details") else str(err)
+            log.warning(
+                "%s: LoadAdapter %s at %s: %s", job_id, model, self.notifier.address, detail
+            )
+            code = err.code().name if hasattr(err, "code") else "INTERNAL"
+            # The service's own answer (a base model mismatch...) helps; gRPC's transport
+            # words (addresses, "recvmsg:...") and crashes are for the log only.
+            said = "" if code in _TRANSPORT_CODES else f": {detail}"
             self._event(
                 job_id,
-                f"could not tell the inference service at "
-                f"{self.notifier.address} to load {model}: {detail}",
+                f"could not tell the inference service to load {model} ({code}){said}; "
+                "it is loaded on first use",
                 level="warn",
             )
 

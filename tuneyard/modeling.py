@@ -44,7 +44,7 @@ def public_name(model_id: str) -> str:
     """How a base model is named to clients: a hub id as it is, a local folder by its
     name (its path says nothing to a client and too much about the server)."""
     local = Path(model_id).expanduser()
-    if model_id.startswith(("/", ".", "~")) or local.is_dir():
+    if model_id and (model_id.startswith(("/", ".", "~")) or local.is_dir()):
         return local.resolve().name
     return model_id
 

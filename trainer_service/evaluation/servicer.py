@@ -5,7 +5,7 @@ from google.protobuf import json_format
 
 from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.store import Evaluation
-from tuneyard.errors import InvalidArgument
+from tuneyard.errors import InvalidArgument, redact_paths
 from tuneyard.grpc_server import maps_errors
 from tuneyard.v1 import evaluation_pb2 as pb
 from tuneyard.v1 import evaluation_pb2_grpc
@@ -28,9 +28,9 @@ def evaluation_to_proto(evaluation: Evaluation) -> pb.Evaluation:
         created_at=int(evaluation.created_at),
         started_at=int(evaluation.started_at),
         finished_at=int(evaluation.finished_at),
-        error=evaluation.error,
+        error=redact_paths(evaluation.error),
         adapter_id=evaluation.adapter_id,
-        eval_source=evaluation.eval_source,
+        eval_source=redact_paths(evaluation.eval_source),
         rows=evaluation.rows,
         done_requests=evaluation.done_requests,
         total_requests=evaluation.total_requests,
