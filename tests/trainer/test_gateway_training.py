@@ -308,3 +308,23 @@ def test_server_paths_outside_the_data_folders_are_refused(http, route, email_js
         },
     )
     assert fine.status_code == 200 and fine.json()["ok"] is True, fine.text
+
+
+def test_a_template_that_fails_to_render_is_reported_not_a_500(http, email_jsonl, tiny_llama):
+    """{{ 1/0 }} renders nothing: validate reports it against template.prompt, with the
+    line; create refuses it with 400; neither is a server error."""
+    body = {
+        "model": str(tiny_llama),
+        "training_file": str(email_jsonl),
+        "suffix": "zero",
+        "tuneyard": {**TUNEYARD, "template": {"prompt": "{{ 1/0 }}", "response": "{{ email }}"}},
+    }
+    report = http.post("/v1/fine_tuning/jobs/validate", json=body)
+    assert report.status_code == 200, report.text
+    error = report.json()["error"]
+    assert report.json()["ok"] is False and error["code"] == "template_error"
+    assert error["param"] == "template.prompt" and error["line"] == 1
+    assert "ZeroDivisionError" in error["message"]
+    created = http.post("/v1/fine_tuning/jobs", json=body)
+    assert created.status_code == 400, created.text
+    assert created.json()["error"]["param"] == "template.prompt"
