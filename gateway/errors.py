@@ -54,8 +54,10 @@ _OPENAI_ERROR_TYPE = {
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
-# HTTP statuses that Starlette raises itself (unknown route, wrong method), as codes.
+# HTTP statuses that Starlette and FastAPI raise themselves (a body that does not parse,
+# unknown route, wrong method), as codes; any other 4xx keeps its status.
 _CODE_OF_HTTP = {
+    400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
@@ -188,7 +190,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, err: HTTPException):
-        code = _CODE_OF_HTTP.get(err.status_code, "INTERNAL")
+        status = err.status_code
+        code = _CODE_OF_HTTP.get(status, "INVALID_ARGUMENT" if status < 500 else "INTERNAL")
         message = f"{err.detail}: {request.method} {request.url.path}"
         # A 405 keeps Starlette's Allow header: the methods the path does take.
-        return error_response(request.url.path, code, message, headers=err.headers)
+        return error_response(
+            request.url.path,
+            code,
+            message,
+            status=None if status in _CODE_OF_HTTP else status,
+            headers=err.headers,
+        )

@@ -37,11 +37,13 @@ class Connection:
         self.key = key
         self.sockets = set()
 
-    def send(self, method: str, path: str, body: str | None = None):
+    def send(self, method: str, path: str, body: str | bytes | None = None):
         headers = {"Authorization": f"Bearer {self.key}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        self.conn.request(method, path, body=body.encode() if body else None, headers=headers)
+        if isinstance(body, str):
+            body = body.encode()
+        self.conn.request(method, path, body=body or None, headers=headers)
         response = self.conn.getresponse()
         data = response.read()
         self.sockets.add(id(self.conn.sock))
@@ -193,4 +195,19 @@ def test_clearly_invalid_openai_input_is_refused(keyed, path, body, field):
     conn = Connection(keyed.url)
     status, answer = _send(conn, "POST", path, json.dumps(body))
     _named(status, answer, field)
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/generate", 422), ("/v1/completions", 400), ("/v1/fine_tuning/jobs/validate", 400)],
+)
+def test_a_body_that_does_not_parse_is_a_4xx_not_a_500(keyed, path, status):
+    """Bytes that are not UTF-8 under a JSON content type: FastAPI raises its own 400 for
+    them, which the gateway answers in the API's error shape (found by the fuzzer)."""
+    conn = Connection(keyed.url, key="admin1")
+    response, answer = conn.send("POST", path, b'{"inputs": "\xff"}')
+    assert response.status == status, answer
+    message = answer["error"] if status == 422 else answer["error"]["message"]
+    assert "error parsing the body" in message
     conn.close()
