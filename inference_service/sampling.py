@@ -9,9 +9,14 @@ from .params import Parameters
 
 class NextTokenChooser:
     def __init__(self, params: Parameters, seed: int, device, constraint: Constraint | None = None):
+        # Scores are float32: a temperature or penalty beyond its range would be 0 or inf
+        # there, and 0 / 0 or 0 * inf NaN.
+        f32 = torch.finfo(torch.float32)
         self.penalty = params.repetition_penalty
+        if self.penalty is not None:
+            self.penalty = min(max(self.penalty, f32.tiny), f32.max)
         self.sampling = params.sampling
-        self.temperature = params.temperature or 1.0
+        self.temperature = min(max(params.temperature or 1.0, f32.tiny), f32.max)
         self.top_k = params.top_k
         self.top_p = params.top_p
         self.typical_p = params.typical_p
@@ -55,9 +60,13 @@ class NextTokenChooser:
             index = torch.tensor(prompt + generated, device=scores.device)
             seen = scores.gather(0, index)
             seen = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
-            scores = scores.scatter(0, index, seen)
+            # A penalty near 0 overflows a score to +inf: the largest finite one instead.
+            scores = scores.scatter(0, index, seen.clamp(max=torch.finfo(seen.dtype).max))
         if self.sampling:
-            scores = scores / self.temperature
+            # Shifted first, so that the best score is 0: a temperature near 0 then sends the
+            # others to -inf (greedy, its limit) instead of the best to +inf and the
+            # distribution to NaN. The softmax is the same.
+            scores = (scores - scores.max()) / self.temperature
         logprobs = torch.log_softmax(scores, dim=-1)
         top = []
         if self.top_n:

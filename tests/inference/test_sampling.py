@@ -1,5 +1,7 @@
 """The chooser's OpenAI-style adjustments on crafted logits: what they change and when."""
 
+import math
+
 import pytest
 import torch
 
@@ -36,6 +38,29 @@ def test_logit_bias_and_its_logprob():
     assert logprob == pytest.approx(torch.log_softmax(LOGITS + torch.eye(5)[4] * 2.6, 0)[4])
     # These rows cannot take the batched argmax.
     assert not chooser.plain_greedy and NextTokenChooser(Parameters(), 0, "cpu").plain_greedy
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"do_sample": True, "temperature": 5e-324},  # the smallest float above 0
+        {"do_sample": True, "temperature": 1e-40},
+        {"do_sample": True, "temperature": 1e308},
+        {"repetition_penalty": 5e-324},
+        {"do_sample": True, "repetition_penalty": 1e-45, "temperature": 1e-30},
+        {"repetition_penalty": 1e308, "top_n_tokens": 2},
+        {"do_sample": True, "repetition_penalty": 1e300, "temperature": 1e-300},
+    ],
+)
+def test_extreme_temperatures_and_penalties_still_choose(params):
+    """Found by fuzzing the gateway: a temperature or penalty near 0 overflowed the scores
+    and the softmax gave NaN, failing the whole engine step."""
+    chooser = NextTokenChooser(Parameters(**params), 0, "cpu")
+    token, logprob, top = chooser(LOGITS, [0, 2, 3], [])  # token 0's logit is 0
+    assert 0 <= token < 5 and not math.isnan(logprob)
+    assert all(not math.isnan(lp) for _, lp in top)
+    if params.get("temperature", 1) < 1e-20 and "repetition_penalty" not in params:
+        assert token == 2  # the limit of a temperature going to 0: greedy
 
 
 def test_typical_p_keeps_the_tokens_closest_to_the_entropy():
