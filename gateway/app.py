@@ -9,6 +9,7 @@ from gateway.auth import ApiKeys
 from gateway.backends import Backends
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.openapi import install as install_openapi
 from gateway.request_guard import RequestGuard
 from gateway.routes import adapters, evaluations, files, jobs, openai, tgi
 from gateway.settings import GatewaySettings
@@ -29,6 +30,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.metrics = metrics = GatewayMetrics(settings.max_adapter_label_values)
 
     install_error_handlers(app)
+    install_openapi(app)
     for module in (tgi, openai, jobs, files, adapters, evaluations):
         for router in module.routers:
             app.include_router(router)

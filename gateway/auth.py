@@ -2,8 +2,10 @@
 route but /health and /metrics needs a key, and mutating routes need an admin key."""
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.errors import PermissionDenied, Unauthenticated
 
@@ -38,11 +40,20 @@ def _matches(token: str, keys: list[str]) -> bool:
     return found
 
 
-async def require_key(request: Request) -> None:
+# Only names the scheme in the OpenAPI description; `ApiKeys.check` reads the header.
+_BEARER = HTTPBearer(
+    scheme_name="apiKey",
+    description="An API key as a bearer token, when the gateway has keys configured.",
+    auto_error=False,
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+async def require_key(request: Request, _: Bearer) -> None:
     """FastAPI dependency: any configured key."""
     request.app.state.api_keys.check(request.headers.get("authorization"), admin=False)
 
 
-async def require_admin(request: Request) -> None:
+async def require_admin(request: Request, _: Bearer) -> None:
     """FastAPI dependency: an admin key."""
     request.app.state.api_keys.check(request.headers.get("authorization"), admin=True)

@@ -6,9 +6,12 @@ import time
 from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import require_admin, require_key
+from gateway.openapi import ADAPTER_ERRORS, ADMIN
 from tuneyard.v1 import inference_pb2
 
-router = APIRouter(prefix="/v1/adapters", dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1/adapters", dependencies=[Depends(require_key)], responses=ADAPTER_ERRORS
+)
 
 
 def adapter_json(adapter: inference_pb2.Adapter, replicas: list[str] | None = None) -> dict:
@@ -37,7 +40,7 @@ async def list_adapters(request: Request) -> dict:
     return {"object": "list", "data": [adapter_json(a, where) for a, where in listed]}
 
 
-@router.post("/{adapter_id}/load", dependencies=[Depends(require_admin)])
+@router.post("/{adapter_id}/load", dependencies=[Depends(require_admin)], responses=ADMIN)
 async def load_adapter(request: Request, adapter_id: str) -> dict:
     start = time.perf_counter()
     adapter = await request.app.state.backends.inference.load_adapter(adapter_id)
@@ -48,7 +51,7 @@ async def load_adapter(request: Request, adapter_id: str) -> dict:
     return adapter_json(adapter)
 
 
-@router.post("/{adapter_id}/unload", dependencies=[Depends(require_admin)])
+@router.post("/{adapter_id}/unload", dependencies=[Depends(require_admin)], responses=ADMIN)
 async def unload_adapter(request: Request, adapter_id: str) -> dict:
     adapter = await request.app.state.backends.inference.unload_adapter(adapter_id)
     return adapter_json(adapter)

@@ -1,15 +1,26 @@
 """Evaluations (an adapter against prompting its base model), backed by the trainer's
-EvaluationService. The create body is the proto's EvaluationSpec as JSON."""
+EvaluationService. The create body is the proto's EvaluationSpec as JSON (its field names)."""
+
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from google.protobuf import json_format
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import require_admin, require_key
+from gateway.openapi import ADMIN, TRAINER_ERRORS
 from tuneyard.errors import InvalidArgument
+from tuneyard.jobspec import UINT32_MAX
 from tuneyard.v1 import evaluation_pb2 as pb
 
-router = APIRouter(prefix="/v1/evaluations", dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1/evaluations", dependencies=[Depends(require_key)], responses=TRAINER_ERRORS
+)
 routers = [router]
+
+UINT64_MAX = 2**64 - 1
+# The content types of the report formats (GetEvaluationReport), html and md.
+REPORT_CONTENT_TYPES = ("text/html", "text/markdown")
 
 STATUS = {
     pb.EVALUATION_QUEUED: "queued",
@@ -31,6 +42,44 @@ def evaluation_json(evaluation: pb.Evaluation) -> dict:
     return {"object": "evaluation", **body, "status": STATUS.get(evaluation.status, "queued")}
 
 
+class Check(BaseModel):
+    """evaluation.proto's Check: one check run on every answer."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["exact_match", "contains", "regex", "json_schema", "rouge_l"]
+    name: str = ""
+    value: str = ""
+    pattern: str = ""
+    fullmatch: bool = False
+    # The proto's name; another one here, as BaseModel has a `schema_json`.
+    schema_text: str = Field("", alias="schema_json")
+
+
+class EvaluationSpec(BaseModel):
+    """evaluation.proto's EvaluationSpec; what each field means is said there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_id: str = ""
+    job_id: str = ""
+    eval_file: str = ""
+    eval_file_id: str = ""
+    arms: list[Literal["zero_shot", "few_shot", "adapter"]] = []
+    compare_adapters: list[str] = []
+    few_shot_k: int = Field(0, ge=0, le=UINT32_MAX)
+    few_shot_file: str = ""
+    checks: list[Check] = []
+    max_new_tokens: int = Field(0, ge=0, le=UINT32_MAX)
+    do_sample: bool = False
+    # As the inference service takes them.
+    temperature: float | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int = Field(0, ge=0, le=UINT64_MAX)
+    stop: list[str] = []
+    limit: int = Field(0, ge=0, le=UINT32_MAX)
+
+
 def spec_from_json(body: dict) -> pb.EvaluationSpec:
     try:
         return json_format.ParseDict(body, pb.EvaluationSpec())
@@ -38,10 +87,11 @@ def spec_from_json(body: dict) -> pb.EvaluationSpec:
         raise InvalidArgument(f"invalid evaluation spec: {err}", param="body") from err
 
 
-@router.post("", dependencies=[Depends(require_admin)])
-async def create_evaluation(request: Request, body: dict) -> dict:
+@router.post("", dependencies=[Depends(require_admin)], responses=ADMIN)
+async def create_evaluation(request: Request, body: EvaluationSpec) -> dict:
+    spec = spec_from_json(body.model_dump(exclude_unset=True, by_alias=True))
     evaluation = await request.app.state.backends.evaluations.call(
-        "CreateEvaluation", pb.CreateEvaluationRequest(spec=spec_from_json(body))
+        "CreateEvaluation", pb.CreateEvaluationRequest(spec=spec)
     )
     return evaluation_json(evaluation)
 
@@ -68,7 +118,7 @@ async def get_evaluation(request: Request, evaluation_id: str) -> dict:
     return evaluation_json(evaluation)
 
 
-@router.post("/{evaluation_id}/cancel", dependencies=[Depends(require_admin)])
+@router.post("/{evaluation_id}/cancel", dependencies=[Depends(require_admin)], responses=ADMIN)
 async def cancel_evaluation(request: Request, evaluation_id: str) -> dict:
     evaluation = await request.app.state.backends.evaluations.call(
         "CancelEvaluation", pb.CancelEvaluationRequest(evaluation_id=evaluation_id)
@@ -76,8 +126,19 @@ async def cancel_evaluation(request: Request, evaluation_id: str) -> dict:
     return evaluation_json(evaluation)
 
 
-@router.get("/{evaluation_id}/report.{fmt}")
-async def evaluation_report(request: Request, evaluation_id: str, fmt: str) -> Response:
+@router.get(
+    "/{evaluation_id}/report.{fmt}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The report of a finished evaluation, in the format asked for.",
+            "content": {t: {"schema": {"type": "string"}} for t in REPORT_CONTENT_TYPES},
+        }
+    },
+)
+async def evaluation_report(
+    request: Request, evaluation_id: str, fmt: Literal["html", "md"]
+) -> Response:
     report = await request.app.state.backends.evaluations.call(
         "GetEvaluationReport",
         pb.GetEvaluationReportRequest(evaluation_id=evaluation_id, format=fmt),

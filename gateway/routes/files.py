@@ -6,9 +6,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
 from gateway.auth import require_admin, require_key
+from gateway.openapi import ADMIN, TRAINER_ERRORS
 from tuneyard.v1 import trainer_pb2
 
-router = APIRouter(prefix="/v1/files", dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1/files", dependencies=[Depends(require_key)], responses=TRAINER_ERRORS
+)
 
 
 def file_json(info: trainer_pb2.File) -> dict:
@@ -22,9 +25,12 @@ def file_json(info: trainer_pb2.File) -> dict:
     }
 
 
-@router.post("", dependencies=[Depends(require_admin)])
+@router.post("", dependencies=[Depends(require_admin)], responses=ADMIN)
 async def upload_file(
-    request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]
+    request: Request,
+    file: Annotated[UploadFile, File()],
+    # The trainer refuses any other (trainer_service/files.py, naming the field).
+    purpose: Annotated[str, Form(json_schema_extra={"enum": ["fine-tune"]})],
 ) -> dict:
     content = await file.read()
     info = await request.app.state.backends.trainer.call(

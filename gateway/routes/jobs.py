@@ -13,15 +13,18 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from google.protobuf import json_format
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from gateway.auth import require_admin, require_key
+from gateway.openapi import ADMIN, TEMPLATE_REFUSED, TRAINER_ERRORS, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import UINT32_MAX, JobSpec
 from tuneyard.v1 import trainer_pb2
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1/fine_tuning/jobs", dependencies=[Depends(require_key)], responses=TRAINER_ERRORS
+)
 
 # OpenAI's learning_rate_multiplier is relative to this learning rate.
 LEARNING_RATE_UNIT = 2e-4
@@ -46,15 +49,40 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
 
 
+def _inline(schema, defs: dict):
+    """`schema` with each `$ref` into `defs` replaced by the definition."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+        return {key: _inline(value, defs) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inline(item, defs) for item in schema]
+    return schema
+
+
+def _tuneyard_schema() -> dict:
+    """JobSpec's fields, as `tuneyard` takes them: the OpenAI fields may give base_model,
+    data and adapter_name; the template has no OpenAI field, so it is required here."""
+    schema = JobSpec.model_json_schema()
+    schema = _inline({k: v for k, v in schema.items() if k != "$defs"}, schema["$defs"])
+    return {**schema, "title": "Tuneyard", "required": ["template"]}
+
+
+def _tuneyard_required(schema: dict) -> None:
+    # Without `tuneyard` the request is refused (no template): the schema says so, while the
+    # refusal itself names every JobSpec field that is missing.
+    schema["required"] = [*schema.get("required", []), "tuneyard"]
+
+
 class CreateJobBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_tuneyard_required)
 
     model: str | None = None
-    training_file: str | None = None
-    suffix: str | None = None
+    training_file: str | None = Field(None, description="An uploaded file id or a server path.")
+    suffix: str | None = Field(None, description="The adapter's name.")
     hyperparameters: Hyperparameters | None = None
     seed: int | None = Field(None, ge=0, le=UINT32_MAX)
-    tuneyard: dict = Field(default_factory=dict)
+    tuneyard: Annotated[dict, WithJsonSchema(_tuneyard_schema())] = Field(default_factory=dict)
 
 
 def _put(spec: dict, path: tuple[str, ...], value, source: str) -> None:
@@ -174,7 +202,7 @@ def event_seq(event_id: str) -> int:
     return int(seq)
 
 
-@router.post("", dependencies=[Depends(require_admin)])
+@router.post("", dependencies=[Depends(require_admin)], responses=ADMIN | TEMPLATE_REFUSED)
 async def create_job(request: Request, body: CreateJobBody) -> dict:
     spec = spec_from_body(body)
     job = await request.app.state.backends.trainer.call(
@@ -183,7 +211,7 @@ async def create_job(request: Request, body: CreateJobBody) -> dict:
     return job_json(job)
 
 
-@router.post("/validate")
+@router.post("/validate", responses=TEMPLATE_REFUSED)
 async def validate_job(request: Request, body: CreateJobBody) -> dict:
     """The validation a job would get, with token-length statistics, without a job."""
     spec = spec_from_body(body)
@@ -241,7 +269,7 @@ async def get_job(request: Request, job_id: str) -> dict:
     return job_json(job)
 
 
-@router.post("/{job_id}/cancel", dependencies=[Depends(require_admin)])
+@router.post("/{job_id}/cancel", dependencies=[Depends(require_admin)], responses=ADMIN)
 async def cancel_job(request: Request, job_id: str) -> dict:
     job = await request.app.state.backends.trainer.call(
         "CancelJob", trainer_pb2.CancelJobRequest(job_id=job_id)
@@ -249,7 +277,10 @@ async def cancel_job(request: Request, job_id: str) -> dict:
     return job_json(job)
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    responses={200: event_stream("With `stream=true`: the events, then `data: [DONE]`.")},
+)
 async def job_events(
     request: Request,
     job_id: str,
@@ -316,7 +347,9 @@ async def list_checkpoints(
     }
 
 
-@router.post("/{job_id}/checkpoints/{step}/publish", dependencies=[Depends(require_admin)])
+@router.post(
+    "/{job_id}/checkpoints/{step}/publish", dependencies=[Depends(require_admin)], responses=ADMIN
+)
 async def publish_checkpoint(
     request: Request, job_id: str, step: Annotated[int, Path(ge=1, le=UINT32_MAX)]
 ) -> dict:

@@ -12,11 +12,13 @@ from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import require_key
 from gateway.backends import Backends
+from gateway.openapi import OPENAI_ERRORS, event_stream
 from gateway.routes.openai_requests import NO_TOOL, ChatRequest, CompletionRequest, SamplingRequest
 from gateway.sse import event_response
 from tuneyard.v1 import inference_pb2
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=OPENAI_ERRORS)
+STREAMED = {200: event_stream("With `stream: true`: chunks as events, then `data: [DONE]`.")}
 
 FINISH_REASONS = {
     inference_pb2.LENGTH: "length",
@@ -318,7 +320,7 @@ class _Answer:
         return event_response(self.request.url.path, events(), done_marker=True)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=STREAMED)
 async def completions(request: Request, body: CompletionRequest):
     answer = _Answer(request, body, chat=False)
     adapter = await adapter_for(answer.backends, body.model)
@@ -337,7 +339,7 @@ async def completions(request: Request, body: CompletionRequest):
     return await answer.complete(requests)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=STREAMED)
 async def chat_completions(request: Request, body: ChatRequest):
     answer = _Answer(request, body, chat=True)
     adapter = await adapter_for(answer.backends, body.model)

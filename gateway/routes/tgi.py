@@ -9,9 +9,11 @@ import time
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.auth import require_key
+from gateway.openapi import TGI_ERRORS, TgiError, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, Unavailable
 from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
@@ -19,7 +21,7 @@ from tuneyard.sampling import is_sampling
 from tuneyard.v1 import inference_pb2
 
 router = APIRouter()
-authed = APIRouter(dependencies=[Depends(require_key)])
+authed = APIRouter(dependencies=[Depends(require_key)], responses=TGI_ERRORS)
 
 FINISH_REASONS = {
     inference_pb2.LENGTH: "length",
@@ -286,12 +288,18 @@ async def generate_route(request: Request, req: GenerateRequest) -> dict:
     return await generate(request, req)
 
 
-@authed.post("/generate_stream")
+@authed.post(
+    "/generate_stream",
+    response_class=StreamingResponse,
+    responses={200: event_stream("One event per generated token; the last one has details.")},
+)
 async def generate_stream_route(request: Request, req: GenerateRequest):
     return await generate_stream(request, req)
 
 
-@authed.post("/")
+@authed.post(
+    "/", responses={200: event_stream("With `stream: true`: the events of /generate_stream.")}
+)
 async def compat_route(request: Request, req: GenerateRequest):
     """TGI's compatibility route: a stream when `stream` is true, else a one-element list."""
     if req.stream:
@@ -332,7 +340,15 @@ async def info_route(request: Request) -> dict:
     }
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    response_class=Response,
+    responses={
+        # As TGI's: an empty body, no content type.
+        200: {"description": "The inference service is serving.", "content": {}},
+        503: {"model": TgiError, "description": "The inference service is not serving."},
+    },
+)
 async def health_route(request: Request) -> Response:
     if not await request.app.state.backends.inference.serving():
         raise Unavailable("inference service is not serving")

@@ -123,8 +123,9 @@ def test_http_create_get_list_and_reports(stack, heldout, train_rows):
     ("change", "status", "words"),
     [
         ({"checks": [{"type": "regex", "pattern": "("}]}, 400, "pattern does not compile"),
-        ({"checks": "rouge_l"}, 400, "invalid evaluation spec"),
-        ({"checks": [{"kind": "rouge_l"}]}, 400, "invalid evaluation spec"),
+        # Refused by the gateway, naming the field (the spec's model in its OpenAPI).
+        ({"checks": "rouge_l"}, 400, "checks: Input should be a valid list"),
+        ({"checks": [{"kind": "rouge_l"}]}, 400, "checks.0.kind: Extra inputs are not permitted"),
         ({"adapter_id": "ghost"}, 404, "adapter 'ghost' not found"),
         ({"eval_file": "/no/such/file.jsonl"}, 400, "does not exist"),
     ],

@@ -211,3 +211,10 @@ def test_a_body_that_does_not_parse_is_a_4xx_not_a_500(keyed, path, status):
     message = answer["error"] if status == 422 else answer["error"]["message"]
     assert "error parsing the body" in message
     conn.close()
+
+
+def test_an_unknown_report_format_is_refused_before_the_backend(keyed):
+    conn = Connection(keyed.url)
+    status, answer = _send(conn, "GET", "/v1/evaluations/eval-1/report.pdf")
+    _named(status, answer, "fmt")
+    conn.close()
