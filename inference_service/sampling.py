@@ -85,7 +85,9 @@ class NextTokenChooser:
             entropy = -(probs * kept).nansum()
             order = (-kept - entropy).abs().argsort()
             mass_before = probs[order].cumsum(0) - probs[order]
-            kept[order[mass_before >= self.typical_p]] = -float("inf")
+            drop = mass_before >= self.typical_p
+            drop[0] = False  # a typical_p that is 0 to float32 keeps the most typical
+            kept[order[drop]] = -float("inf")
         if self.top_p is not None and self.top_p < 1.0:
             sorted_lp, order = torch.sort(kept, descending=True)
             cumulative = sorted_lp.exp().cumsum(0)

@@ -50,6 +50,8 @@ def test_logit_bias_and_its_logprob():
         {"do_sample": True, "repetition_penalty": 1e-45, "temperature": 1e-30},
         {"repetition_penalty": 1e308, "top_n_tokens": 2},
         {"do_sample": True, "repetition_penalty": 1e300, "temperature": 1e-300},
+        {"temperature": 5e-324, "top_p": 5e-324, "typical_p": 5e-324},
+        {"typical_p": 1e-50, "top_k": 1},
     ],
 )
 def test_extreme_temperatures_and_penalties_still_choose(params):
