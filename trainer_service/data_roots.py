@@ -25,7 +25,10 @@ class DataRoots:
         return cls(settings.data_dirs or [files_dir(settings), EXAMPLES_DIR])
 
     def allows(self, path: str | Path) -> bool:
-        resolved = Path(path).expanduser().resolve()
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (ValueError, OSError):  # no file can have that name (a NUL byte in it)
+            return False
         return any(resolved.is_relative_to(root) for root in self.roots)
 
     def check(self, path: str | Path, param: str) -> None:

@@ -11,6 +11,7 @@ from trainer_service.files import files_dir
 from trainer_service.settings import TrainerSettings
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
+from tuneyard.v1 import evaluation_pb2
 
 
 def spec(**data) -> JobSpec:
@@ -41,6 +42,18 @@ def test_a_path_elsewhere_is_refused_the_same_whether_or_not_it_exists(roots, pa
         roots.check_spec(spec(path=path))
     assert err.value.param == "data.path"
     assert "data folders" in err.value.message and path not in err.value.message
+
+
+def test_a_path_no_file_can_have_is_refused_not_an_error(roots, tmp_path):
+    """Found by the gateway's fuzz test: a NUL byte made resolve() raise ValueError, a 500."""
+    for path in [str(tmp_path / "data" / "x\x00.jsonl"), "\x00"]:
+        with pytest.raises(InvalidArgument) as err:
+            roots.check_spec(spec(path=path))
+        assert err.value.param == "data.path"
+    evaluation = evaluation_pb2.EvaluationSpec(few_shot_file="a\x00b")
+    with pytest.raises(InvalidArgument) as err:
+        roots.check_evaluation(evaluation)
+    assert err.value.param == "few_shot_file"
 
 
 def test_dot_dot_and_links_out_of_a_root_are_refused(roots, tmp_path):
