@@ -180,7 +180,12 @@ def run_plain(args, spec: JobSpec, work: Path) -> dict:
 # --- the service ---------------------------------------------------------------------------
 def run_service(args, spec: JobSpec, home: Path) -> dict:
     settings = TrainerSettings(
-        home=home, trainer_port=0, trainer_metrics_port=0, trainer_device=args.device
+        home=home,
+        trainer_port=0,
+        trainer_metrics_port=0,
+        trainer_device=args.device,
+        # The benchmark's own data file is the one server path this trainer may read.
+        data_dirs=[Path(spec.data.path).parent] if spec.data.path else [],
     )
     running = serve(settings)
     start = time.monotonic()

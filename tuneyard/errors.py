@@ -3,8 +3,9 @@ gRPC status codes and HTTP statuses in one place each."""
 
 import re
 
-# An absolute path (two segments or more) that does not continue a URL or a word.
-_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.@+~-]+/)+([\w.@+~-]+)/?")
+# An absolute path (two segments or more) that does not continue a URL or a word, and is
+# not one of the API's own routes ("/v1/files").
+_PATH = re.compile(r"(?<![\w:/.~-])/(?!v1/)(?:[\w.@+~-]+/)+([\w.@+~-]+)/?")
 
 
 class TuneyardError(Exception):
