@@ -6,7 +6,15 @@ sends its `HTTPValidationError` body (validation errors are 400 with OpenAI's bo
 with TGI's on the TGI routes; see gateway/errors.py)."""
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    """Base of the request bodies: each field takes the JSON type its schema names (strict:
+    no "1" or true where a number is due, no 1 where a boolean is; an integer is a number).
+    Pydantic's lax coercions would accept what the published schema refuses."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class TgiError(BaseModel):

@@ -153,10 +153,11 @@ class JobSpec(_Strict):
 
     # --- conversions -------------------------------------------------------------------
     @classmethod
-    def parse(cls, data: dict) -> "JobSpec":
-        """Validate a plain dict; errors become one InvalidArgument naming every field."""
+    def parse(cls, data: dict, strict: bool = False) -> "JobSpec":
+        """Validate a plain dict; errors become one InvalidArgument naming every field.
+        `strict`: JSON types only (an HTTP body), no YAML-friendly coercions ("2e-4")."""
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, strict=strict)
         except ValidationError as err:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in err.errors()

@@ -5,10 +5,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from google.protobuf import json_format
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from gateway.auth import require_admin, require_key
-from gateway.openapi import ADMIN, TRAINER_ERRORS
+from gateway.openapi import ADMIN, TRAINER_ERRORS, Body
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import UINT32_MAX
 from tuneyard.v1 import evaluation_pb2 as pb
@@ -42,7 +42,7 @@ def evaluation_json(evaluation: pb.Evaluation) -> dict:
     return {"object": "evaluation", **body, "status": STATUS.get(evaluation.status, "queued")}
 
 
-class Check(BaseModel):
+class Check(Body):
     """evaluation.proto's Check: one check run on every answer."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -56,7 +56,7 @@ class Check(BaseModel):
     schema_text: str = Field("", alias="schema_json")
 
 
-class EvaluationSpec(BaseModel):
+class EvaluationSpec(Body):
     """evaluation.proto's EvaluationSpec; what each field means is said there."""
 
     model_config = ConfigDict(extra="forbid")

@@ -13,10 +13,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from google.protobuf import json_format
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import ConfigDict, Field, WithJsonSchema
 
 from gateway.auth import require_admin, require_key
-from gateway.openapi import ADMIN, TEMPLATE_REFUSED, TRAINER_ERRORS, event_stream
+from gateway.openapi import ADMIN, TEMPLATE_REFUSED, TRAINER_ERRORS, Body, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import UINT32_MAX, JobSpec
@@ -41,7 +41,7 @@ CHECKPOINT_ID_PREFIX = "ftckpt-"
 FILE_ID_PREFIX = "file-"
 
 
-class Hyperparameters(BaseModel):
+class Hyperparameters(Body):
     model_config = ConfigDict(extra="forbid")
 
     n_epochs: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
@@ -74,7 +74,7 @@ def _tuneyard_required(schema: dict) -> None:
     schema["required"] = [*schema.get("required", []), "tuneyard"]
 
 
-class CreateJobBody(BaseModel):
+class CreateJobBody(Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_tuneyard_required)
 
     model: str | None = None
@@ -127,7 +127,8 @@ def spec_from_body(body: CreateJobBody) -> JobSpec:
             hp.learning_rate_multiplier * LEARNING_RATE_UNIT,
             "hyperparameters.learning_rate_multiplier",
         )
-    return JobSpec.parse(spec)
+    # Strict, as the request body: the JSON types the schema of `tuneyard` says.
+    return JobSpec.parse(spec, strict=True)
 
 
 def _optional(message, field: str):

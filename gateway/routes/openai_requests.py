@@ -4,19 +4,20 @@ with the reason, and what each becomes in the inference service's GenerationPara
 
 import contextlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, Strict, field_validator, model_validator
 
+from gateway.openapi import Body
 from gateway.routes.tgi import UINT32_MAX
 from tuneyard.v1 import inference_pb2
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Body):
     include_usage: bool | None = False
 
 
-class SamplingRequest(BaseModel):
+class SamplingRequest(Body):
     """Fields both endpoints share. Unknown fields are ignored; known ones this server cannot
     honour are refused when not at their default."""
 
@@ -35,7 +36,8 @@ class SamplingRequest(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     # Token id (a string in JSON) -> bias added to its logit.
-    logit_bias: dict[int, float] | None = None
+    # (JSON keys are strings: an id is read from one.)
+    logit_bias: dict[Annotated[int, Strict(False)], float] | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -148,12 +150,12 @@ class CompletionRequest(SamplingRequest):
         return [self.prompt] if isinstance(self.prompt, str) else self.prompt
 
 
-class TextPart(BaseModel):
+class TextPart(Body):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
+class Message(Body):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
@@ -176,22 +178,22 @@ class Message(BaseModel):
         return self.content or ""
 
 
-class Function(BaseModel):
+class Function(Body):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str = ""
     parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
-class Tool(BaseModel):
+class Tool(Body):
     type: Literal["function"]
     function: Function
 
 
-class FunctionName(BaseModel):
+class FunctionName(Body):
     name: str
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(Body):
     type: Literal["function"]
     function: FunctionName
 
@@ -206,14 +208,14 @@ def _call_json(call: dict) -> dict:
     return {"name": function.get("name", ""), "arguments": arguments}
 
 
-class JsonSchema(BaseModel):
+class JsonSchema(Body):
     model_config = ConfigDict(extra="ignore")
 
     name: str = ""
     schema_: dict = Field(default_factory=dict, alias="schema")
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(Body):
     """text; json_object (any JSON object); json_schema (JSON matching the schema)."""
 
     type: Literal["text", "json_object", "json_schema"]

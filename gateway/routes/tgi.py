@@ -10,10 +10,10 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from gateway.auth import require_key
-from gateway.openapi import TGI_ERRORS, TgiError, event_stream
+from gateway.openapi import TGI_ERRORS, Body, TgiError, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, Unavailable
 from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
@@ -32,7 +32,7 @@ UINT32_MAX = 2**32 - 1  # the proto's counts are uint32
 MAX_BEST_OF = 4
 
 
-class Grammar(BaseModel):
+class Grammar(Body):
     """TGI's grammar: a JSON schema (an object, or its JSON text) or a regular expression."""
 
     type: Literal["json", "regex"]
@@ -43,7 +43,7 @@ class Grammar(BaseModel):
         return inference_pb2.Grammar(type=self.type, value=value)
 
 
-class Parameters(BaseModel):
+class Parameters(Body):
     """TGI's `parameters`; every field may arrive as null. Unknown fields are ignored, as
     TGI does; known ones this server cannot honour are refused when not at their default."""
 
@@ -94,7 +94,7 @@ class Parameters(BaseModel):
         return self
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(Body):
     inputs: str = ""
     parameters: Parameters | None = None
     # Only `POST /` reads it.

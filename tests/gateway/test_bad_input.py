@@ -218,3 +218,36 @@ def test_an_unknown_report_format_is_refused_before_the_backend(keyed):
     status, answer = _send(conn, "GET", "/v1/evaluations/eval-1/report.pdf")
     _named(status, answer, "fmt")
     conn.close()
+
+
+TEMPLATE = {"prompt": "{{ product }}", "response": "{{ email }}"}
+CHAT = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/generate", {"inputs": "x", "parameters": {"top_k": False}}, "parameters.top_k"),
+        ("/generate", {"inputs": "x", "parameters": {"seed": "5"}}, "parameters.seed"),
+        ("/generate", {"inputs": "x", "stream": 1}, "stream"),
+        ("/v1/chat/completions", {"model": "m", "messages": CHAT, "n": True}, "n"),
+        ("/v1/completions", {"model": "m", "prompt": "x", "max_tokens": 5.0}, "max_tokens"),
+        ("/v1/completions", {"model": "m", "prompt": "x", "echo": "false"}, "echo"),
+        (
+            "/v1/fine_tuning/jobs/validate",
+            {"training_file": "file-1", "suffix": "a",
+             "tuneyard": {"template": TEMPLATE, "training": {"max_steps": "1"}}},
+            "training.max_steps",
+        ),
+        ("/v1/fine_tuning/jobs/validate", {"seed": True, "tuneyard": {}}, "seed"),
+        ("/v1/evaluations", {"adapter_id": "a", "limit": True}, "limit"),
+        ("/v1/evaluations", {"checks": [{"type": "regex", "fullmatch": 1}]}, "checks.0.fullmatch"),
+    ],
+)  # fmt: skip
+def test_a_value_of_another_json_type_than_the_schema_says_is_refused(keyed, path, body, field):
+    """Found by the fuzz test: Pydantic's lax mode took "5" or false for a number, 1 for a
+    boolean, where the published schema refuses them; the request bodies are strict now."""
+    conn = Connection(keyed.url, key="admin1")
+    status, answer = _send(conn, "POST", path, json.dumps(body))
+    _named(status, answer, field)
+    conn.close()
