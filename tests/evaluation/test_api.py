@@ -127,7 +127,7 @@ def test_http_create_get_list_and_reports(stack, heldout, train_rows):
         ({"checks": "rouge_l"}, 400, "checks: Input should be a valid list"),
         ({"checks": [{"kind": "rouge_l"}]}, 400, "checks.0.kind: Extra inputs are not permitted"),
         ({"adapter_id": "ghost"}, 404, "adapter 'ghost' not found"),
-        ({"eval_file": "/no/such/file.jsonl"}, 400, "does not exist"),
+        ({"eval_file": "/no/such/file.jsonl"}, 400, "only from its data folders"),
     ],
 )
 def test_http_bad_input(stack, heldout, train_rows, change, status, words):

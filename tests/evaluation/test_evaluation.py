@@ -234,7 +234,9 @@ def test_shots_are_fitted_to_the_context(make_service, heldout, train_rows, tiny
         ({"arms": ["two_shot"]}, InvalidArgument, "unknown arm 'two_shot'"),
         ({"few_shot_file": ""}, InvalidArgument, "give few_shot_file or a job_id"),
         ({"eval_file": ""}, InvalidArgument, "give eval_file"),
-        ({"eval_file": "/no/such.jsonl"}, InvalidArgument, "does not exist"),
+        ({"eval_file": "MISSING"}, InvalidArgument, "does not exist"),
+        ({"eval_file": "/no/such.jsonl"}, InvalidArgument, "only from its data folders"),
+        ({"few_shot_file": "/etc/passwd"}, InvalidArgument, "only from its data folders"),
         ({"adapter_id": ""}, InvalidArgument, "give adapter_id or job_id"),
         ({"job_id": "ftjob-missing"}, NotFound, "job 'ftjob-missing' not found"),
     ],
@@ -242,6 +244,8 @@ def test_shots_are_fitted_to_the_context(make_service, heldout, train_rows, tiny
 def test_bad_input_fails_before_any_generation(
     make_service, heldout, train_rows, inference, change, error, words
 ):
+    if change.get("eval_file") == "MISSING":  # a file in a data folder that does not exist
+        change = {"eval_file": str(heldout.parent / "missing.jsonl")}
     service = make_service()
     before = inference_requests(inference)
     with pytest.raises(error) as err:
