@@ -14,12 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tuneyard.adapter_store import check_name
 from tuneyard.errors import InvalidArgument
+from tuneyard.protos import UINT32_MAX
 from tuneyard.templates import ChatTemplate, PromptTemplate
 from tuneyard.v1 import evaluation_pb2, trainer_pb2
 
 ALL_LINEAR = "all-linear"
-# The proto's counters are uint32: a larger number is refused here, naming its field.
-UINT32_MAX = 2**32 - 1
 
 
 class _Strict(BaseModel):

@@ -14,5 +14,9 @@ def optional_fields(descriptor: Descriptor) -> tuple[str, ...]:
     )
 
 
+# The protos' counters (token counts, steps, seeds of a job) are uint32: a larger number is
+# refused where it enters, naming its field.
+UINT32_MAX = 2**32 - 1
+
 # The sampling parameters a request may leave unset, for the engine to pick its default.
 OPTIONAL_GENERATION_PARAMETERS = optional_fields(inference_pb2.GenerationParameters.DESCRIPTOR)

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field
 from gateway.auth import require_admin, require_key
 from gateway.openapi import ADMIN, TRAINER_ERRORS, Body
 from tuneyard.errors import InvalidArgument
-from tuneyard.jobspec import UINT32_MAX
+from tuneyard.protos import UINT32_MAX
 from tuneyard.v1 import evaluation_pb2 as pb
 
 router = APIRouter(

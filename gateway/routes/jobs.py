@@ -19,7 +19,8 @@ from gateway.auth import require_admin, require_key
 from gateway.openapi import ADMIN, TEMPLATE_REFUSED, TRAINER_ERRORS, Body, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument
-from tuneyard.jobspec import UINT32_MAX, JobSpec
+from tuneyard.jobspec import JobSpec
+from tuneyard.protos import UINT32_MAX
 from tuneyard.v1 import trainer_pb2
 
 router = APIRouter(

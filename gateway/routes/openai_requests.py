@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, Strict, field_validator, model_validator
 
 from gateway.openapi import Body
-from gateway.routes.tgi import UINT32_MAX
+from tuneyard.protos import UINT32_MAX
 from tuneyard.v1 import inference_pb2
 
 

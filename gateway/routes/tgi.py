@@ -16,7 +16,7 @@ from gateway.auth import require_key
 from gateway.openapi import TGI_ERRORS, Body, TgiError, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, Unavailable
-from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
+from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS, UINT32_MAX
 from tuneyard.sampling import is_sampling
 from tuneyard.v1 import inference_pb2
 
@@ -28,7 +28,6 @@ FINISH_REASONS = {
     inference_pb2.EOS_TOKEN: "eos_token",
     inference_pb2.STOP_SEQUENCE: "stop_sequence",
 }
-UINT32_MAX = 2**32 - 1  # the proto's counts are uint32
 MAX_BEST_OF = 4
 
 
