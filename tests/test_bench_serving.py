@@ -34,4 +34,15 @@ def test_serving_benchmark_runs_the_gpu_path_on_a_tiny_llama(tmp_path, capsys):
     hot = result["service"]["hot_load"]
     assert hot["adapter"] == "bench-0@2" and hot["new_version_loaded"]
     assert set(result["targets"]) >= {"speedup_met", "gateway_overhead_met"}
+    bound = result["bound"]
+    assert bound["static_batch_rows"] == 4 and bound["static_batch_tokens_per_s"] > 0
+    assert bound["one_stream_tokens_per_s"] > 0
+    assert result["ratios"]["concurrent_vs_bound"] == pytest.approx(
+        load["tokens_per_s"] / bound["static_batch_tokens_per_s"]
+    )
+    assert result["ratios"]["one_stream_vs_bound"] > 0
+    over = result["service"]["gateway_overhead"]
+    assert over["repeats"] == 3 and len(over["overhead_p50_ms_each"]) == 3
+    low, high = over["overhead_p50_ms_spread"]
+    assert low <= over["overhead_p50_ms"] <= high
     assert "speed-up over naive" in capsys.readouterr().out
