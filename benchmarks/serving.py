@@ -12,7 +12,7 @@
   measured against it (`ratios`): what the machine does when nothing else is in the way.
 
 CPU (default): the embedded SmolLM2-135M, 16 clients over 4 random r=16 q/v adapters.
-GPU host: `--model llama-1b --device cuda --dtype bfloat16 --clients 64 --adapters 8`
+GPU host: `--model llama-1b --device cuda --clients 64 --adapters 8` (bf16 there)
 (a randomly initialised 1.1B Llama). `--model llama-tiny` runs that same path on a CPU.
 Writes benchmarks/results/serving-<time>.json and prints a table.
 """
@@ -35,7 +35,7 @@ import torch
 
 from tuneyard.adapter_store import AdapterStore, Manifest
 from tuneyard.local_stack import LocalStack
-from tuneyard.modeling import resolve_base_model
+from tuneyard.modeling import pick_dtype, resolve_base_model
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -95,11 +95,24 @@ WORDS = [
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    # Resolved once, so the naive run, the bound and the service all use the same dtype.
+    args.dtype = str(pick_dtype(args.dtype, args.device, cpu_bf16_if_native=True))
+    args.dtype = args.dtype.removeprefix("torch.")
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="embedded", help="embedded, llama-1b, llama-tiny or a path")
     p.add_argument("--home", type=Path, default=Path(".tuneyard"), help="holds the embedded model")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="bfloat16", help="both sides use it")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="both sides use it; auto: the service's choice on this machine (bf16 on GPUs and "
+        "on CPUs with native bf16, else fp32)",
+    )
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads on both sides; 0: torch's default"
     )
@@ -117,7 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bound-one-stream-requests", type=int, default=4)
     p.add_argument("--max-batch-wait-ms", type=float, default=20)
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
-    return p.parse_args(argv)
+    return p
 
 
 # --- setup ---------------------------------------------------------------------------------

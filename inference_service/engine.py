@@ -112,7 +112,7 @@ class Engine:
     def load(cls, settings: InferenceSettings, metrics: Metrics | None = None) -> "Engine":
         base = resolve_base_model(settings.resolved_base_model)
         device = pick_device(settings.device)
-        dtype = pick_dtype(settings.dtype, device)
+        dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
         log.info("loading %s on %s (%s)", base.id, device, dtype)
         model = load_model(base, device=device, dtype=dtype, quantization=settings.quantization)
         return cls(settings, base, model, load_tokenizer(base), metrics)

@@ -12,7 +12,11 @@ class InferenceSettings(CommonSettings):
     inference_port: int = 50052
     inference_metrics_port: int = Field(9102, description="Prometheus /metrics port; 0 = off.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1...")
-    dtype: str = Field("auto", description="auto (bf16 on GPUs, fp32 on CPUs) or a torch dtype.")
+    dtype: str = Field(
+        "auto",
+        description="auto (bf16 on GPUs and on CPUs with native bf16, AMX or AVX512-BF16; "
+        "fp32 on other CPUs) or a torch dtype.",
+    )
     quantization: Literal["none", "8bit", "4bit"] = "none"
     merged_adapter: str = Field(
         "", description="Serve only this adapter, merged into the base weights; '' = off."

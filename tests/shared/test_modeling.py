@@ -80,3 +80,17 @@ def test_unknown_hub_id_names_the_model(tmp_path, tiny_llama):
 def test_default_targets_per_family():
     assert default_target_modules("llama") == ["q_proj", "v_proj"]
     assert default_target_modules("bloom") == ["query_key_value"]
+
+
+def test_auto_dtype_is_bf16_on_a_cpu_only_where_it_is_native(monkeypatch):
+    import torch
+
+    from tuneyard import modeling
+
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: False)
+    assert modeling.pick_dtype("auto", "cpu", cpu_bf16_if_native=True) is torch.float32
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: True)
+    assert modeling.pick_dtype("auto", "cpu", cpu_bf16_if_native=True) is torch.bfloat16
+    assert modeling.pick_dtype("auto", "cpu") is torch.float32  # training keeps fp32
+    assert modeling.pick_dtype("auto", "cuda") is torch.bfloat16
+    assert modeling.pick_dtype("float16", "cpu") is torch.float16
