@@ -29,23 +29,34 @@ BASE_SLOT = 0
 
 
 class LoraRouting:
-    """Which adapter slot each row of the next forward uses."""
+    """Which adapter slot each row of the next forward uses: one adapter for the whole
+    batch (`only`), no adapter at all, or a mix, where each layer computes every slot's
+    LoRA product for every row in two matmuls and keeps each row's own slot (`mask`)."""
 
     def __init__(self):
-        self.groups: dict[int, torch.Tensor | None] = {}
+        self.only: int | None = None  # the one slot of a batch that is all one adapter
+        self.mixed = False
         self.slots: torch.Tensor | None = None  # [rows] slot ids; set for fixed-shape decode
+        self._row_slots: torch.Tensor | None = None
+        self._masks: dict[tuple, torch.Tensor] = {}
 
     def set_rows(self, slots: list[int], device) -> None:
-        self.slots = None
-        distinct = set(slots) - {BASE_SLOT}
-        if len(distinct) == 1 and BASE_SLOT not in slots:
-            # The common case: the whole batch on one adapter needs no row indexing.
-            self.groups = {distinct.pop(): None}
-            return
-        self.groups = {
-            slot: torch.tensor([i for i, s in enumerate(slots) if s == slot], device=device)
-            for slot in distinct
-        }
+        self.slots, self._masks = None, {}
+        adapters = set(slots) - {BASE_SLOT}
+        uniform = len(adapters) == 1 and BASE_SLOT not in slots
+        # The common case: the whole batch on one adapter needs no row indexing.
+        self.only = next(iter(adapters)) if uniform else None
+        self.mixed = bool(adapters) and not uniform
+        if self.mixed:
+            self._row_slots = torch.tensor(slots, device=device)
+
+    def mask(self, num_slots: int, dtype: torch.dtype) -> torch.Tensor:
+        """[rows, num_slots]: 1 at each row's slot. Built once per forward, not per layer."""
+        key = (num_slots, dtype)
+        if key not in self._masks:
+            one_hot = torch.nn.functional.one_hot(self._row_slots, num_slots)
+            self._masks[key] = one_hot.to(dtype)
+        return self._masks[key]
 
 
 class LoraLinear(nn.Module):
@@ -57,6 +68,7 @@ class LoraLinear(nn.Module):
         dtype, device = _compute_dtype(base), base.weight.device
         self.a = torch.zeros(num_slots, rank, base.in_features, dtype=dtype, device=device)
         self.b = torch.zeros(num_slots, base.out_features, rank, dtype=dtype, device=device)
+        self._bt: torch.Tensor | None = None  # every slot's B, as [slots * rank, out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -65,17 +77,33 @@ class LoraLinear(nn.Module):
             # x [rows, 1, in]: every row through its own slot's A and B (zeros for the base).
             xa = torch.bmm(x.to(self.a.dtype), self.a[slots].transpose(1, 2))
             return out + torch.bmm(xa, self.b[slots].transpose(1, 2)).to(out.dtype)
-        for slot, rows in self.routing.groups.items():
-            rank = self.ranks.get(slot)
+        only = self.routing.only
+        if only is not None:
+            rank = self.ranks.get(only)
             if rank is None:
-                continue
-            a, b = self.a[slot, :rank], self.b[slot, :, :rank]
-            if rows is None:
-                out = out + (x.to(a.dtype) @ a.T @ b.T).to(out.dtype)
-            else:
-                delta = (x[rows].to(a.dtype) @ a.T @ b.T).to(out.dtype)
-                out = out.index_add(0, rows, delta)
-        return out
+                return out
+            a, b = self.a[only, :rank], self.b[only, :, :rank]
+            return out + (x.to(a.dtype) @ a.T @ b.T).to(out.dtype)
+        if not self.routing.mixed or not self.ranks:
+            return out
+        # A mix of adapters (and the base): every slot's x A for every row in one matmul,
+        # zero all but the row's own slot, then one matmul with every slot's B. The extra
+        # work (slots x rank columns) is small next to the base layer; the per-adapter
+        # gathers and index_adds it replaces cost more on a CPU than their arithmetic.
+        slots, rank = self.a.shape[0], self.a.shape[1]
+        xa = x.to(self.a.dtype) @ self.a.view(slots * rank, -1).T
+        mask = self.routing.mask(slots, xa.dtype)
+        shape = xa.shape
+        xa = xa.view(*shape[:-1], slots, rank) * mask.view(
+            shape[0], *([1] * (xa.dim() - 2)), slots, 1
+        )
+        return out + (xa.view(shape) @ self._stacked_bt()).to(out.dtype)
+
+    def _stacked_bt(self) -> torch.Tensor:
+        if self._bt is None:
+            slots, out_features, rank = self.b.shape
+            self._bt = self.b.transpose(1, 2).reshape(slots * rank, out_features).contiguous()
+        return self._bt
 
     def put(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
         rank = a.shape[0]
@@ -84,11 +112,13 @@ class LoraLinear(nn.Module):
         self.a[slot, :rank] = a.to(self.a.dtype)
         self.b[slot, :, :rank] = (b.float() * scaling).to(self.b.dtype)
         self.ranks[slot] = rank
+        self._bt = None
 
     def clear(self, slot: int) -> None:
         if self.ranks.pop(slot, None) is not None:
             self.a[slot].zero_()
             self.b[slot].zero_()
+            self._bt = None
 
     def resize(self, num_slots: int, rank: int) -> None:
         """Grow the stacks, keeping what they hold (new tensors: graphs must be recaptured)."""
@@ -97,7 +127,7 @@ class LoraLinear(nn.Module):
         old_slots, old_rank = self.a.shape[0], self.a.shape[1]
         a[:old_slots, :old_rank] = self.a
         b[:old_slots, :, :old_rank] = self.b
-        self.a, self.b = a, b
+        self.a, self.b, self._bt = a, b, None
 
 
 @dataclass
