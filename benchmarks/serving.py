@@ -446,7 +446,8 @@ def hot_load(url: str, store: AdapterStore, name: str, max_new: int) -> dict:
     return {"adapter": version.id, "seconds": seconds, "new_version_loaded": loaded}
 
 
-def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names) -> dict:
+def service_env(args, store: AdapterStore, names: list[str]) -> dict[str, str]:
+    """The inference service's settings for a benchmark run."""
     env = {
         "TUNEYARD_ADAPTERS_DIR": str(store.root),
         "TUNEYARD_DEVICE": args.device,
@@ -459,6 +460,11 @@ def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names) 
     }
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names) -> dict:
+    env = service_env(args, store, names)
     with LocalStack(home=home, base_model=str(base), extra_env=env) as stack:
         url = stack.gateway_url
         # Adapters loaded and the engine warm before timing, as in the naive run.
