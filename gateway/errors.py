@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tuneyard.errors import TuneyardError
+from tuneyard.errors import INTERNAL_ERROR, TuneyardError
 from tuneyard.grpc_server import error_fields
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def from_rpc_error(backend: str, err: grpc.aio.AioRpcError) -> BackendError:
         log.error("%s service: %s: %s", backend, code.name, err.details())
         details = err.details() or ""
         # Our servers say only a request id (tuneyard.grpc_server); anything else is gRPC's.
-        message = details if details.startswith("internal error; request id") else ""
+        message = details if details.startswith(INTERNAL_ERROR) else ""
         message = message or f"internal error in the {backend} service"
         code = grpc.StatusCode.INTERNAL
     else:

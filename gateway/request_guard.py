@@ -10,17 +10,13 @@
 
 import json
 import logging
-import secrets
 
 from gateway.errors import error_response
+from tuneyard.errors import internal_error_message
 
 log = logging.getLogger(__name__)
 
 _JSON_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def new_request_id() -> str:
-    return "req-" + secrets.token_hex(8)
 
 
 def lone_surrogate_at(value, path: tuple = ()) -> tuple | None:
@@ -78,12 +74,10 @@ class RequestGuard:
                 )
                 await response(scope, receive, send)
         except Exception:
-            request_id = new_request_id()
+            request_id, message = internal_error_message()
             log.exception("%s %s failed; request id %s", scope["method"], path, request_id)
             if not started:
-                response = error_response(
-                    path, "INTERNAL", f"internal error; request id {request_id}"
-                )
+                response = error_response(path, "INTERNAL", message)
                 response.headers["X-Request-Id"] = request_id
                 await response(scope, receive, send)
 

@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi.responses import StreamingResponse
 
 from gateway.errors import error_event
-from gateway.request_guard import new_request_id
-from tuneyard.errors import TuneyardError
+from tuneyard.errors import TuneyardError, internal_error_message
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +29,9 @@ def event_response(path: str, events: AsyncIterator[dict], done_marker: bool = F
             yield encode(error_event(path, err))
             return
         except Exception:
-            request_id = new_request_id()
+            request_id, message = internal_error_message()
             log.exception("stream of %s failed; request id %s", path, request_id)
-            yield encode(
-                error_event(path, TuneyardError(f"internal error; request id {request_id}"))
-            )
+            yield encode(error_event(path, TuneyardError(message)))
             return
         if done_marker:
             yield encode("[DONE]")

@@ -6,6 +6,7 @@ flight keep the version they started with. Loaded adapters in use by a request a
 and never evicted.
 """
 
+import functools
 import logging
 import threading
 import time
@@ -36,8 +37,9 @@ class LoadedAdapter:
     def key(self) -> str:
         return self.version.id
 
-    @property
+    @functools.cached_property
     def template(self) -> PromptTemplate:
+        """Compiled once per loaded version, not per request (the sandbox checks its AST)."""
         return PromptTemplate(self.manifest.template_prompt, self.manifest.template_response)
 
 

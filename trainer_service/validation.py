@@ -8,14 +8,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 from jinja2 import nodes
 
 from trainer_service.dataset import LoadedData, Row, RowError, load_data, split_rows
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import BaseModelRef, load_tokenizer, resolve_base_model
-from tuneyard.templates import ChatTemplate
+from tuneyard.templates import ChatTemplate, parse
 
 MAX_EXAMPLES = 5
 
@@ -237,7 +236,7 @@ def printed_fields(source: str) -> set[str]:
         for child in node.iter_child_nodes():
             walk(child, guarded)
 
-    walk(jinja2.Environment().parse(source), frozenset())
+    walk(parse(source), frozenset())
     return required
 
 

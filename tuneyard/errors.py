@@ -2,6 +2,7 @@
 gRPC status codes and HTTP statuses in one place each."""
 
 import re
+import secrets
 
 # An absolute path (two segments or more) that does not continue a URL or a word, and is
 # not one of the API's own routes ("/v1/files").
@@ -46,3 +47,13 @@ def redact_paths(text: str) -> str:
     """`text` with each absolute server path cut to its last part ("adapters", "x.jsonl"):
     a client learns which file, not where the server keeps it. Logs keep the full text."""
     return _PATH.sub(r"\1", text)
+
+
+INTERNAL_ERROR = "internal error; request id "
+
+
+def internal_error_message() -> tuple[str, str]:
+    """(request id, what a client is told) for an error it could not cause: the id alone,
+    the log keeps the rest under it."""
+    request_id = "req-" + secrets.token_hex(8)
+    return request_id, INTERNAL_ERROR + request_id

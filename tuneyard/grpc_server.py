@@ -2,7 +2,6 @@
 
 import functools
 import logging
-import secrets
 import signal
 import threading
 from collections.abc import Callable
@@ -13,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tuneyard.errors import TuneyardError, redact_paths
+from tuneyard.errors import TuneyardError, internal_error_message, redact_paths
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,9 +80,9 @@ def maps_stream_errors(method: Callable) -> Callable:
 def _abort_unexpected(context, rpc: str) -> None:
     if context.code() is not None:  # the method aborted the call itself
         raise
-    request_id = "req-" + secrets.token_hex(8)
+    request_id, message = internal_error_message()
     log.exception("%s failed; request id %s", rpc, request_id)
-    context.abort(grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}")
+    context.abort(grpc.StatusCode.INTERNAL, message)
 
 
 def _abort(context, err: TuneyardError) -> None:

@@ -196,6 +196,11 @@ def _sandbox() -> _TemplateSandbox:
 _ENV = _sandbox()
 
 
+def parse(source: str) -> nodes.Template:
+    """A template's syntax tree, parsed by the sandbox (for reading which fields it uses)."""
+    return _ENV.parse(source)
+
+
 def _refuse(part: str, what: str) -> TemplateRefused:
     return TemplateRefused(f"template.{part} {what}", param=f"template.{part}")
 
@@ -332,11 +337,11 @@ class PromptTemplate:
 
     @property
     def prompt_fields(self) -> set[str]:
-        return jinja2.meta.find_undeclared_variables(_ENV.parse(self.prompt))
+        return jinja2.meta.find_undeclared_variables(parse(self.prompt))
 
     @property
     def response_fields(self) -> set[str]:
-        return jinja2.meta.find_undeclared_variables(_ENV.parse(self.response))
+        return jinja2.meta.find_undeclared_variables(parse(self.response))
 
     @property
     def fields(self) -> set[str]:
