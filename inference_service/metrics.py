@@ -56,6 +56,16 @@ class Metrics:
             registry=r,
         )
         self.queue_size = Gauge(p + "queue_size", "Requests waiting to join the batch.", registry=r)
+        self.running_requests = Gauge(
+            p + "running_requests",
+            "Requests in the running batch (the vllm engine; native: see batch_size).",
+            registry=r,
+        )
+        self.kv_cache_usage = Gauge(
+            p + "kv_cache_usage_ratio",
+            "Share of the KV cache in use (the vllm engine's paged cache; 0 on native).",
+            registry=r,
+        )
         self.adapters_loaded = Gauge(p + "adapters_loaded", "Adapters in memory.", registry=r)
         self.adapter_load_duration = Histogram(
             p + "adapter_load_duration_seconds",

@@ -68,7 +68,7 @@ class Sequence:
         params: Parameters,
         max_new_tokens: int,
         eos_ids: set[int],
-        chooser: NextTokenChooser,
+        chooser: NextTokenChooser | None,  # None where the engine chooses (vLLM)
         seed: int | None,
         adapter_key: str | None,
         answered_by: str = "",
@@ -117,6 +117,11 @@ class Sequence:
         self._window = prompt_ids[-4:]
         self._prefix, self._read = 0, len(self._window)
         self._longest_stop = max((len(s) for s in params.stop), default=0)
+
+    @property
+    def stop_token_ids(self) -> set[int]:
+        """Stop sequences that are one special token, matched by id."""
+        return set(self._stop_ids)
 
     # Engine thread side.
 

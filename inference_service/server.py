@@ -4,14 +4,19 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from tuneyard.grpc_server import add_health_and_reflection, build_server, run_until_signal
+from tuneyard.modeling import pick_device
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 from .engine import Engine
+from .engine_base import EngineBase
 from .metrics import Metrics
 from .servicer import InferenceServicer
 from .settings import InferenceSettings
+from .vllm_engine import VllmEngine
+from .vllm_server import vllm_installed
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +27,7 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 class RunningServer:
     server: grpc.Server
     health: object
-    engine: Engine
+    engine: EngineBase
     metrics: Metrics
     port: int
     metrics_server: object | None = None
@@ -40,13 +45,37 @@ class RunningServer:
             self.metrics_server.server_close()
 
 
+def engine_kind(settings: InferenceSettings) -> str:
+    """auto: vLLM on a CUDA host where it is installed, the native engine elsewhere."""
+    if settings.engine != "auto":
+        return settings.engine
+    if pick_device(settings.device).startswith("cuda"):
+        if vllm_installed(settings):
+            return "vllm"
+        log.warning("vLLM is not installed: serving with the native engine on CUDA")
+    return "native"
+
+
 def serve(settings: InferenceSettings) -> RunningServer:
-    """Load the model and start serving; returns at once (port 0 picks a free port)."""
+    """Load the model and start serving; returns at once (port 0 picks a free port). The
+    health service says SERVING once the engine is ready (vLLM: when its server is)."""
     metrics = Metrics(settings.metrics_max_adapters)
-    engine = Engine.load(settings, metrics)
+    kind = engine_kind(settings)
+    engine = (VllmEngine if kind == "vllm" else Engine).load(settings, metrics)
     server = build_server(max_workers=max(16, settings.max_queue + settings.max_batch_size))
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
+
+    def readiness(ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            health.set(name, status)
+
+    engine.watch_readiness(readiness)
     address = f"{settings.inference_host}:{settings.inference_port}"
     port = server.add_insecure_port(address)
     if port == 0:
@@ -62,7 +91,7 @@ def serve(settings: InferenceSettings) -> RunningServer:
         except OSError:
             running.stop(grace=0)
             raise
-    log.info("inference ready on %s:%d", settings.inference_host, port)
+    log.info("inference (%s engine) listening on %s:%d", kind, settings.inference_host, port)
     return running
 
 

@@ -11,7 +11,7 @@ from tuneyard.v1 import inference_pb2 as pb
 from tuneyard.v1 import inference_pb2_grpc
 
 from .adapter_cache import AdapterInfo
-from .engine import Engine
+from .engine_base import EngineBase
 from .params import GenerateInput, Parameters
 from .sequence import Cancelled, Details, TokenInfo
 
@@ -19,7 +19,7 @@ FINISH_REASONS = {"length": pb.LENGTH, "eos_token": pb.EOS_TOKEN, "stop_sequence
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: EngineBase):
         self.engine = engine
 
     @maps_errors

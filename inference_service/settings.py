@@ -35,6 +35,26 @@ class InferenceSettings(CommonSettings):
         "models); dynamic: a growing KV cache, any model; auto: static on CUDA when supported.",
     )
     cuda_graphs: bool = Field(True, description="Replay decode steps as CUDA graphs (static).")
+    engine: Literal["auto", "native", "vllm"] = Field(
+        "auto",
+        description="native: our PyTorch engine in this process; vllm: vLLM's server as a "
+        "child process (or TUNEYARD_VLLM_URL); auto: vllm on CUDA hosts where it is "
+        "installed, native elsewhere.",
+    )
+    vllm_python: str = Field(
+        "",
+        description="The Python of vLLM's own environment; '' = .venv-vllm beside the "
+        "source tree (make vllm) when it exists, else this interpreter.",
+    )
+    vllm_url: str = Field(
+        "", description="A vLLM server run by someone else (a sidecar); '' = start a child."
+    )
+    vllm_port: int = Field(0, ge=0, description="The child's loopback port; 0 = any free one.")
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    vllm_cpu_kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on a CPU host.")
+    vllm_extra_args: str = Field("", description="More vLLM server flags, shell-quoted.")
+    vllm_start_timeout_s: float = Field(900, gt=0)
     metrics_max_adapters: int = Field(
         20, ge=1, description="Distinct `adapter` label values in metrics; others are 'other'."
     )

@@ -1,0 +1,406 @@
+"""The vLLM engine: the same requests as the native engine, with tokens from vLLM's server
+(paged KV cache, prefix caching, chunked prefill, tensor parallelism, fused multi-LoRA).
+
+Everything above the tokens stays ours (EngineBase): the prompt is rendered and tokenized
+here and sent as token ids, so templates, chat templates and truncation are exactly the
+native engine's; each token vLLM returns goes through the same `Sequence`, so stop
+sequences, finish reasons, text and details are too. vLLM is told to stop only where we
+stop by id (end-of-sequence and special-token stops); when our sequence ends on a stop
+string first, closing the stream aborts the request in vLLM.
+"""
+
+import asyncio
+import json
+import logging
+import math
+import threading
+from pathlib import Path
+
+import httpx
+import torch
+
+from tuneyard.adapter_store import AdapterStore
+from tuneyard.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TuneyardError,
+    Unavailable,
+)
+from tuneyard.modeling import BaseModelRef, load_tokenizer, pick_device, pick_dtype
+from tuneyard.modeling import resolve_base_model as resolve
+
+from .engine_base import EngineBase, config_eos_ids
+from .lora import LoraWeights, MultiLora
+from .metrics import Metrics
+from .sequence import Cancelled, Sequence
+from .settings import InferenceSettings
+from .vllm_server import SERVED_BASE, VllmServer, server_args
+
+log = logging.getLogger(__name__)
+
+_SWEEP_S = 0.05  # how often cancelled requests are looked for
+_GAUGES_S = 2.0  # how often vLLM's own gauges are read
+
+
+class VllmEngine(EngineBase):
+    name = "vllm"
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        base: BaseModelRef,
+        tokenizer,
+        device: str,
+        dtype: torch.dtype,
+        metrics: Metrics | None = None,
+    ):
+        structure = _structure(base)
+        super().__init__(
+            settings,
+            base,
+            tokenizer,
+            vocab_size=structure.get_output_embeddings().weight.shape[0],
+            eos_ids=config_eos_ids(_generation_config(base)),
+            metrics=metrics,
+        )
+        self.device, self.dtype = device, dtype
+        self.loras = VllmLoras(MultiLora(structure, 1))
+        self.adapters = self._adapter_cache(self.loras, threading.Lock())
+        model_path = base.path
+        if settings.merged_adapter:
+            # Checked against the base's structure like any adapter, then served as weights.
+            self.merged = self.adapters.read(self.adapters.store.resolve(settings.merged_adapter))
+            model_path = merged_weights(base, self.merged.version.path, self.merged.key, settings)
+        dtype_name = str(dtype).removeprefix("torch.")
+        self.server = VllmServer(settings, server_args(settings, model_path, device, dtype_name))
+        self._admin = httpx.Client(base_url=self.server.url, timeout=120)
+        self.loras.connect(self.adapters.store, self.server, self._admin)
+        self._slots = threading.BoundedSemaphore(settings.max_queue + settings.max_batch_size)
+        self._running: dict[Sequence, asyncio.Task] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-io", daemon=True)
+        self._thread.start()
+        self._http = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        self.server.start()
+
+    @classmethod
+    def load(cls, settings: InferenceSettings, metrics: Metrics | None = None) -> "VllmEngine":
+        base = resolve(settings.resolved_base_model)
+        device = pick_device(settings.device)
+        dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
+        log.info("serving %s with vLLM on %s (%s)", base.id, device, dtype)
+        return cls(settings, base, load_tokenizer(base), device, dtype, metrics)
+
+    def watch_readiness(self, callback) -> None:
+        self.server.on_ready = callback
+        callback(self.server.ready)
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.server.wait_ready(timeout)
+
+    def stop(self) -> None:
+        self.server.stop()
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._admin.close()
+
+    def info(self) -> dict:
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        return self._info(str(self.dtype).removeprefix("torch."), device_type)
+
+    def _chooser(self, params, seed, constraint) -> None:
+        return None  # vLLM chooses the tokens
+
+    def _queue(self, seq: Sequence) -> None:
+        body = request_body(seq, seq.adapter_key or SERVED_BASE)
+        if not self.server.ready:
+            raise Unavailable("the vllm engine is starting or restarting; retry shortly")
+        if seq.adapter_key:
+            self.loras.ensure(seq.adapter_key)
+        if not self._slots.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self.settings.max_queue + self.settings.max_batch_size} requests are in "
+                "flight; retry later"
+            )
+        asyncio.run_coroutine_threadsafe(self._start(seq, body), self._loop)
+
+    # The event loop's side.
+
+    async def _open(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        http = httpx.AsyncClient(base_url=self.server.url, timeout=None, limits=limits)
+        self._background = [
+            asyncio.create_task(self._sweep_cancelled()),
+            asyncio.create_task(self._read_gauges()),
+        ]
+        return http
+
+    async def _close(self) -> None:
+        for task in [*self._background, *self._running.values()]:
+            task.cancel()
+        await self._http.aclose()
+
+    async def _start(self, seq: Sequence, body: dict) -> None:
+        self._running[seq] = asyncio.current_task()
+        try:
+            await self._generate(seq, body)
+        except asyncio.CancelledError:
+            seq.fail(Cancelled("the request was cancelled"))
+        except httpx.HTTPError as err:
+            seq.fail(Unavailable(f"the vllm engine dropped the request: {err!r}"))
+        except TuneyardError as err:
+            seq.fail(err)
+        except Exception as err:  # a malformed reply must not leave a client waiting
+            log.exception("vLLM reply not understood")
+            seq.fail(err)
+        finally:
+            self._running.pop(seq, None)
+            self._slots.release()
+
+    async def _generate(self, seq: Sequence, body: dict) -> None:
+        if not body["stream"]:
+            response = await self._http.post("/v1/completions", json=body)
+            if response.status_code != 200:
+                raise vllm_error(response.status_code, response.content)
+            for choice in response.json()["choices"]:
+                feed(seq, choice)
+        else:
+            async with self._http.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    raise vllm_error(response.status_code, await response.aread())
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line.removeprefix("data: "))
+                    if "error" in chunk:
+                        raise vllm_error(chunk["error"].get("code") or 500, line)
+                    for choice in chunk.get("choices", []):
+                        feed(seq, choice)
+                    if seq.done:
+                        return  # leaving the block closes the stream: vLLM aborts the request
+        if not seq.done:
+            raise Unavailable("the vllm engine ended the request before its last token")
+
+    async def _sweep_cancelled(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            for seq, task in list(self._running.items()):
+                if seq.cancelled.is_set():
+                    task.cancel()
+
+    async def _read_gauges(self) -> None:
+        m = self.metrics
+        while True:
+            await asyncio.sleep(_GAUGES_S)
+            if not self.server.ready:
+                continue
+            try:
+                text = (await self._http.get("/metrics", timeout=5)).text
+            except httpx.HTTPError:
+                continue
+            values = vllm_gauges(text)
+            m.running_requests.set(values.get("vllm:num_requests_running", 0))
+            m.queue_size.set(values.get("vllm:num_requests_waiting", 0))
+            m.kv_cache_usage.set(values.get("vllm:kv_cache_usage_perc", 0))
+
+
+class VllmLoras:
+    """The adapter cache's LoRA backend on the vLLM engine. A version is checked here
+    against the base's structure (modules and shapes, on the meta device: no weights), then
+    loaded into vLLM under its "name@version"; after vLLM restarts, it is loaded again on
+    its next use."""
+
+    def __init__(self, shapes: MultiLora):
+        self.shapes = shapes
+        self.store: AdapterStore | None = None
+        self.server: VllmServer | None = None
+        self.admin: httpx.Client | None = None
+        self._loaded_in: dict[str, int] = {}  # key -> the vLLM generation that has it
+        self._lock = threading.Lock()
+
+    def connect(self, store: AdapterStore, server: VllmServer, admin: httpx.Client) -> None:
+        self.store, self.server, self.admin = store, server, admin
+
+    def check(self, weights: LoraWeights) -> None:
+        self.shapes.check(weights)
+
+    def add(self, key: str, weights: LoraWeights) -> None:
+        self.check(weights)
+        self.ensure(key)
+
+    def ensure(self, key: str) -> None:
+        with self._lock:
+            if self._loaded_in.get(key) == self.server.generation:
+                return
+            if not self.server.ready:
+                raise Unavailable("the vllm engine is starting or restarting; retry shortly")
+            path = self.store.resolve(key).path
+            body = {"lora_name": key, "lora_path": str(path), "load_inplace": True}
+            reply = self._post("/v1/load_lora_adapter", body)
+            if reply.status_code != 200:
+                raise FailedPrecondition(f"vLLM refused adapter {key}: {_message(reply)}")
+            self._loaded_in[key] = self.server.generation
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            if self._loaded_in.pop(key, None) == self.server.generation:
+                reply = self._post("/v1/unload_lora_adapter", {"lora_name": key})
+                if reply.status_code not in (200, 404):
+                    log.warning("vLLM did not unload %s: %s", key, _message(reply))
+
+    def _post(self, path: str, body: dict) -> httpx.Response:
+        try:
+            return self.admin.post(path, json=body)
+        except httpx.HTTPError as err:
+            raise Unavailable(f"the vllm engine is not reachable: {err!r}") from err
+
+
+def request_body(seq: Sequence, model: str) -> dict:
+    """vLLM's completion request for a sequence; a parameter vLLM cannot honour with the
+    native engine's meaning is refused here, naming it."""
+    p = seq.params
+    if p.typical_p is not None:
+        raise InvalidArgument(
+            "typical_p is not supported by the vllm engine (TUNEYARD_ENGINE=vllm); "
+            "use top_p or top_k",
+            param="typical_p",
+        )
+    body = {
+        "model": model,
+        "prompt": seq.prompt_ids,
+        "max_tokens": seq.max_new_tokens,
+        # vLLM returns prompt logprobs only in whole replies (TGI streams no prefill either).
+        "stream": not p.decoder_input_details,
+        "return_token_ids": True,
+        "return_tokens_as_token_ids": True,
+        "logprobs": p.top_n_tokens or 0,
+        # vLLM stops by id where our sequence does; stop strings are ours alone.
+        "stop_token_ids": sorted(seq.eos_ids | seq.stop_token_ids),
+        "temperature": (p.temperature or 1.0) if p.sampling else 0.0,
+    }
+    if p.sampling:
+        body.update(seed=seq.seed, top_p=p.top_p or 1.0, top_k=p.top_k or 0)
+    if p.repetition_penalty is not None:
+        body["repetition_penalty"] = p.repetition_penalty
+    if p.presence_penalty:
+        body["presence_penalty"] = p.presence_penalty
+    if p.frequency_penalty:
+        body["frequency_penalty"] = p.frequency_penalty
+    if p.logit_bias:
+        body["logit_bias"] = {str(k): v for k, v in p.logit_bias.items()}
+    if p.decoder_input_details:
+        body["prompt_logprobs"] = 0
+    if p.grammar:
+        kind, value = p.grammar
+        body["structured_outputs"] = (
+            {"json": json.loads(value), "disable_any_whitespace": True}
+            if kind == "json"
+            else {"regex": value}
+        )
+    return body
+
+
+def feed(seq: Sequence, choice: dict) -> None:
+    """Hand one streamed choice's tokens (ids, logprobs, alternatives) to the sequence."""
+    prompt_logprobs = choice.get("prompt_logprobs")
+    if prompt_logprobs and seq.params.decoder_input_details and not seq.prefill:
+        seq.set_prefill(
+            [
+                entry[str(token_id)]["logprob"]
+                for token_id, entry in zip(seq.prompt_ids[1:], prompt_logprobs[1:], strict=True)
+            ]
+        )
+    logprobs = choice.get("logprobs") or {}
+    token_logprobs = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    n = seq.params.top_n_tokens or 0
+    for i, token_id in enumerate(choice.get("token_ids") or []):
+        if seq.done:
+            return
+        logprob = token_logprobs[i] if i < len(token_logprobs) else math.nan
+        top = []
+        if n and i < len(tops):
+            pairs = [(int(k.removeprefix("token_id:")), v) for k, v in tops[i].items()]
+            top = sorted(pairs, key=lambda pair: -pair[1])[:n]
+        seq.add(token_id, logprob, top)
+
+
+def vllm_error(status: int, body: bytes | str) -> TuneyardError:
+    """vLLM's error reply as ours: its message, and the field it names."""
+    try:
+        error = json.loads(body).get("error", {})
+        message, param = error.get("message", ""), error.get("param") or ""
+    except (ValueError, AttributeError):
+        message, param = (body.decode() if isinstance(body, bytes) else body)[:500], ""
+    message = f"vllm engine: {message}"
+    if status == 400:
+        return InvalidArgument(message, param=param)
+    if status == 404:
+        return NotFound(message, param=param)
+    return Unavailable(message)
+
+
+def vllm_gauges(text: str) -> dict[str, float]:
+    """Unlabelled sums of the gauges in a Prometheus exposition, by metric name."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("vllm:") and " " in line:
+            name, _, value = line.rpartition(" ")
+            name = name.split("{", 1)[0]
+            try:
+                values[name] = values.get(name, 0.0) + float(value)
+            except ValueError:
+                continue
+    return values
+
+
+def _message(reply: httpx.Response) -> str:
+    try:
+        body = reply.json()
+        return str(body.get("error", {}).get("message") or body.get("message") or body)
+    except ValueError:
+        return reply.text[:500]
+
+
+def _structure(base: BaseModelRef):
+    """The base model's modules and shapes, with no weights (the meta device)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base.path)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _generation_config(base: BaseModelRef):
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(base.path)
+    except OSError:  # no generation_config.json
+        return None
+
+
+def merged_weights(
+    base: BaseModelRef, adapter_dir: Path, key: str, settings: InferenceSettings
+) -> Path:
+    """Base + adapter as one model folder for vLLM: the version's own `merged/` when the
+    job wrote one, else merged here once and kept under TUNEYARD_HOME."""
+    if (adapter_dir / "merged" / "config.json").is_file():
+        return adapter_dir / "merged"
+    out = settings.home / "merged" / key
+    if (out / "config.json").is_file():
+        return out
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    log.info("merging %s into the base weights for vLLM (once)", adapter_dir)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    staging = out.with_name(out.name + ".partial")
+    merged.save_pretrained(staging, safe_serialization=True)
+    load_tokenizer(base).save_pretrained(staging)
+    staging.rename(out)
+    return out

@@ -1,0 +1,223 @@
+"""vLLM's OpenAI-compatible server as a child process of the inference service, driven the
+way a service drives its database: started from vLLM's own environment (its pins clash with
+ours), watched, and restarted when it dies. Or, with TUNEYARD_VLLM_URL, a server someone
+else runs (a sidecar container), only watched.
+
+Readiness is vLLM's own `/health`; every change is reported to `on_ready`, which the
+service wires to its gRPC health status.
+"""
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tuneyard.errors import FailedPrecondition
+from tuneyard.local_stack import free_port
+
+from .settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+VLLM_VENV = SOURCE_ROOT / ".venv-vllm"
+SERVED_BASE = "base"  # vLLM's name for the base model; adapters are "name@version"
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM takes
+
+
+def vllm_python(settings: InferenceSettings) -> str:
+    if settings.vllm_python:
+        return settings.vllm_python
+    venv_python = VLLM_VENV / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+def vllm_installed(settings: InferenceSettings) -> bool:
+    """Whether vLLM imports in its environment (a child process: it is not ours)."""
+    if settings.vllm_url:
+        return True
+    check = subprocess.run(
+        [vllm_python(settings), "-c", "import vllm.entrypoints.openai.api_server"],
+        capture_output=True,
+        env={**os.environ, "VLLM_TARGET_DEVICE": os.environ.get("VLLM_TARGET_DEVICE", "cpu")},
+    )
+    return check.returncode == 0
+
+
+def server_args(
+    settings: InferenceSettings, model_path: Path, device: str, dtype: str
+) -> list[str]:
+    """The vLLM server's command line for these settings (the child's port comes after)."""
+    rank = next((r for r in _LORA_RANKS if r >= settings.max_adapter_rank), _LORA_RANKS[-1])
+    args = [
+        vllm_python(settings),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_path),
+        "--served-model-name",
+        SERVED_BASE,
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(settings.max_total_tokens),
+        "--max-num-seqs",
+        str(settings.max_batch_size),
+        "--tensor-parallel-size",
+        str(settings.vllm_tensor_parallel_size),
+        # Our logprobs are of the distribution the token was chosen from, as the native
+        # engine reports them (penalties, bias and temperature applied).
+        "--logprobs-mode",
+        "processed_logprobs",
+        # llguidance, as the native engine's grammars: the same schemas and regexes compile.
+        "--structured-outputs-config",
+        '{"backend": "guidance"}',
+        "--disable-uvicorn-access-log",
+        "--uvicorn-log-level",
+        "warning",
+    ]
+    if settings.merged_adapter == "":
+        args += [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(rank),
+            "--max-loras",
+            str(min(settings.max_loaded_adapters, settings.max_batch_size)),
+            "--max-cpu-loras",
+            str(settings.max_loaded_adapters),
+        ]
+    if device.startswith("cuda"):
+        args += ["--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization)]
+    if settings.quantization == "4bit":
+        args += ["--quantization", "bitsandbytes"]
+    elif settings.quantization == "8bit":
+        raise FailedPrecondition(
+            "the vllm engine quantizes in flight to 4 bit only (bitsandbytes): set "
+            "TUNEYARD_QUANTIZATION=4bit, or serve an AWQ/GPTQ checkpoint (vLLM reads its "
+            "quantization from its config)",
+            param="quantization",
+        )
+    return args + shlex.split(settings.vllm_extra_args)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the thread that started it ends (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class VllmServer:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        args: list[str],
+        on_ready: Callable[[bool], None] = lambda ready: None,
+    ):
+        self.settings = settings
+        self.on_ready = on_ready
+        self.url = settings.vllm_url.rstrip("/")
+        self.port = 0  # 0: not our child
+        if not self.url:
+            self.port = settings.vllm_port or free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        self._args = [*args, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.ready = False
+        # Bumped at each (re)start: runtime-loaded adapters must be loaded again after one.
+        self.generation = 0
+        self.restarts = 0
+        self._process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._ready_changed = threading.Condition()
+        self._watcher = threading.Thread(target=self._watch, name="vllm-watch", daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> None:
+        self._watcher.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        with self._ready_changed:
+            return self._ready_changed.wait_for(lambda: self.ready, timeout)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._watcher.join(timeout=5)
+
+    def _spawn(self) -> None:
+        env = {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_CPU_KVCACHE_SPACE": f"{self.settings.vllm_cpu_kv_cache_gib:g}",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        if "--gpu-memory-utilization" not in self._args:
+            env.setdefault("VLLM_TARGET_DEVICE", "cpu")  # vllm-cpu registers as a plugin
+        log.info("starting vLLM: %s", shlex.join(self._args))
+        # Its own session: a signal to the service's process group is not its stop (stop()
+        # is); and it dies with the service, even a killed one, rather than hold the GPU.
+        self._process = subprocess.Popen(
+            self._args, env=env, start_new_session=True, preexec_fn=_die_with_parent
+        )
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            with self._ready_changed:
+                self.ready = ready
+                if ready:
+                    self.generation += 1
+                self._ready_changed.notify_all()
+            log.info("vLLM %s", "ready" if ready else "not ready")
+            self.on_ready(ready)
+
+    def _healthy(self, client: httpx.Client) -> bool:
+        try:
+            return client.get(self.url + "/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _watch(self) -> None:
+        """Start the child, poll /health, restart the child when it exits (backing off)."""
+        backoff = 1.0
+        with httpx.Client() as client:
+            while not self._stopping.is_set():
+                if self.port and (self._process is None or self._process.poll() is not None):
+                    if self._process is not None:
+                        log.error(
+                            "vLLM exited with code %s; restarting in %.0f s",
+                            self._process.returncode,
+                            backoff,
+                        )
+                        self._set_ready(False)
+                        self.restarts += 1
+                        if self._stopping.wait(backoff):
+                            return
+                        backoff = min(backoff * 2, 30)
+                    self._spawn()
+                healthy = self._healthy(client)
+                if healthy and not self.ready:
+                    backoff = 1.0
+                self._set_ready(healthy)
+                self._stopping.wait(0.5 if healthy else 0.25)
+        self._set_ready(False)
