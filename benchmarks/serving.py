@@ -468,6 +468,8 @@ def service_env(args, store: AdapterStore, names: list[str], engine: str) -> dic
         "TUNEYARD_MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
         "TUNEYARD_MAX_QUEUE": str(4 * args.clients),
         "TUNEYARD_MAX_LOADED_ADAPTERS": str(len(names) + 2),
+        # The adapters' rank: vLLM sizes its LoRA kernels by the largest rank allowed.
+        "TUNEYARD_MAX_ADAPTER_RANK": str(args.rank),
         "TUNEYARD_LOG_LEVEL": "WARNING",
     }
     if args.threads:

@@ -36,7 +36,7 @@ from .lora import LoraWeights, MultiLora
 from .metrics import Metrics
 from .sequence import Cancelled, Sequence
 from .settings import InferenceSettings
-from .vllm_server import SERVED_BASE, VllmServer, server_args
+from .vllm_server import SERVED_BASE, VllmServer, server_args, vllm_installed, vllm_python
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ class VllmEngine(EngineBase):
 
     @classmethod
     def load(cls, settings: InferenceSettings, metrics: Metrics | None = None) -> "VllmEngine":
+        if not vllm_installed(settings):
+            raise FailedPrecondition(
+                f"TUNEYARD_ENGINE=vllm, but {vllm_python(settings)} has no vLLM: run "
+                "`make vllm`, or set TUNEYARD_VLLM_PYTHON to the Python of an environment "
+                "with vLLM"
+            )
         base = resolve(settings.resolved_base_model)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)

@@ -7,6 +7,7 @@ Readiness is vLLM's own `/health`; every change is reported to `on_ready`, which
 service wires to its gRPC health status.
 """
 
+import contextlib
 import logging
 import os
 import shlex
@@ -41,13 +42,12 @@ def vllm_python(settings: InferenceSettings) -> str:
 
 
 def vllm_installed(settings: InferenceSettings) -> bool:
-    """Whether vLLM imports in its environment (a child process: it is not ours)."""
+    """Whether vLLM is in its environment (asked of that Python: it is not ours)."""
     if settings.vllm_url:
         return True
     check = subprocess.run(
-        [vllm_python(settings), "-c", "import vllm.entrypoints.openai.api_server"],
+        [vllm_python(settings), "-c", "import importlib.util as u; exit(not u.find_spec('vllm'))"],
         capture_output=True,
-        env={**os.environ, "VLLM_TARGET_DEVICE": os.environ.get("VLLM_TARGET_DEVICE", "cpu")},
     )
     return check.returncode == 0
 
@@ -157,13 +157,21 @@ class VllmServer:
         self._stopping.set()
         process = self._process
         if process is not None and process.poll() is None:
-            process.terminate()
+            process.terminate()  # vLLM's server then stops its engine processes
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
         self._watcher.join(timeout=5)
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        """What is left of the child's process group (its engine core and workers, which
+        outlive a killed server and would hold its memory and cores)."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
 
     def _spawn(self) -> None:
         env = {
@@ -213,6 +221,7 @@ class VllmServer:
                             backoff,
                         )
                         self._set_ready(False)
+                        self._kill_group()
                         self.restarts += 1
                         if self._stopping.wait(backoff):
                             return

@@ -2,6 +2,7 @@
 to our tokens, its errors to ours, and the server's command line."""
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,32 @@ def test_server_args_follow_the_settings():
 def test_auto_engine_is_native_without_cuda():
     assert engine_kind(settings(device="cpu")) == "native"
     assert engine_kind(settings(engine="vllm", device="cpu")) == "vllm"
+
+
+def test_a_missing_vllm_is_a_clear_error_at_start(tmp_path):
+    from inference_service.vllm_engine import VllmEngine
+
+    with pytest.raises(FailedPrecondition, match="make vllm"):
+        VllmEngine.load(settings(engine="vllm", vllm_python=sys.executable))
+
+
+def test_merged_weights_for_vllm_equal_base_plus_adapter(tiny_llama, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from inference_service.vllm_engine import merged_weights
+    from tests.inference.conftest import make_adapter
+    from tuneyard.modeling import resolve_base_model
+
+    version = make_adapter(tiny_llama, tmp_path / "adapters", "mail")
+    home = settings(home=tmp_path / "home")
+    folder = merged_weights(resolve_base_model(str(tiny_llama)), version.path, version.id, home)
+    assert folder == tmp_path / "home" / "merged" / version.id
+    ids = torch.tensor([[1, 5, 9, 12]])
+    merged = AutoModelForCausalLM.from_pretrained(folder)(ids).logits
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    expected = PeftModel.from_pretrained(base, version.path)(ids).logits
+    assert torch.allclose(merged, expected, atol=1e-4)
+    # Done once: a second call finds the folder.
+    assert merged_weights(resolve_base_model(str(tiny_llama)), version.path, version.id, home)

@@ -262,7 +262,8 @@ def test_a_dead_vllm_child_is_restarted(vllm_service, vllm_gateway):
             timeout=120,
         )
         next(stream)  # it is running
-        os.kill(server.pid, signal.SIGKILL)
+        killed = server.pid
+        os.kill(killed, signal.SIGKILL)
         with pytest.raises(grpc.RpcError) as failed:
             list(stream)
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -277,6 +278,8 @@ def test_a_dead_vllm_child_is_restarted(vllm_service, vllm_gateway):
     )
     assert reply.status_code == 503
     assert server.wait_ready(START_TIMEOUT_S) and server.restarts == 1
+    with pytest.raises(ProcessLookupError):  # its engine processes went with it
+        os.killpg(killed, 0)
     assert _health(vllm_service.port) == health_pb2.HealthCheckResponse.SERVING
     again = LoraxClient(vllm_gateway.url, timeout=120).generate(
         "Hi", max_new_tokens=3, adapter_id="alpha"
