@@ -91,7 +91,7 @@ def serve(settings: InferenceSettings) -> RunningServer:
         except OSError:
             running.stop(grace=0)
             raise
-    log.info("inference (%s engine) listening on %s:%d", kind, settings.inference_host, port)
+    log.info("inference ready on %s:%d (%s engine)", settings.inference_host, port, kind)
     return running
 
 
