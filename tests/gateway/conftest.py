@@ -45,6 +45,13 @@ def start_gateway(**overrides) -> RunningGateway:
     return RunningGateway(f"http://127.0.0.1:{settings.gateway_port}", server, thread, app)
 
 
+def gateway_before(inference_port: int) -> RunningGateway:
+    """A gateway in front of an inference service on this port, with no trainer."""
+    return start_gateway(
+        inference_addr=f"127.0.0.1:{inference_port}", trainer_addr=f"127.0.0.1:{free_port()}"
+    )
+
+
 @pytest.fixture
 def make_gateway():
     """Start gateways with settings overrides; all stopped at the end of the test."""

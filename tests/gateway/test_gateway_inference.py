@@ -13,7 +13,7 @@ from text_generation.errors import ValidationError
 
 from inference_service.server import serve
 from inference_service.settings import InferenceSettings
-from tests.gateway.conftest import start_gateway
+from tests.gateway.conftest import gateway_before, start_gateway
 from tests.inference.conftest import count_requests, make_adapter, promtool_check
 from tuneyard.local_stack import free_port
 
@@ -48,9 +48,7 @@ def inference(tiny_llama, adapters_dir):
 
 @pytest.fixture(scope="module")
 def gateway(inference):
-    running = start_gateway(
-        inference_addr=f"127.0.0.1:{inference.port}", trainer_addr=f"127.0.0.1:{free_port()}"
-    )
+    running = gateway_before(inference.port)
     yield running
     running.stop()
 

@@ -7,7 +7,7 @@ import pytest
 
 from inference_service.server import serve
 from inference_service.settings import InferenceSettings
-from tests.gateway.conftest import start_gateway
+from tests.gateway.conftest import gateway_before
 from tests.inference.conftest import make_adapter
 from tuneyard import embedded_model
 from tuneyard.local_stack import free_port
@@ -61,8 +61,6 @@ def vllm_service(smollm, vllm_adapters_dir):
 
 @pytest.fixture(scope="session")
 def vllm_gateway(vllm_service):
-    gateway = start_gateway(
-        inference_addr=f"127.0.0.1:{vllm_service.port}", trainer_addr=f"127.0.0.1:{free_port()}"
-    )
+    gateway = gateway_before(vllm_service.port)
     yield gateway
     gateway.stop()
