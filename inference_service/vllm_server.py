@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = SOURCE_ROOT / ".venv-vllm"
 SERVED_BASE = "base"  # vLLM's name for the base model; adapters are "name@version"
+_MISSES_BEFORE_DOWN = 3  # failed /health polls in a row before a live child is not ready
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM takes
 
 
@@ -210,7 +211,7 @@ class VllmServer:
 
     def _watch(self) -> None:
         """Start the child, poll /health, restart the child when it exits (backing off)."""
-        backoff = 1.0
+        backoff, misses = 1.0, 0
         with httpx.Client() as client:
             while not self._stopping.is_set():
                 if self.port and (self._process is None or self._process.poll() is not None):
@@ -230,11 +231,16 @@ class VllmServer:
                 healthy = self._healthy(client)
                 if healthy and not self.ready:
                     backoff = 1.0
-                self._set_ready(healthy)
                 if healthy:
                     self._unhealthy_since = None
-                elif self._unhealthy_since is None:
-                    self._unhealthy_since = time.monotonic()
+                    misses = 0
+                else:
+                    misses += 1
+                    if self._unhealthy_since is None:
+                        self._unhealthy_since = time.monotonic()
+                # A live child that misses one poll (a busy machine) is not yet down.
+                if healthy or misses >= _MISSES_BEFORE_DOWN:
+                    self._set_ready(healthy)
                 down_for = time.monotonic() - (self._unhealthy_since or time.monotonic())
                 if self.port and down_for > self.settings.vllm_start_timeout_s:
                     log.error("vLLM not healthy for %.0f s: killing it", down_for)
