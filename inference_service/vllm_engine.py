@@ -28,8 +28,13 @@ from tuneyard.errors import (
     TuneyardError,
     Unavailable,
 )
-from tuneyard.modeling import BaseModelRef, load_tokenizer, pick_device, pick_dtype
-from tuneyard.modeling import resolve_base_model as resolve
+from tuneyard.modeling import (
+    BaseModelRef,
+    load_tokenizer,
+    pick_device,
+    pick_dtype,
+    resolve_base_model,
+)
 
 from .engine_base import EngineBase, config_eos_ids
 from .lora import LoraWeights, MultiLora
@@ -93,7 +98,7 @@ class VllmEngine(EngineBase):
                 "`make vllm`, or set TUNEYARD_VLLM_PYTHON to the Python of an environment "
                 "with vLLM"
             )
-        base = resolve(settings.resolved_base_model)
+        base = resolve_base_model(settings.resolved_base_model)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
         log.info("serving %s with vLLM on %s (%s)", base.id, device, dtype)
@@ -234,7 +239,7 @@ class VllmLoras:
         self.shapes.check(weights)
 
     def add(self, key: str, weights: LoraWeights) -> None:
-        self.check(weights)
+        """Checked already (AdapterCache.read); vLLM reads the version's own folder."""
         self.ensure(key)
 
     def ensure(self, key: str) -> None:
