@@ -233,6 +233,7 @@ def _link_to_job(jobs: JobStore, job_id: str, evaluation: Evaluation) -> None:
             level="warn",
         )
         return
+    # The table first: whoever sees the reports linked can already read it.
+    jobs.add_event(job_id, f"evaluation {evaluation.id}:\n{format_table(evaluation.result)}")
     files = jobs.get_job(job_id).result_files
     jobs.update(job_id, result_files=[*files, evaluation.report_html, evaluation.report_markdown])
-    jobs.add_event(job_id, f"evaluation {evaluation.id}:\n{format_table(evaluation.result)}")
