@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer_service.files import FileStore
-from tuneyard.errors import InvalidArgument, NotFound
+from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneyard.jobspec import DataSpec
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SPLIT_FILE = "split.json"  # in a job's folder: which rows its worker trained on and held out
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,45 @@ def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]
     held_out = set(order[:n_eval])
     train = [r for i, r in enumerate(rows) if i not in held_out]
     return train, [r for i, r in enumerate(rows) if i in held_out]
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[Row]
+    eval: list[Row]
+    source: str
+
+
+def save_split(folder: Path, split: Split, sha256: str) -> None:
+    """Record the split by row numbers and the data's hash: the evaluation of the job reads
+    the same rows again, or learns that the data changed since."""
+    record = {
+        "source": split.source,
+        "sha256": sha256,
+        "train": [r.line for r in split.train],
+        "eval": [r.line for r in split.eval],
+    }
+    (folder / SPLIT_FILE).write_text(json.dumps(record))
+
+
+def load_split(folder: Path, data: DataSpec, files_root: Path) -> Split | None:
+    """The rows a job's worker trained on and held out, read again from its data; None when
+    the job has no record of them (it never started)."""
+    path = folder / SPLIT_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    loaded = load_data(data, files_root)
+    if loaded.sha256 != record["sha256"]:
+        raise FailedPrecondition(
+            f"{loaded.source} changed since job {folder.name} trained on it, so its eval split "
+            "is gone; give eval_file",
+            param="eval_file",
+        )
+    by_line = {row.line: row for row in loaded.rows}
+    return Split(
+        [by_line[n] for n in record["train"]], [by_line[n] for n in record["eval"]], loaded.source
+    )
 
 
 def file_sha256(path: str | Path) -> str:

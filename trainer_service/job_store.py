@@ -1,6 +1,8 @@
 """Jobs and their events in SQLite (WAL), so both survive a restart of the trainer.
 
-Plain dataclasses go in and out; the servicer converts them to proto messages.
+Plain dataclasses go in and out (the spec typed, parsed once here); the servicer converts
+them to proto messages. Writes come from the journal (trainer_service.journal), which
+wakes watchers after each one.
 """
 
 import json
@@ -12,15 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneyard.errors import NotFound
+from tuneyard.jobspec import JobSpec
+from tuneyard.statuses import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    VALIDATING_FILES,
+)
 
-VALIDATING_FILES = "validating_files"
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
 STATUSES = (VALIDATING_FILES, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
 @dataclass
@@ -35,7 +40,7 @@ class JobError:
 class Job:
     id: str
     status: str
-    spec: dict
+    spec: JobSpec
     created_at: float
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -128,13 +133,13 @@ class JobStore:
             self._db.close()
 
     # --- jobs ----------------------------------------------------------------------------
-    def create_job(self, spec: dict, status: str = VALIDATING_FILES) -> Job:
+    def create_job(self, spec: JobSpec, status: str = VALIDATING_FILES) -> Job:
         job = Job(id=new_job_id(), status=status, spec=spec, created_at=time.time())
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, rowid_order, status, spec, created_at) "
                 "VALUES (?, (SELECT COALESCE(MAX(rowid_order), 0) + 1 FROM jobs), ?, ?, ?)",
-                (job.id, job.status, json.dumps(spec), job.created_at),
+                (job.id, job.status, spec.model_dump_json(), job.created_at),
             )
         return job
 
@@ -234,7 +239,7 @@ def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
         status=row["status"],
-        spec=json.loads(row["spec"]),
+        spec=JobSpec.model_validate_json(row["spec"]),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],

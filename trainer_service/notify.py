@@ -1,13 +1,18 @@
 """Telling the inference service that a new adapter version is there to load: every
 replica of it (see tuneyard.replicas), so that the first request anywhere finds it loaded."""
 
+import logging
+
 import grpc
 
+from trainer_service.journal import JobJournal
 from tuneyard.errors import Unavailable
 from tuneyard.replicas import ReplicaAddresses
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
+log = logging.getLogger(__name__)
 LOAD_DEADLINE_S = 60.0
+_TRANSPORT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "INTERNAL"})
 
 
 class InferenceNotifier:
@@ -45,3 +50,32 @@ class InferenceNotifier:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
+
+
+class AdapterPreloader:
+    """Asks the inference service to load a version a job published, so that its first
+    request does not pay for the load; the job's events say how that went."""
+
+    def __init__(self, notifier: InferenceNotifier, journal: JobJournal):
+        self.notifier = notifier
+        self.journal = journal
+
+    def __call__(self, job_id: str, model: str) -> None:
+        try:
+            self.notifier.load_adapter(model)
+            self.journal.event(job_id, f"the inference service loaded {model}")
+        except Exception as err:  # grpc.RpcError mostly; serving can still load it later
+            detail = err.details() if hasattr(err, "details") else str(err)
+            log.warning(
+                "%s: LoadAdapter %s at %s: %s", job_id, model, self.notifier.address, detail
+            )
+            code = err.code().name if hasattr(err, "code") else "INTERNAL"
+            # The service's own answer (a base model mismatch...) helps; gRPC's transport
+            # words (addresses, "recvmsg:...") and crashes are for the log only.
+            said = "" if code in _TRANSPORT_CODES else f": {detail}"
+            self.journal.event(
+                job_id,
+                f"could not tell the inference service to load {model} ({code}){said}; "
+                "it is loaded on first use",
+                level="warn",
+            )

@@ -12,9 +12,10 @@ from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.settings import EvaluationSettings
 from trainer_service.executors import make_executor
 from trainer_service.job_store import JobStore
+from trainer_service.journal import JobJournal
 from trainer_service.metrics import TrainerMetrics
-from trainer_service.notify import InferenceNotifier
-from trainer_service.scheduler import Scheduler
+from trainer_service.notify import AdapterPreloader, InferenceNotifier
+from trainer_service.scheduler import JobScheduler
 from trainer_service.servicer import TrainerServicer, add_to_server
 from trainer_service.settings import TrainerSettings
 from tuneyard.errors import Unavailable
@@ -28,7 +29,7 @@ class RunningServer:
     server: grpc.Server
     health: object
     port: int
-    scheduler: Scheduler
+    scheduler: JobScheduler
     store: JobStore
     metrics: TrainerMetrics
     metrics_server: WSGIServer | None = None
@@ -53,10 +54,17 @@ def serve(settings: TrainerSettings) -> RunningServer:
     """Start everything and return at once; `.port` is the bound gRPC port."""
     store = JobStore(settings.resolved_trainer_db)
     metrics = TrainerMetrics(store)
+    journal = JobJournal(store, metrics)
     notifier = InferenceNotifier(settings.inference_addr) if settings.inference_addr else None
-    evaluations = EvaluationService(EvaluationSettings.of(settings), store)
+    evaluations = EvaluationService(EvaluationSettings.of(settings), journal)
     evaluations.start()
-    scheduler = Scheduler(settings, store, make_executor(settings), metrics, notifier, evaluations)
+    scheduler = JobScheduler(
+        settings,
+        journal,
+        make_executor(settings),
+        on_published=AdapterPreloader(notifier, journal) if notifier else None,
+        after_success=[evaluations.evaluate_job],
+    )
     scheduler.start()
 
     server = build_server()

@@ -7,7 +7,7 @@ import grpc
 from trainer_service import checkpoints, job_store
 from trainer_service.dataset import check_file
 from trainer_service.files import FileInfo, FileStore
-from trainer_service.scheduler import Scheduler
+from trainer_service.scheduler import JobScheduler
 from trainer_service.validation import (
     JobValidationError,
     ValidationReport,
@@ -35,7 +35,7 @@ _STATUS = {
 
 
 def job_to_proto(job: job_store.Job) -> trainer_pb2.Job:
-    spec = JobSpec.model_validate(job.spec)
+    spec = job.spec
     message = trainer_pb2.Job(
         id=job.id,
         status=_STATUS[job.status],
@@ -119,8 +119,9 @@ def file_to_proto(info: FileInfo) -> trainer_pb2.File:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, scheduler: Scheduler):
+    def __init__(self, scheduler: JobScheduler):
         self.scheduler = scheduler
+        self.journal = scheduler.journal
         self.store = scheduler.store
         max_row_bytes = scheduler.settings.max_row_bytes
         self.files = FileStore(
@@ -159,15 +160,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         seq = request.after_seq
         self.store.get_job(request.job_id)  # NOT_FOUND before streaming anything
         while context.is_active():
-            version = self.scheduler.version
+            version = self.journal.version
             job = self.store.get_job(request.job_id)
+            settled = self.journal.settled(job)
             # Status first, then events: the final event is stored before the final status.
             for event in self.store.events(request.job_id, after_seq=seq):
                 seq = event.seq
                 yield event_to_proto(event)
-            if job.terminal:
+            if settled:  # ended, and what runs after it (an evaluation) has reported
                 return
-            self.scheduler.wait_for_change(version, timeout=WATCH_WAIT_S)
+            self.journal.wait_for_change(version, timeout=WATCH_WAIT_S)
 
     @maps_errors
     def ListJobEvents(self, request, context):
@@ -179,7 +181,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         """A client's spec, its server paths checked against the data folders first."""
         spec = JobSpec.from_proto(message)
         self.scheduler.data_roots.check_spec(spec)
-        return self.scheduler.with_default_base(spec)
+        return self.scheduler.resolve_spec(spec)
 
     @maps_errors
     def ValidateDataset(self, request, context):
@@ -214,8 +216,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         checkpoint, published = checkpoints.publish_checkpoint(
             self.adapters, self._workdir(request.job_id), request.job_id, request.step
         )
-        if published:
-            self.scheduler.announce(request.job_id, checkpoint.published_as)
+        if published and self.scheduler.on_published is not None:
+            self.scheduler.on_published(request.job_id, checkpoint.published_as)
         return checkpoint_to_proto(checkpoint)
 
     @maps_errors

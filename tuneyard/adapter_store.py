@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from tuneyard.errors import InvalidArgument, NotFound
 
 MANIFEST = "tuneyard.json"
+LOSS_CURVE = "loss_curve.png"  # the training loss image the trainer puts in each version
 DEFAULT_MODE = 0o755
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 import httpx
 
 from tuneyard.jobspec import JobSpec
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
+from tuneyard.statuses import TERMINAL
 
 
 class GatewayError(RuntimeError):

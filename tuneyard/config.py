@@ -7,6 +7,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tuneyard.adapter_store import DEFAULT_MODE, check_mode
+from tuneyard.embedded_model import embedded_model_dir
 
 DEFAULT_HOME = Path.home() / ".cache" / "tuneyard"
 
@@ -40,7 +41,4 @@ class CommonSettings(BaseSettings):
 
     @property
     def resolved_base_model(self) -> str:
-        # Imported late: the embedded model module pulls in transformers.
-        from tuneyard.embedded_model import embedded_model_dir
-
         return self.base_model or str(embedded_model_dir(self.home))

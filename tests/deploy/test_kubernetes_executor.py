@@ -237,9 +237,11 @@ def test_the_scheduler_resumes_a_job_whose_pod_was_killed(tmp_path):
     """The resume decision is the scheduler's, the same for every executor: here a pod
     OOM-killed after a checkpoint, the job going on as a second Job."""
     from tests.trainer.conftest import wait_until
-    from trainer_service.job_store import QUEUED, SUCCEEDED, JobStore
-    from trainer_service.scheduler import Scheduler
+    from trainer_service.job_store import JobStore
+    from trainer_service.journal import JobJournal
+    from trainer_service.scheduler import JobScheduler
     from trainer_service.settings import TrainerSettings
+    from tuneyard.statuses import QUEUED, SUCCEEDED
 
     home = tmp_path / "home"
     trainer = TrainerSettings(home=home, trainer_metrics_port=0)
@@ -253,7 +255,7 @@ def test_the_scheduler_resumes_a_job_whose_pod_was_killed(tmp_path):
             "training": {"max_steps": 10, "save_steps": 5},
         }
     )
-    job = store.create_job(spec.model_dump(), status=QUEUED)
+    job = store.create_job(spec, status=QUEUED)
     checkpoint = trainer.resolved_trainer_workdir / job.id / "trainer" / "checkpoint-5"
     checkpoint.mkdir(parents=True)
     for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json"):
@@ -261,7 +263,7 @@ def test_the_scheduler_resumes_a_job_whose_pod_was_killed(tmp_path):
     scripts = [PodScript(lines(METRICS), exit_code=137), PodScript(lines(RESULT))]
     with KubeStandIn(scripts) as kube:
         k8s = executor(kube, home=home, adapters_dir=None, k8s_adapters_pvc="")
-        scheduler = Scheduler(trainer, store, k8s)
+        scheduler = JobScheduler(trainer, JobJournal(store), k8s)
         scheduler.start()
         try:
             done = wait_until(lambda: (j := store.get_job(job.id)).terminal and j, timeout=30)

@@ -14,6 +14,7 @@ from tests.inference.conftest import make_adapter
 from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.settings import EvaluationSettings
 from trainer_service.job_store import JobStore
+from trainer_service.journal import JobJournal
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -75,7 +76,7 @@ def make_service(tmp_path, adapters, inference):
         )
         values.update(overrides)
         settings = EvaluationSettings(**values)
-        service = EvaluationService(settings, JobStore(settings.resolved_trainer_db))
+        service = EvaluationService(settings, JobJournal(JobStore(settings.resolved_trainer_db)))
         made.append(service)
         return service
 

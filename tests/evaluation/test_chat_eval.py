@@ -15,10 +15,10 @@ from tests.inference.conftest import make_adapter
 from trainer_service.evaluation.inference import Generation
 from trainer_service.evaluation.plan import build_plan
 from trainer_service.evaluation.runner import cut_at
-from trainer_service.job_store import SUCCEEDED
 from tuneyard.adapter_store import MANIFEST
 from tuneyard.errors import FailedPrecondition, InvalidArgument
 from tuneyard.modeling import load_tokenizer, resolve_base_model
+from tuneyard.statuses import SUCCEEDED
 from tuneyard.templates import ChatTemplate
 from tuneyard.v1 import evaluation_pb2 as pb
 
@@ -86,7 +86,14 @@ def chat_spec(chat_files, **fields) -> pb.EvaluationSpec:
 
 
 def plan_for(service, spec, tokenizer):
-    return build_plan(spec, service.adapters, service.jobs, service.files_root, lambda _: tokenizer)
+    return build_plan(
+        spec,
+        service.adapters,
+        service.jobs,
+        service.files_root,
+        service.settings.resolved_trainer_workdir,
+        lambda _: tokenizer,
+    )
 
 
 def test_a_chat_adapter_is_evaluated_on_every_arm(

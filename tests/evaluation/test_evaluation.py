@@ -5,22 +5,30 @@ and bad input refused before any generation."""
 import base64
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
 from tests.evaluation.conftest import write_jsonl
+from trainer_service.dataset import Split, file_sha256, read_rows, save_split
 from trainer_service.evaluation.plan import build_plan, fit_shots
-from trainer_service.evaluation.service import LOSS_CURVE, evaluate_job_output
-from trainer_service.job_store import SUCCEEDED
+from trainer_service.scheduler import JobScheduler
+from trainer_service.servicer import TrainerServicer, add_to_server
+from tuneyard.adapter_store import LOSS_CURVE
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from tuneyard.eval_table import number
+from tuneyard.grpc_server import build_server
+from tuneyard.jobspec import JobSpec
 from tuneyard.local_stack import free_port
 from tuneyard.modeling import load_tokenizer, resolve_base_model
+from tuneyard.statuses import QUEUED, SUCCEEDED
 from tuneyard.v1 import evaluation_pb2 as pb
+from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
 FORMAT = r"Subject: [^\n]+\nHi there,\n[\s\S]+"
 ALL_CHECKS = [
@@ -80,14 +88,19 @@ def direct_loss(base_path, adapter_path, cases) -> float:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, adapters, heldout, train_rows, inference, tiny_llama):
     """One full evaluation: three arms plus email@2, all check types (run once)."""
-    from tests.evaluation.conftest import EvaluationService, EvaluationSettings, JobStore
+    from tests.evaluation.conftest import (
+        EvaluationService,
+        EvaluationSettings,
+        JobJournal,
+        JobStore,
+    )
 
     home = tmp_path_factory.mktemp("home")
     (adapters[1][0].path / LOSS_CURVE).write_bytes(b"\x89PNG fake curve")
     settings = EvaluationSettings(
         home=home, adapters_dir=adapters[0], inference_addr=f"127.0.0.1:{inference.port}"
     )
-    service = EvaluationService(settings, JobStore(settings.resolved_trainer_db))
+    service = EvaluationService(settings, JobJournal(JobStore(settings.resolved_trainer_db)))
     service.start()
     created = service.create(make_spec(heldout, train_rows, compare_adapters=["email@2"]))
     evaluation = service.wait(created.id, timeout=120)
@@ -138,7 +151,11 @@ def test_arm_scores_are_the_means_of_the_rows(finished):
 def test_few_shot_prompts_carry_training_rows(finished, heldout, train_rows, adapters):
     service, _ = finished
     plan = build_plan(
-        make_spec(heldout, train_rows), service.adapters, service.jobs, service.files_root
+        make_spec(heldout, train_rows),
+        service.adapters,
+        service.jobs,
+        service.files_root,
+        service.settings.resolved_trainer_workdir,
     )
     few_shot = plan.prompt(plan.arms[1], plan.cases[0], 3)
     assert few_shot.endswith(plan.cases[0].prompt)
@@ -204,7 +221,11 @@ def test_one_arm_and_a_limit(make_service, heldout, train_rows):
 def test_shots_are_fitted_to_the_context(make_service, heldout, train_rows, tiny_llama):
     service = make_service()
     plan = build_plan(
-        make_spec(heldout, train_rows), service.adapters, service.jobs, service.files_root
+        make_spec(heldout, train_rows),
+        service.adapters,
+        service.jobs,
+        service.files_root,
+        service.settings.resolved_trainer_workdir,
     )
     tokenizer = load_tokenizer(resolve_base_model(str(tiny_llama)))
 
@@ -281,13 +302,16 @@ def test_a_job_that_did_not_succeed_is_refused(
         service.create(make_spec(heldout, train_rows, adapter_id="", job_id=job.id))
 
 
-def job_spec(base, data) -> dict:
-    return {
-        "base_model": str(base),
-        "adapter_name": "email",
-        "data": {"path": str(data), "eval_fraction": 0.25},
-        "template": EMAIL_TEMPLATE,
-    }
+def job_spec(base, data, evaluation: dict | None = None) -> JobSpec:
+    return JobSpec.parse(
+        {
+            "base_model": str(base),
+            "adapter_name": "email",
+            "data": {"path": str(data), "eval_fraction": 0.25},
+            "template": EMAIL_TEMPLATE,
+            "evaluation": evaluation,
+        }
+    )
 
 
 def test_job_output_is_evaluated_on_its_eval_split_and_linked(
@@ -295,11 +319,11 @@ def test_job_output_is_evaluated_on_its_eval_split_and_linked(
 ):
     service = make_service()
     service.start()
-    job = service.jobs.create_job(job_spec(tiny_llama, email_jsonl))
+    job = service.jobs.create_job(job_spec(tiny_llama, email_jsonl, {"max_new_tokens": 4}))
     job = service.jobs.update(
         job.id, status=SUCCEEDED, fine_tuned_model="email@1", result_files=["/x/loss_curve.png"]
     )
-    evaluation = evaluate_job_output(job, service, {"max_new_tokens": 4})
+    evaluation = service.evaluate_job(job)
     evaluation = service.wait(evaluation.id, timeout=120)
     assert evaluation.status == SUCCEEDED, evaluation.error
     assert evaluation.rows == 3 and "eval split of " + job.id in evaluation.eval_source
@@ -316,11 +340,102 @@ def test_job_output_is_evaluated_on_its_eval_split_and_linked(
 
 def test_a_bad_job_evaluation_is_a_warning(make_service, tiny_llama, email_jsonl):
     service = make_service()
-    job = service.jobs.create_job(job_spec(tiny_llama, email_jsonl))
+    job = service.jobs.create_job(job_spec(tiny_llama, email_jsonl, {"checks": [{"type": "nope"}]}))
     job = service.jobs.update(job.id, status=SUCCEEDED, fine_tuned_model="email@1")
-    assert evaluate_job_output(job, service, {"checks": [{"type": "nope"}]}) is None
+    assert service.evaluate_job(job) is None
     events = service.jobs.events(job.id)
     assert events[-1].level == "warn" and "unknown check type 'nope'" in events[-1].message
+
+
+def test_a_job_is_evaluated_on_the_split_its_worker_recorded(
+    make_service, heldout, train_rows, tiny_llama, email_jsonl
+):
+    """Rows 2 and 5 held out, as the worker wrote it down: those, whatever the seed says;
+    and once the data file changed, the split is gone and the evaluation says so."""
+    service = make_service()
+    job = service.jobs.create_job(job_spec(tiny_llama, email_jsonl))
+    job = service.jobs.update(job.id, status=SUCCEEDED, fine_tuned_model="email@1")
+    rows = read_rows(email_jsonl, {}, "data.path")
+    folder = service.settings.resolved_trainer_workdir / job.id
+    folder.mkdir(parents=True)
+    held_out = [rows[1], rows[4]]
+    train = [r for r in rows if r not in held_out]
+    save_split(folder, Split(train, held_out, str(email_jsonl)), file_sha256(email_jsonl))
+
+    def plan():
+        return build_plan(
+            make_spec(heldout, train_rows, eval_file="", adapter_id="", job_id=job.id),
+            service.adapters,
+            service.jobs,
+            service.files_root,
+            service.settings.resolved_trainer_workdir,
+        )
+
+    evaluated = plan()
+    assert [c.line for c in evaluated.cases] == [2, 5]
+    email_jsonl.write_text(email_jsonl.read_text() + email_jsonl.read_text())
+    with pytest.raises(FailedPrecondition, match="changed since job") as caught:
+        plan()
+    assert caught.value.param == "eval_file"
+
+
+class Publishing:
+    """An executor whose worker publishes email@1 once `go` is set."""
+
+    def __init__(self):
+        self.go = threading.Event()
+
+    def start(self, job_id, workdir):
+        go = self.go
+
+        class Run:
+            def events(self):
+                go.wait(60)
+                yield {"type": "result", "fine_tuned_model": "email@1", "result_files": []}
+
+            def cancel(self):
+                go.set()
+
+            def wait(self):
+                return 0
+
+        return Run()
+
+
+def test_a_watch_of_the_job_ends_with_its_evaluation_s_events(
+    make_service, tiny_llama, email_jsonl
+):
+    """WatchJob over gRPC stays open after the job succeeded until the evaluation its spec
+    asked for has reported: the table is the last event the watcher receives."""
+    service = make_service()
+    service.start()
+    options = {"max_new_tokens": 2, "arms": ["adapter"]}
+    job = service.jobs.create_job(job_spec(tiny_llama, email_jsonl, options), status=QUEUED)
+    executor = Publishing()
+    scheduler = JobScheduler(
+        service.settings, service.journal, executor, after_success=[service.evaluate_job]
+    )
+    server = build_server()
+    add_to_server(TrainerServicer(scheduler), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    scheduler.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            watch = stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120)
+            first = next(watch)  # the watch is open before the job ends
+            executor.go.set()
+            messages = [first.message, *(e.message for e in watch)]
+    finally:
+        scheduler.close(timeout=5)
+        server.stop(0)
+    done = messages.index("succeeded: published email@1")
+    started = [m for m in messages[done:] if m.startswith("evaluation ") and "started" in m]
+    assert len(started) == 1
+    evaluation_id = started[0].split()[1]
+    assert messages[-1].startswith(f"evaluation {evaluation_id}:\narm")
+    assert service.get(evaluation_id).status == SUCCEEDED
 
 
 def test_queued_evaluations_survive_a_restart(make_service, heldout, train_rows):
@@ -340,9 +455,10 @@ def test_a_job_evaluation_left_queued_by_a_restart_still_reaches_the_job(
     make_service, tiny_llama, email_jsonl
 ):
     first = make_service()  # stopped before its evaluation ran
-    job = first.jobs.create_job(job_spec(tiny_llama, email_jsonl))
+    options = {"max_new_tokens": 2, "arms": ["adapter"]}
+    job = first.jobs.create_job(job_spec(tiny_llama, email_jsonl, options))
     job = first.jobs.update(job.id, status=SUCCEEDED, fine_tuned_model="email@1")
-    evaluation = evaluate_job_output(job, first, {"max_new_tokens": 2, "arms": ["adapter"]})
+    evaluation = first.evaluate_job(job)
     first.close()
     second = make_service()
     second.start()

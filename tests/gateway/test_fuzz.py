@@ -50,6 +50,7 @@ from tests.gateway.test_gateway_inference import _inference
 from tests.inference.conftest import make_adapter
 from trainer_service.server import serve as serve_trainer
 from trainer_service.settings import TrainerSettings
+from tuneyard.statuses import TERMINAL
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,6 @@ CHECKS = [
 EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 40}
 SCALE = float(os.environ.get("TUNEYARD_FUZZ_SCALE", "1"))
 RANDOM = os.environ.get("TUNEYARD_FUZZ_RANDOM", "") not in ("", "0")
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def _settings(max_examples: int, **kwargs) -> settings:

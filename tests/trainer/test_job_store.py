@@ -1,19 +1,16 @@
 import pytest
 
-from trainer_service.job_store import (
-    FAILED,
-    QUEUED,
-    RUNNING,
-    VALIDATING_FILES,
-    JobError,
-    JobStore,
-)
+from trainer_service.job_store import JobError, JobStore
 from tuneyard.errors import NotFound
+from tuneyard.jobspec import JobSpec
+from tuneyard.statuses import FAILED, QUEUED, RUNNING, VALIDATING_FILES
+
+SPEC = JobSpec(adapter_name="a", data={"path": "/data/a.jsonl"}, template={"builtin": "alpaca"})
 
 
 def test_job_round_trip_and_reopen(tmp_path):
     store = JobStore(tmp_path / "jobs.db")
-    job = store.create_job({"adapter_name": "a"})
+    job = store.create_job(SPEC)
     assert job.id.startswith("ftjob-") and job.status == VALIDATING_FILES
     store.update(
         job.id,
@@ -32,7 +29,7 @@ def test_job_round_trip_and_reopen(tmp_path):
     reopened = JobStore(tmp_path / "jobs.db")
     got = reopened.get_job(job.id)
     assert got.status == FAILED and got.terminal
-    assert got.spec == {"adapter_name": "a"}
+    assert got.spec == SPEC  # typed, as it went in
     assert got.trained_tokens == 42 and got.finished_at == 5.0
     assert got.result_files == ["/x/loss.png"] and got.fine_tuned_model == "a@1"
     assert got.error == JobError("missing_column", "line 3 has no column 'email'", "data", 3)
@@ -47,7 +44,7 @@ def test_job_round_trip_and_reopen(tmp_path):
 
 def test_list_pagination_status_queries_and_counts(tmp_path):
     store = JobStore(tmp_path / "jobs.db")
-    ids = [store.create_job({"n": i}).id for i in range(5)]
+    ids = [store.create_job(SPEC).id for i in range(5)]
     store.update(ids[1], status=QUEUED)
     store.update(ids[3], status=QUEUED)
     store.update(ids[4], status=RUNNING)
@@ -74,4 +71,4 @@ def test_unknown_job_is_not_found(tmp_path):
     with pytest.raises(NotFound):
         store.list_jobs(after="ftjob-nope")
     with pytest.raises(ValueError, match="spec"):
-        store.update(store.create_job({}).id, spec={})
+        store.update(store.create_job(SPEC).id, spec={})

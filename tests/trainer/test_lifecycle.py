@@ -17,10 +17,12 @@ from tests.conftest import EMAIL_ROWS
 from tests.trainer.conftest import make_spec, wait_until
 from tests.trainer.test_server import free_port
 from trainer_service.executors.local import LocalExecutor
-from trainer_service.job_store import FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
-from trainer_service.scheduler import Scheduler
+from trainer_service.job_store import JobStore
+from trainer_service.journal import JobJournal
+from trainer_service.scheduler import JobScheduler
 from trainer_service.server import serve
 from tuneyard.adapter_store import AdapterStore
+from tuneyard.statuses import FAILED, QUEUED, RUNNING, SUCCEEDED
 from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
 
@@ -198,7 +200,7 @@ def test_restart_requeues_a_job_with_a_checkpoint_until_max_resumes(
     settings, tiny_llama, email_jsonl
 ):
     store = JobStore(settings.resolved_trainer_db)
-    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5}).model_dump()
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5})
     resumable = store.create_job(spec, status=RUNNING)
     exhausted = store.create_job(spec, status=RUNNING)
     store.update(exhausted.id, resumes=settings.max_resumes)
@@ -211,9 +213,9 @@ def test_restart_requeues_a_job_with_a_checkpoint_until_max_resumes(
         def start(self, job_id, workdir):
             raise RuntimeError("not started in this test")
 
-    scheduler = Scheduler(
+    scheduler = JobScheduler(
         settings.model_copy(update={"max_concurrent_jobs": 1}),
-        JobStore(settings.resolved_trainer_db),
+        JobJournal(JobStore(settings.resolved_trainer_db)),
         Idle(),
     )
     scheduler._dispatch = lambda: None  # keep the requeued job queued, to look at it
@@ -272,13 +274,15 @@ def test_relative_local_paths_are_made_absolute(settings, tiny_llama, email_json
     """The worker runs in its job folder: a path relative to the trainer's would break."""
     monkeypatch.chdir(tiny_llama.parent)
     spec = make_spec(tiny_llama.name, "x.jsonl", data={"path": os.path.relpath(email_jsonl)})
-    scheduler = Scheduler(settings, JobStore(settings.resolved_trainer_db), executor=None)
+    scheduler = JobScheduler(
+        settings, JobJournal(JobStore(settings.resolved_trainer_db)), executor=None
+    )
     try:
-        resolved = scheduler.with_default_base(spec)
+        resolved = scheduler.resolve_spec(spec)
         assert resolved.base_model == str(tiny_llama.resolve())
         assert resolved.data.path == str(email_jsonl.resolve())
         hub = spec.model_copy(update={"base_model": "org/some-model"})
-        assert scheduler.with_default_base(hub).base_model == "org/some-model"
+        assert scheduler.resolve_spec(hub).base_model == "org/some-model"
     finally:
         scheduler.store.close()
 
@@ -288,15 +292,17 @@ def worker_processes(job_id: str) -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if job_id in " ".join(p.cmdline())]
 
 
-def terminal(scheduler: Scheduler, job_id: str):
+def terminal(scheduler: JobScheduler, job_id: str):
     job = scheduler.get(job_id)
     return job if job.terminal else None
 
 
 @pytest.mark.slow
 def test_a_killed_worker_resumes_from_its_checkpoint(settings, tiny_llama, email_jsonl):
-    scheduler = Scheduler(
-        settings, JobStore(settings.resolved_trainer_db), LocalExecutor(settings, kill_grace_s=5)
+    scheduler = JobScheduler(
+        settings,
+        JobJournal(JobStore(settings.resolved_trainer_db)),
+        LocalExecutor(settings, kill_grace_s=5),
     )
     scheduler.start()
     try:
@@ -367,7 +373,7 @@ def run_scripted(settings, executor: Scripted, spec: dict, resumes: int = 0, ste
     store.update(job.id, resumes=resumes)
     if step:
         fake_checkpoint(settings, job.id, step)
-    scheduler = Scheduler(settings, store, executor)
+    scheduler = JobScheduler(settings, JobJournal(store), executor)
     scheduler.start()
     try:
         done = wait_until(lambda: terminal(scheduler, job.id), timeout=10)
@@ -383,7 +389,7 @@ RESULT = {"type": "result", "fine_tuned_model": "emails@1", "result_files": []}
 def test_a_dead_worker_is_resumed_up_to_max_resumes_then_fails_saying_why(
     settings, tiny_llama, email_jsonl
 ):
-    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5}).model_dump()
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5})
     # Killed, then gone without a word (a lost pod), then it publishes.
     executor = Scripted(([], -9), ([], 1), ([RESULT], 0))
     done, messages = run_scripted(settings, executor, spec, step=5)
@@ -416,7 +422,7 @@ def test_a_dead_worker_is_resumed_up_to_max_resumes_then_fails_saying_why(
 
 
 def test_a_worker_that_reports_an_error_is_not_resumed(settings, tiny_llama, email_jsonl):
-    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5}).model_dump()
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5})
     error = {"type": "message", "level": "error", "message": "ValueError: bad row"}
     for code in (1, -9):  # even if something killed it after it reported
         executor = Scripted(([error], code))

@@ -9,18 +9,12 @@ import pytest
 
 from tests.trainer.conftest import make_spec, wait_until
 from trainer_service.executors.local import LocalExecutor
-from trainer_service.job_store import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    VALIDATING_FILES,
-    JobStore,
-)
+from trainer_service.job_store import JobStore
+from trainer_service.journal import JobJournal
 from trainer_service.metrics import TrainerMetrics
-from trainer_service.scheduler import Scheduler
+from trainer_service.scheduler import JobScheduler
 from tuneyard.adapter_store import AdapterStore
+from tuneyard.statuses import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, VALIDATING_FILES
 
 LONG = {"max_steps": 2000}  # long enough to be caught running
 
@@ -32,9 +26,8 @@ def make_scheduler(settings):
     def make(**overrides):
         current = settings.model_copy(update=overrides)
         store = JobStore(current.resolved_trainer_db)
-        scheduler = Scheduler(
-            current, store, LocalExecutor(current, kill_grace_s=5), TrainerMetrics(store)
-        )
+        journal = JobJournal(store, TrainerMetrics(store))
+        scheduler = JobScheduler(current, journal, LocalExecutor(current, kill_grace_s=5))
         scheduler.start()
         made.append(scheduler)
         return scheduler
@@ -155,10 +148,10 @@ def test_worker_killed_fails_the_job_with_reason(make_scheduler, settings, tiny_
 
 def test_restart_recovery(settings, tiny_llama, email_jsonl, tmp_path, make_scheduler):
     store = JobStore(settings.resolved_trainer_db)
-    spec = make_spec(tiny_llama, email_jsonl).model_dump()
+    spec = make_spec(tiny_llama, email_jsonl)
     lost = store.create_job(spec, status=RUNNING)
     revalidated = store.create_job(
-        make_spec(tiny_llama, tmp_path / "gone.jsonl").model_dump(), status=VALIDATING_FILES
+        make_spec(tiny_llama, tmp_path / "gone.jsonl"), status=VALIDATING_FILES
     )
     requeued = store.create_job(spec, status=QUEUED)
     store.close()

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import jinja2
 
-from trainer_service.dataset import Row, read_rows
+from trainer_service.dataset import Row, Split, load_split, read_rows
 from trainer_service.evaluation.checks import Check, Scorer, scorers
 from trainer_service.files import FileStore
-from trainer_service.job_store import SUCCEEDED, JobStore
+from trainer_service.job_store import JobStore
 from trainer_service.validation import validate
 from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import load_tokenizer, resolve_base_model
+from tuneyard.statuses import SUCCEEDED
 from tuneyard.templates import ChatTemplate, PromptTemplate
 from tuneyard.v1 import evaluation_pb2
 
@@ -144,6 +145,7 @@ def build_plan(
     adapters: AdapterStore,
     jobs: JobStore,
     files_root: Path,
+    job_folders: Path,
     tokenizer_for: Callable[[str], object] = lambda base: load_tokenizer(resolve_base_model(base)),
 ) -> Plan:
     """`tokenizer_for(base_model)`: the base model's tokenizer, for a chat adapter."""
@@ -165,7 +167,7 @@ def build_plan(
                 f"job {job.id} is {job.status}; only a succeeded job has an adapter to evaluate",
                 param="job_id",
             )
-        job_spec = JobSpec.model_validate(job.spec)
+        job_spec = job.spec
         adapter_id = adapter_id or job.fine_tuned_model
     if not adapter_id:
         raise InvalidArgument("give adapter_id or job_id", param="adapter_id")
@@ -175,15 +177,18 @@ def build_plan(
     template = _template(adapter, manifest, tokenizer_for)
     job_id = spec.job_id or manifest.job_id
 
+    own_eval = bool(spec.eval_file or spec.eval_file_id)
+    own_shots = FEW_SHOT not in kinds or bool(spec.few_shot_file)
     split = None
-    if job_spec is not None and not (spec.eval_file or spec.eval_file_id):
-        split = validate(job_spec, files_root)
+    if job_spec is not None and not (own_eval and own_shots):
+        split = _job_split(job_folders / spec.job_id, job_spec, manifest, files_root)
+    if split is not None and not own_eval:
         if not split.eval:
             raise InvalidArgument(
                 f"job {spec.job_id} has no eval split (data.eval_fraction is 0); give eval_file",
                 param="eval_file",
             )
-        rows, eval_source = split.eval, f"{split.data_source} (eval split of {spec.job_id})"
+        rows, eval_source = split.eval, f"{split.source} (eval split of {spec.job_id})"
     else:
         rows, eval_source = _eval_rows(spec, files_root)
     if spec.limit:
@@ -194,7 +199,7 @@ def build_plan(
 
     shots = []
     if FEW_SHOT in kinds:
-        shot_rows = _shot_rows(spec, manifest, job_spec, split, files_root)
+        shot_rows = _shot_rows(spec, manifest, split)
         prompts = {c.prompt for c in cases}
         shot_cases = [_case(template, r, "few_shot_file") for r in shot_rows]
         shot_cases = [c for c in shot_cases if c.prompt not in prompts]  # never the answer itself
@@ -285,13 +290,29 @@ def _eval_rows(spec, files_root: Path) -> tuple[list[Row], str]:
     return read_rows(path, {}, "eval_file"), str(path.resolve())
 
 
-def _shot_rows(spec, manifest: Manifest, job_spec, split, files_root: Path) -> list[Row]:
+def _job_split(folder: Path, job_spec: JobSpec, manifest: Manifest, files_root: Path) -> Split:
+    """The rows the job's worker trained on and held out, as it recorded them; for a job
+    that left no record, its split derived again, from the data it trained on only."""
+    recorded = load_split(folder, job_spec.data, files_root)
+    if recorded is not None:
+        return recorded
+    report = validate(job_spec, files_root)
+    if manifest.dataset_sha256 and report.data_sha256 != manifest.dataset_sha256:
+        raise FailedPrecondition(
+            f"{report.data_source} changed since {manifest.name} was trained on it, so the "
+            "job's eval split is gone; give eval_file",
+            param="eval_file",
+        )
+    return Split(report.train, report.eval, report.data_source)
+
+
+def _shot_rows(spec, manifest: Manifest, split: Split | None) -> list[Row]:
     """The few-shot examples come from training rows: an explicit file, else the job's
     train split, else the adapter's training file."""
     if spec.few_shot_file:
         return read_rows(spec.few_shot_file, {}, "few_shot_file")
-    if job_spec is not None:
-        return (split or validate(job_spec, files_root)).train
+    if split is not None:
+        return split.train
     if manifest.dataset_path and Path(manifest.dataset_path).is_file():
         return read_rows(manifest.dataset_path, {}, "few_shot_file")
     raise InvalidArgument(

@@ -14,7 +14,7 @@ from trainer_service.evaluation.plan import Arm, Case, Plan
 from tuneyard.errors import TuneyardError
 
 
-class Cancelled(TuneyardError):
+class EvaluationCancelled(TuneyardError):
     code = "CANCELLED"
 
 
@@ -86,7 +86,7 @@ class Runner:
         def one(arm: Arm, case: Case) -> _Row:
             nonlocal done
             if cancelled.is_set():
-                raise Cancelled("evaluation cancelled")
+                raise EvaluationCancelled("evaluation cancelled")
             row = self._row(plan, arm, case)
             with lock:
                 done += 2

@@ -19,28 +19,21 @@ from trainer_service.data_roots import DataRoots
 from trainer_service.evaluation.inference import InferenceClient
 from trainer_service.evaluation.plan import Plan, build_plan, fit_shots
 from trainer_service.evaluation.report import write_reports
-from trainer_service.evaluation.runner import Cancelled, Runner
+from trainer_service.evaluation.runner import EvaluationCancelled, Runner
 from trainer_service.evaluation.settings import EvaluationSettings
-from trainer_service.evaluation.store import (
-    CANCELLED,
-    FAILED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    Evaluation,
-    EvaluationStore,
-)
+from trainer_service.evaluation.store import Evaluation, EvaluationStore
 from trainer_service.files import files_dir
-from trainer_service.job_store import Job, JobStore
-from tuneyard.adapter_store import AdapterStore
+from trainer_service.job_store import Job
+from trainer_service.journal import JobJournal
+from tuneyard.adapter_store import LOSS_CURVE, AdapterStore
 from tuneyard.errors import InvalidArgument, TuneyardError
 from tuneyard.eval_table import format_table
 from tuneyard.modeling import load_tokenizer, resolve_base_model
+from tuneyard.statuses import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from tuneyard.v1 import evaluation_pb2
 
 log = logging.getLogger(__name__)
 
-LOSS_CURVE = "loss_curve.png"  # written into each adapter version by the training worker
 REPORT_TYPES = {"html": "text/html; charset=utf-8", "md": "text/markdown; charset=utf-8"}
 
 
@@ -50,9 +43,10 @@ def _tokenizer(base_model: str):
 
 
 class EvaluationService:
-    def __init__(self, settings: EvaluationSettings, jobs: JobStore):
+    def __init__(self, settings: EvaluationSettings, journal: JobJournal):
         self.settings = settings
-        self.jobs = jobs
+        self.journal = journal  # an evaluation of a job's output reports into its events
+        self.jobs = journal.store
         self.folder = settings.resolved_evaluations_dir
         self.store = EvaluationStore(self.folder / "evaluations.db")
         self.adapters = AdapterStore(settings.resolved_adapters_dir)
@@ -67,6 +61,8 @@ class EvaluationService:
         """Evaluations a stopped trainer left queued or running start over, in order."""
         for evaluation in self.store.with_status(QUEUED, RUNNING):
             self.store.update(evaluation.id, status=QUEUED, done_requests=0)
+            if evaluation.for_job:
+                self.journal.follow(evaluation.for_job)
             self._enqueue(evaluation.id)
         self._thread.start()
 
@@ -90,6 +86,8 @@ class EvaluationService:
             total_requests=2 * len(plan.arms) * len(plan.cases),
             for_job=for_job,
         )
+        if for_job:
+            self.journal.follow(for_job)  # until _finish links the result to the job
         self._plans[evaluation.id] = plan
         self._enqueue(evaluation.id)
         return evaluation
@@ -136,7 +134,14 @@ class EvaluationService:
 
     def _plan(self, spec: evaluation_pb2.EvaluationSpec) -> Plan:
         """Everything checked that can be checked without generating."""
-        plan = build_plan(spec, self.adapters, self.jobs, self.files_root, _tokenizer)
+        plan = build_plan(
+            spec,
+            self.adapters,
+            self.jobs,
+            self.files_root,
+            self.settings.resolved_trainer_workdir,
+            _tokenizer,
+        )
         client = self._client()
         try:
             info = client.info()
@@ -156,7 +161,7 @@ class EvaluationService:
         while (evaluation_id := self._queue.get()) is not None:
             try:
                 self._run(evaluation_id)
-            except Cancelled:
+            except EvaluationCancelled:
                 self._finish(evaluation_id, CANCELLED, "cancelled; no report written")
             except TuneyardError as err:
                 self._finish(evaluation_id, FAILED, err.message)
@@ -203,37 +208,38 @@ class EvaluationService:
         )
         self._cancel.pop(evaluation_id, None)
         if evaluation.for_job:
-            _link_to_job(self.jobs, evaluation.for_job, evaluation)
+            try:
+                self._link_to_job(evaluation.for_job, evaluation)
+            finally:
+                self.journal.followed(evaluation.for_job)
 
+    def evaluate_job(self, job: Job) -> Evaluation | None:
+        """The scheduler's after-success action: evaluate a job's adapter when its spec asks
+        for it (`evaluation`: EvaluationSpec fields; the job's eval split unless they name
+        an eval file). When it ends, the table goes to the job's events and the reports to
+        its result_files. A spec that cannot run becomes a warning event, not a failed
+        job: the adapter is published either way."""
+        if job.spec.evaluation is None:
+            return None
+        spec = json_format.ParseDict(dict(job.spec.evaluation), evaluation_pb2.EvaluationSpec())
+        spec.job_id = job.id
+        try:
+            evaluation = self.create(spec, for_job=job.id)
+        except TuneyardError as err:
+            self.journal.event(job.id, f"evaluation not started: {err.message}", level="warn")
+            return None
+        self.journal.event(job.id, f"evaluation {evaluation.id} started")
+        return evaluation
 
-def evaluate_job_output(
-    job: Job, service: EvaluationService, options: dict | None = None
-) -> Evaluation | None:
-    """Evaluate a succeeded job's adapter (the scheduler calls this after success when the
-    job's spec asks for it). `options` are EvaluationSpec fields; the job's eval split is
-    used unless they name an eval file. When it ends, the reports are added to the job's
-    result_files and the table to its events. A spec that cannot run becomes a warning
-    event, not a failed job: the adapter is published either way."""
-    spec = json_format.ParseDict(dict(options or {}), evaluation_pb2.EvaluationSpec())
-    spec.job_id = job.id
-    try:
-        evaluation = service.create(spec, for_job=job.id)
-    except TuneyardError as err:
-        service.jobs.add_event(job.id, f"evaluation not started: {err.message}", level="warn")
-        return None
-    service.jobs.add_event(job.id, f"evaluation {evaluation.id} started")
-    return evaluation
-
-
-def _link_to_job(jobs: JobStore, job_id: str, evaluation: Evaluation) -> None:
-    if evaluation.status != SUCCEEDED:
-        jobs.add_event(
-            job_id,
-            f"evaluation {evaluation.id} {evaluation.status}: {evaluation.error}",
-            level="warn",
-        )
-        return
-    # The table first: whoever sees the reports linked can already read it.
-    jobs.add_event(job_id, f"evaluation {evaluation.id}:\n{format_table(evaluation.result)}")
-    files = jobs.get_job(job_id).result_files
-    jobs.update(job_id, result_files=[*files, evaluation.report_html, evaluation.report_markdown])
+    def _link_to_job(self, job_id: str, evaluation: Evaluation) -> None:
+        if evaluation.status != SUCCEEDED:
+            self.journal.event(
+                job_id,
+                f"evaluation {evaluation.id} {evaluation.status}: {evaluation.error}",
+                level="warn",
+            )
+            return
+        # The table first: whoever sees the reports linked can already read it.
+        table = format_table(evaluation.result)
+        self.journal.event(job_id, f"evaluation {evaluation.id}:\n{table}")
+        self.journal.add_result_files(job_id, [evaluation.report_html, evaluation.report_markdown])

@@ -10,15 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tuneyard.errors import NotFound
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+from tuneyard.statuses import QUEUED, TERMINAL
 
 
 @dataclass

@@ -4,10 +4,9 @@ version with its manifest."""
 import shutil
 from pathlib import Path
 
-from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest
+from tuneyard.adapter_store import LOSS_CURVE, AdapterStore, AdapterVersion, Manifest
 from tuneyard.modeling import BaseModelRef, load_model
 
-LOSS_CURVE = "loss_curve.png"
 MERGED = "merged"
 # Largest |merged - (base + adapter)| logit difference accepted, fp32 on the same device.
 MERGE_ATOL = 1e-3

@@ -11,19 +11,20 @@ import traceback
 from pathlib import Path
 
 from trainer_service.checkpoints import CHECKPOINTS, MANIFEST_DRAFT, last_checkpoint
+from trainer_service.dataset import Split, save_split
 from trainer_service.executors.base import CANCELLED_EXIT
 from trainer_service.files import files_dir
 from trainer_service.validation import validate
 from trainer_service.worker.events import EventWriter
 from trainer_service.worker.settings import WorkerSettings
-from tuneyard.adapter_store import AdapterStore, Manifest
+from tuneyard.adapter_store import LOSS_CURVE, AdapterStore, Manifest
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import load_tokenizer, pick_device, pick_dtype
 
 log = logging.getLogger("trainer_service.worker")
 
 
-class Cancelled(Exception):
+class TrainingCancelled(Exception):
     pass
 
 
@@ -42,7 +43,7 @@ def main(job_id: str, workdir: Path, events: EventWriter) -> int:
         ).start()
     try:
         run(job_id, Path(workdir), events, stop, settings)
-    except Cancelled:
+    except TrainingCancelled:
         events.message("cancelled: stopped without publishing")
         return CANCELLED_EXIT
     except Exception as err:
@@ -67,7 +68,7 @@ def run(
 ) -> None:
     def check_stop():
         if stop.is_set():
-            raise Cancelled
+            raise TrainingCancelled
 
     # Spec, data and tokenizer first: a bad one fails before seconds of heavy imports.
     spec = JobSpec.model_validate_json((workdir / "spec.json").read_text())
@@ -75,11 +76,12 @@ def run(
         spec = spec.model_copy(update={"base_model": settings.resolved_base_model})
     report = validate(spec, files_dir(settings))
     ref = report.base_model
+    save_split(workdir, Split(report.train, report.eval, report.data_source), report.data_sha256)
 
     # torch, transformers, peft: imported only once the cheap checks passed.
     from trainer_service.worker.model import lora_model, target_modules
     from trainer_service.worker.progress import ProgressCallback
-    from trainer_service.worker.publish import LOSS_CURVE, publish, write_loss_curve
+    from trainer_service.worker.publish import publish, write_loss_curve
     from trainer_service.worker.recipes import RecipeContext, get_recipe
 
     recipe = get_recipe(spec.recipe)
