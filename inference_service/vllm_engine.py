@@ -37,8 +37,9 @@ from tuneyard.modeling import (
 )
 
 from .engine_base import EngineBase, config_eos_ids
-from .lora import LoraWeights, MultiLora
+from .lora import MultiLora
 from .metrics import Metrics
+from .peft_files import LoraWeights
 from .sequence import Cancelled, Sequence
 from .settings import InferenceSettings
 from .vllm_server import SERVED_BASE, VllmServer, server_args, vllm_installed, vllm_python
