@@ -22,7 +22,7 @@ from tuneyard.errors import ResourceExhausted, Unavailable
 
 from .lora import MultiLora
 from .sampling import greedy_picks
-from .sequence import Cancelled, Sequence
+from .sequence import RequestCancelled, Sequence
 from .static_batch import StaticBatch
 
 log = logging.getLogger(__name__)
@@ -270,5 +270,5 @@ class Scheduler:
     @staticmethod
     def _dropped(seq: Sequence) -> bool:
         if seq.cancelled.is_set() and not seq.done:
-            seq.fail(Cancelled("the client cancelled the request"))
+            seq.fail(RequestCancelled("the client cancelled the request"))
         return seq.done
