@@ -2,11 +2,13 @@
 
 Each targeted nn.Linear of the base is wrapped once in a `LoraLinear`. Every loaded adapter
 has a slot (slot 0 is the base model: zeros) in stacked tensors A [slots, rank, in] and
-B [slots, out, rank], B scaled, ranks zero-padded. Before each forward the engine tells a
-shared `LoraRouting` which adapter each batch row uses, in one of two ways:
+B [slots, out, rank], B scaled, ranks zero-padded. Before each forward the engine tells the
+shared `LoraRouting`, through `MultiLora.route` alone, which adapter each batch row uses, in
+one of two ways:
 
 - groups: one matmul pair per adapter present in the batch, on that adapter's rows (PEFT's
-  mixed-adapter batches were about 7x slower here); any shapes, used for prefill;
+  mixed-adapter batches were about 7x slower here); any shapes, used for prefill and the
+  dynamic batch;
 - slots: a per-row slot index and one batched matmul pair over gathered A/B, whose shapes
   do not depend on which adapters are in the batch, so a CUDA graph can replay it.
 """
@@ -23,8 +25,10 @@ BASE_SLOT = 0
 
 class LoraRouting:
     """Which adapter slot each row of the next forward uses: one adapter for the whole
-    batch (`only`), no adapter at all, or a mix, where each layer computes every slot's
-    LoRA product for every row in two matmuls and keeps each row's own slot (`mask`)."""
+    batch (`only`), no adapter at all, a mix, where each layer computes every slot's LoRA
+    product for every row in two matmuls and keeps each row's own slot (`mask`), or a
+    fixed buffer of per-row slot ids (`slots`) that a CUDA graph reads. `MultiLora.route`
+    is its only writer."""
 
     def __init__(self):
         self.only: int | None = None  # the one slot of a batch that is all one adapter
@@ -33,8 +37,15 @@ class LoraRouting:
         self._row_slots: torch.Tensor | None = None
         self._masks: dict[tuple, torch.Tensor] = {}
 
-    def set_rows(self, slots: list[int], device) -> None:
-        self.slots, self._masks = None, {}
+    def set_rows(self, slots: list[int], device, fixed: torch.Tensor | None) -> None:
+        self._masks = {}
+        if fixed is not None:
+            # Rows past the batch's own pad a shape bucket: the base model.
+            padded = slots + [BASE_SLOT] * (len(fixed) - len(slots))
+            fixed.copy_(torch.tensor(padded, dtype=torch.long))
+            self.slots, self.only, self.mixed = fixed, None, False
+            return
+        self.slots = None
         adapters = set(slots) - {BASE_SLOT}
         uniform = len(adapters) == 1 and BASE_SLOT not in slots
         # The common case: the whole batch on one adapter needs no row indexing.
@@ -139,6 +150,15 @@ class MultiLora:
 
     def slot(self, key: str | None) -> int:
         return BASE_SLOT if key is None else self._slots[key]
+
+    def route(
+        self, adapter_keys: list[str | None], device, fixed: torch.Tensor | None = None
+    ) -> None:
+        """Say which adapter (None: the base) each row of the next forward uses; every
+        forward is routed here first. With `fixed`, a [rows] buffer at least as long as the
+        keys whose address a CUDA graph keeps, rows take the per-row slot path; without,
+        rows are grouped by adapter (any shapes)."""
+        self.routing.set_rows([self.slot(key) for key in adapter_keys], device, fixed)
 
     def check(self, weights: LoraWeights) -> None:
         """Refuse an adapter whose modules the base lacks or whose shapes do not fit."""
