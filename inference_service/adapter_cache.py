@@ -19,7 +19,8 @@ from tuneyard.errors import FailedPrecondition, ResourceExhausted, TuneyardError
 from tuneyard.modeling import BaseModelRef, public_name
 from tuneyard.templates import PromptTemplate
 
-from .lora import LoraWeights, MultiLora, read_adapter
+from .lora import MultiLora
+from .peft_files import LoraWeights, read_adapter
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,13 @@ from tuneyard.modeling import (
     resolve_base_model,
 )
 
+from .dynamic_batch import DynamicBatch, EagerForward
 from .engine_base import EngineBase, config_eos_ids
 from .lora import MultiLora
 from .metrics import Metrics
+from .running_batch import RunningBatch
 from .sampling import NextTokenChooser
-from .scheduler import Scheduler
+from .scheduler import BatchScheduler
 from .sequence import Sequence
 from .settings import InferenceSettings
 from .static_batch import StaticBatch, unsupported_reason
@@ -58,11 +60,11 @@ class Engine(EngineBase):
             self.merged = self.adapters.read(self.adapters.store.resolve(settings.merged_adapter))
             self.lora.merge(self.merged.weights)
             log.info("serving adapter %s merged into the base weights", self.merged.key)
-        self.scheduler = Scheduler(
-            model,
-            self.lora,
+        forward = EagerForward(model, self.lora)
+        self.scheduler = BatchScheduler(
+            forward,
+            self._running_batch(forward),
             model_lock,
-            static=self._static_batch(),
             pad_token_id=tokenizer.pad_token_id,
             max_batch_size=settings.max_batch_size,
             max_batch_wait_s=settings.max_batch_wait_ms / 1000,
@@ -72,16 +74,17 @@ class Engine(EngineBase):
         self.metrics.queue_size.set_function(lambda: self.scheduler.queue_size)
         self.scheduler.start()
 
-    def _static_batch(self) -> StaticBatch | None:
+    def _running_batch(self, forward: EagerForward) -> RunningBatch:
+        """The decode path: static buffers where the settings, device and model allow."""
         mode = self.settings.decode
         if mode == "dynamic" or (mode == "auto" and self.device.type != "cuda"):
-            return None
+            return DynamicBatch(forward)
         reason = unsupported_reason(self.model, self.settings.max_total_tokens)
         if reason is not None:
             if mode == "static":
                 raise FailedPrecondition(f"TUNEYARD_DECODE=static cannot serve {reason}")
             log.info("decoding with a dynamic KV cache: no static batch for %s", reason)
-            return None
+            return DynamicBatch(forward)
         log.info("decoding over static KV buffers (CUDA graphs: %s)", self.settings.cuda_graphs)
         return StaticBatch(
             self.model,

@@ -2,36 +2,33 @@
 
 Each targeted nn.Linear of the base is wrapped once in a `LoraLinear`. Every loaded adapter
 has a slot (slot 0 is the base model: zeros) in stacked tensors A [slots, rank, in] and
-B [slots, out, rank], B scaled, ranks zero-padded. Before each forward the engine tells a
-shared `LoraRouting` which adapter each batch row uses, in one of two ways:
+B [slots, out, rank], B scaled, ranks zero-padded. Before each forward the engine tells the
+shared `LoraRouting`, through `MultiLora.route` alone, which adapter each batch row uses, in
+one of two ways:
 
 - groups: one matmul pair per adapter present in the batch, on that adapter's rows (PEFT's
-  mixed-adapter batches were about 7x slower here); any shapes, used for prefill;
+  mixed-adapter batches were about 7x slower here); any shapes, used for prefill and the
+  dynamic batch;
 - slots: a per-row slot index and one batched matmul pair over gathered A/B, whose shapes
   do not depend on which adapters are in the batch, so a CUDA graph can replay it.
 """
 
-import json
-import math
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from tuneyard.errors import FailedPrecondition
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-_KEY_PREFIX = "base_model.model."
+from .peft_files import LoraWeights
+
 BASE_SLOT = 0
 
 
 class LoraRouting:
     """Which adapter slot each row of the next forward uses: one adapter for the whole
-    batch (`only`), no adapter at all, or a mix, where each layer computes every slot's
-    LoRA product for every row in two matmuls and keeps each row's own slot (`mask`)."""
+    batch (`only`), no adapter at all, a mix, where each layer computes every slot's LoRA
+    product for every row in two matmuls and keeps each row's own slot (`mask`), or a
+    fixed buffer of per-row slot ids (`slots`) that a CUDA graph reads. `MultiLora.route`
+    is its only writer."""
 
     def __init__(self):
         self.only: int | None = None  # the one slot of a batch that is all one adapter
@@ -40,8 +37,15 @@ class LoraRouting:
         self._row_slots: torch.Tensor | None = None
         self._masks: dict[tuple, torch.Tensor] = {}
 
-    def set_rows(self, slots: list[int], device) -> None:
-        self.slots, self._masks = None, {}
+    def set_rows(self, slots: list[int], device, fixed: torch.Tensor | None) -> None:
+        self._masks = {}
+        if fixed is not None:
+            # Rows past the batch's own pad a shape bucket: the base model.
+            padded = slots + [BASE_SLOT] * (len(fixed) - len(slots))
+            fixed.copy_(torch.tensor(padded, dtype=torch.long))
+            self.slots, self.only, self.mixed = fixed, None, False
+            return
+        self.slots = None
         adapters = set(slots) - {BASE_SLOT}
         uniform = len(adapters) == 1 and BASE_SLOT not in slots
         # The common case: the whole batch on one adapter needs no row indexing.
@@ -130,103 +134,6 @@ class LoraLinear(nn.Module):
         self.a, self.b, self._bt = a, b, None
 
 
-@dataclass
-class LoraWeights:
-    """One adapter read from its PEFT folder: per module path, (A [r, in], B [out, r])."""
-
-    rank: int
-    scaling: float
-    target_modules: list[str]
-    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-    @property
-    def num_bytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in self.modules.values())
-
-
-def read_adapter(folder: Path, max_rank: int) -> LoraWeights:
-    """Read and check a PEFT LoRA adapter; unsupported configurations are refused with the
-    reason (FailedPrecondition)."""
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise FailedPrecondition(f"{folder} has no {CONFIG_FILE}")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise FailedPrecondition(f"{config_path} is not valid JSON: {err}") from err
-    _check_config(config, max_rank)
-
-    weights_path = folder / WEIGHTS_FILE
-    if not weights_path.is_file():
-        pickled = [p.name for p in folder.glob("*.bin")]
-        hint = f" (found {', '.join(pickled)}: pickle weights are refused)" if pickled else ""
-        raise FailedPrecondition(f"{folder} has no {WEIGHTS_FILE}{hint}")
-    try:
-        tensors = load_file(weights_path)
-    except Exception as err:  # safetensors raises its own error types
-        raise FailedPrecondition(
-            f"{weights_path} is not a readable safetensors file: {err}"
-        ) from err
-
-    modules = _pair_tensors(tensors, weights_path)
-    rank = max(a.shape[0] for a, _ in modules.values())
-    if rank > max_rank:
-        raise FailedPrecondition(f"adapter rank {rank} exceeds max_adapter_rank {max_rank}")
-    r = int(config["r"])
-    alpha = float(config.get("lora_alpha", r))
-    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    targets = sorted({path.rsplit(".", 1)[-1] for path in modules})
-    return LoraWeights(rank=rank, scaling=scaling, target_modules=targets, modules=modules)
-
-
-def _check_config(config: dict, max_rank: int) -> None:
-    problems = []
-    if config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type {config.get('peft_type')!r} is not LORA")
-    if config.get("bias", "none") != "none":
-        problems.append(f"bias {config.get('bias')!r} (only 'none' is served)")
-    if config.get("modules_to_save"):
-        problems.append(
-            f"modules_to_save {config['modules_to_save']} (full modules are not served)"
-        )
-    if config.get("use_dora"):
-        problems.append("use_dora (DoRA is not served)")
-    if config.get("fan_in_fan_out"):
-        problems.append("fan_in_fan_out (Conv1D bases are not served)")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if config.get(key):
-            problems.append(f"{key} (per-module ranks are not served)")
-    r = config.get("r")
-    if not isinstance(r, int) or r < 1:
-        problems.append(f"r={r!r} is not a positive integer")
-    elif r > max_rank:
-        problems.append(f"rank {r} exceeds max_adapter_rank {max_rank}")
-    if problems:
-        raise FailedPrecondition("unsupported adapter: " + "; ".join(problems))
-
-
-def _pair_tensors(tensors: dict[str, torch.Tensor], path: Path):
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        stem, dot, kind = key.removesuffix(".weight").rpartition(".")
-        if not dot or kind not in ("lora_A", "lora_B") or not stem.startswith(_KEY_PREFIX):
-            raise FailedPrecondition(f"{path.name}: unexpected tensor {key!r} (only LoRA A/B)")
-        pairs.setdefault(stem.removeprefix(_KEY_PREFIX), {})[kind] = tensor
-    if not pairs:
-        raise FailedPrecondition(f"{path.name} holds no LoRA tensors")
-    modules = {}
-    for module, pair in pairs.items():
-        if set(pair) != {"lora_A", "lora_B"}:
-            raise FailedPrecondition(f"{path.name}: {module} lacks lora_A or lora_B")
-        a, b = pair["lora_A"], pair["lora_B"]
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise FailedPrecondition(
-                f"{path.name}: {module} has mismatched shapes A{tuple(a.shape)} B{tuple(b.shape)}"
-            )
-        modules[module] = (a, b)
-    return modules
-
-
 class MultiLora:
     """The base model with LoraLinear wrappers put in place on demand, and the slot of each
     loaded adapter. `version` changes whenever a layer is wrapped or the stacks grow, i.e.
@@ -243,6 +150,15 @@ class MultiLora:
 
     def slot(self, key: str | None) -> int:
         return BASE_SLOT if key is None else self._slots[key]
+
+    def route(
+        self, adapter_keys: list[str | None], device, fixed: torch.Tensor | None = None
+    ) -> None:
+        """Say which adapter (None: the base) each row of the next forward uses; every
+        forward is routed here first. With `fixed`, a [rows] buffer at least as long as the
+        keys whose address a CUDA graph keeps, rows take the per-row slot path; without,
+        rows are grouped by adapter (any shapes)."""
+        self.routing.set_rows([self.slot(key) for key in adapter_keys], device, fixed)
 
     def check(self, weights: LoraWeights) -> None:
         """Refuse an adapter whose modules the base lacks or whose shapes do not fit."""

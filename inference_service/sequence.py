@@ -54,7 +54,7 @@ class StreamChunk:
     details: Details | None = None
 
 
-class Cancelled(Exception):
+class RequestCancelled(Exception):
     """The client went away; nobody waits for the answer."""
 
 
@@ -165,7 +165,7 @@ class Sequence:
 
     def fail(self, error: Exception) -> None:
         self._out.put(error)
-        self._close("cancelled" if isinstance(error, Cancelled) else "error")
+        self._close("cancelled" if isinstance(error, RequestCancelled) else "error")
 
     def _next_text(self) -> str:
         """The text the newest token adds; a token that ends inside a multi-byte character
@@ -231,7 +231,7 @@ class Sequence:
                 self.cancel()
                 raise Unavailable(f"no token within {timeout} s") from None
             if isinstance(item, Exception):
-                if isinstance(item, TuneyardError | Cancelled):
+                if isinstance(item, TuneyardError | RequestCancelled):
                     raise item
                 raise Unavailable(f"generation failed: {item}") from item
             yield item

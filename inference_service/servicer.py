@@ -13,7 +13,7 @@ from tuneyard.v1 import inference_pb2_grpc
 from .adapter_cache import AdapterInfo
 from .engine_base import EngineBase
 from .params import GenerateInput, Parameters
-from .sequence import Cancelled, Details, TokenInfo
+from .sequence import Details, RequestCancelled, TokenInfo
 
 FINISH_REASONS = {"length": pb.LENGTH, "eos_token": pb.EOS_TOKEN, "stop_sequence": pb.STOP_SEQUENCE}
 
@@ -28,7 +28,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context.add_callback(seq.cancel)  # runs when the client goes away, too
         try:
             result = seq.result()
-        except Cancelled as err:
+        except RequestCancelled as err:
             context.abort(grpc.StatusCode.CANCELLED, str(err))
         return pb.GenerateResponse(
             generated_text=result.generated_text, details=to_details(result.details)
@@ -45,7 +45,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     message.generated_text = chunk.generated_text
                     message.details.CopyFrom(to_details(chunk.details))
                 yield message
-        except Cancelled as err:
+        except RequestCancelled as err:
             context.abort(grpc.StatusCode.CANCELLED, str(err))
         finally:
             seq.cancel()  # a no-op once finished; stops the work if the stream is closed early

@@ -25,7 +25,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .lora import BASE_SLOT, MultiLora
+from .dynamic_batch import DynamicBatch
+from .lora import MultiLora
+from .running_batch import RunningBatch
 from .sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,10 @@ def unsupported_reason(model, max_total_tokens: int) -> str | None:
     return None
 
 
-class StaticBatch:
+class StaticBatch(RunningBatch):
+    """The running batch in preallocated KV buffers, its decode step a CUDA graph per
+    (rows, columns) bucket on a GPU."""
+
     def __init__(
         self,
         model,
@@ -98,21 +103,21 @@ class StaticBatch:
         return True
 
     # --- rows join and leave --------------------------------------------------------------
-    def extend(self, joining) -> None:
-        """Take the rows of a freshly prefilled dynamic `Batch` (left-padded to its width)."""
-        n, width = len(joining.rows), joining.attention_mask.shape[1]
+    def extend(self, prefilled: DynamicBatch) -> None:
+        """Copy in the KV of the prefilled rows (left-padded to the prefill's width)."""
+        n, width = len(prefilled.rows), prefilled.attention_mask.shape[1]
         if len(self.rows) + n > self.max_rows:
             raise RuntimeError("more rows than the static batch holds")
         if width > self._t:
             self._shift(width - self._t)
         first, end = len(self.rows), len(self.rows) + n
-        for i, layer in enumerate(joining.cache.layers):
+        for i, layer in enumerate(prefilled.cache.layers):
             self.kv[i, 0, first:end, :, self._t - width : self._t] = layer.keys
             self.kv[i, 1, first:end, :, self._t - width : self._t] = layer.values
-        lengths = joining.attention_mask.sum(1).tolist()
+        lengths = prefilled.attention_mask.sum(1).tolist()
         self._starts += [self._t - length for length in lengths]
-        self._positions += joining.positions.tolist()
-        self.rows += joining.rows
+        self._positions += prefilled.positions.tolist()
+        self.rows += prefilled.rows
 
     def keep(self, indices: list[int]) -> None:
         keep = set(indices)
@@ -158,8 +163,7 @@ class StaticBatch:
         self._fill(self.positions, self._positions + [0] * pad)
         # Dummy rows see only their own column, so no row attends to nothing.
         self._fill(self.starts, self._starts + [self._t] * pad)
-        slots = [self.lora.slot(seq.adapter_key) for seq in self.rows]
-        self._fill(self.slots, slots + [BASE_SLOT] * pad)
+        self.lora.route([seq.adapter_key for seq in self.rows], self.device, self.slots[:rows])
         self.t.fill_(self._t)
         logits = self._run(rows, columns)[:n]
         self._t += 1
@@ -176,20 +180,16 @@ class StaticBatch:
         buffer[: len(values)].copy_(torch.tensor(values, dtype=torch.long))
 
     def _run(self, rows: int, columns: int) -> torch.Tensor:
-        self.lora.routing.slots = self.slots[:rows]
-        try:
-            if not self.cuda_graphs:
-                return self._step(rows, columns)
-            if self._graphs_version != self.lora.version:
-                self._graphs.clear()  # LoRA stacks were replaced: the graphs point at old ones
-                self._graphs_version = self.lora.version
-            if (rows, columns) not in self._graphs:
-                self._graphs[(rows, columns)] = self._capture(rows, columns)
-            graph, logits = self._graphs[(rows, columns)]
-            graph.replay()
-            return logits
-        finally:
-            self.lora.routing.slots = None
+        if not self.cuda_graphs:
+            return self._step(rows, columns)
+        if self._graphs_version != self.lora.version:
+            self._graphs.clear()  # LoRA stacks were replaced: the graphs point at old ones
+            self._graphs_version = self.lora.version
+        if (rows, columns) not in self._graphs:
+            self._graphs[(rows, columns)] = self._capture(rows, columns)
+        graph, logits = self._graphs[(rows, columns)]
+        graph.replay()
+        return logits
 
     def _capture(self, rows: int, columns: int):
         log.info("capturing a CUDA graph for %d rows, %d columns", rows, columns)

@@ -37,9 +37,10 @@ from tuneyard.modeling import (
 )
 
 from .engine_base import EngineBase, config_eos_ids
-from .lora import LoraWeights, MultiLora
+from .lora import MultiLora
 from .metrics import Metrics
-from .sequence import Cancelled, Sequence
+from .peft_files import LoraWeights
+from .sequence import RequestCancelled, Sequence
 from .settings import InferenceSettings
 from .vllm_server import SERVED_BASE, VllmServer, server_args, vllm_installed, vllm_python
 
@@ -159,7 +160,7 @@ class VllmEngine(EngineBase):
         try:
             await self._generate(seq, body)
         except asyncio.CancelledError:
-            seq.fail(Cancelled("the request was cancelled"))
+            seq.fail(RequestCancelled("the request was cancelled"))
         except httpx.HTTPError as err:
             seq.fail(Unavailable(f"the vllm engine dropped the request: {err!r}"))
         except TuneyardError as err:

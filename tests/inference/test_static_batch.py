@@ -4,8 +4,9 @@ the tokens it gives alone."""
 
 import pytest
 
+from inference_service.dynamic_batch import DynamicBatch
 from inference_service.params import GenerateInput, Parameters
-from inference_service.static_batch import unsupported_reason
+from inference_service.static_batch import StaticBatch, unsupported_reason
 from tuneyard.errors import FailedPrecondition
 
 from .conftest import make_adapter, make_engine
@@ -26,8 +27,8 @@ def test_rows_outlive_the_buffer_width(tiny_llama, tmp_path):
     engine = make_engine(
         tiny_llama, tmp_path, decode="static", max_total_tokens=100, max_input_tokens=40
     )
-    static = engine.scheduler.static
-    assert static.width == 128
+    static = engine.scheduler.batch
+    assert isinstance(static, StaticBatch) and static.width == 128
     shifts, shift = [], static._shift
     static._shift = lambda columns: (shifts.append(columns), shift(columns))
     # Row a runs from the start; b joins with a prompt longer than the columns used so far
@@ -67,5 +68,5 @@ def test_unsupported_models_are_named(tiny_bloom, tiny_llama, tmp_path):
         make_engine(tiny_bloom, tmp_path, decode="static")
     # auto keeps the dynamic batch on the CPU, and for models the static one cannot run.
     engine = make_engine(tiny_bloom, tmp_path, decode="auto")
-    assert engine.scheduler.static is None
+    assert isinstance(engine.scheduler.batch, DynamicBatch)
     engine.stop()

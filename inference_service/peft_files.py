@@ -1,0 +1,109 @@
+"""PEFT LoRA adapter folders: adapter_config.json and adapter_model.safetensors read into
+`LoraWeights`, configurations the multi-LoRA layers cannot serve refused with the reason."""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tuneyard.errors import FailedPrecondition
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_KEY_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoraWeights:
+    """One adapter read from its PEFT folder: per module path, (A [r, in], B [out, r])."""
+
+    rank: int
+    scaling: float
+    target_modules: list[str]
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def read_adapter(folder: Path, max_rank: int) -> LoraWeights:
+    """Read and check a PEFT LoRA adapter; unsupported configurations are refused with the
+    reason (FailedPrecondition)."""
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise FailedPrecondition(f"{folder} has no {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise FailedPrecondition(f"{config_path} is not valid JSON: {err}") from err
+    _check_config(config, max_rank)
+
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        pickled = [p.name for p in folder.glob("*.bin")]
+        hint = f" (found {', '.join(pickled)}: pickle weights are refused)" if pickled else ""
+        raise FailedPrecondition(f"{folder} has no {WEIGHTS_FILE}{hint}")
+    try:
+        tensors = load_file(weights_path)
+    except Exception as err:  # safetensors raises its own error types
+        raise FailedPrecondition(
+            f"{weights_path} is not a readable safetensors file: {err}"
+        ) from err
+
+    modules = _pair_tensors(tensors, weights_path)
+    rank = max(a.shape[0] for a, _ in modules.values())
+    if rank > max_rank:
+        raise FailedPrecondition(f"adapter rank {rank} exceeds max_adapter_rank {max_rank}")
+    r = int(config["r"])
+    alpha = float(config.get("lora_alpha", r))
+    scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    targets = sorted({path.rsplit(".", 1)[-1] for path in modules})
+    return LoraWeights(rank=rank, scaling=scaling, target_modules=targets, modules=modules)
+
+
+def _check_config(config: dict, max_rank: int) -> None:
+    problems = []
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type {config.get('peft_type')!r} is not LORA")
+    if config.get("bias", "none") != "none":
+        problems.append(f"bias {config.get('bias')!r} (only 'none' is served)")
+    if config.get("modules_to_save"):
+        problems.append(
+            f"modules_to_save {config['modules_to_save']} (full modules are not served)"
+        )
+    if config.get("use_dora"):
+        problems.append("use_dora (DoRA is not served)")
+    if config.get("fan_in_fan_out"):
+        problems.append("fan_in_fan_out (Conv1D bases are not served)")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key):
+            problems.append(f"{key} (per-module ranks are not served)")
+    r = config.get("r")
+    if not isinstance(r, int) or r < 1:
+        problems.append(f"r={r!r} is not a positive integer")
+    elif r > max_rank:
+        problems.append(f"rank {r} exceeds max_adapter_rank {max_rank}")
+    if problems:
+        raise FailedPrecondition("unsupported adapter: " + "; ".join(problems))
+
+
+def _pair_tensors(tensors: dict[str, torch.Tensor], path: Path):
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        stem, dot, kind = key.removesuffix(".weight").rpartition(".")
+        if not dot or kind not in ("lora_A", "lora_B") or not stem.startswith(_KEY_PREFIX):
+            raise FailedPrecondition(f"{path.name}: unexpected tensor {key!r} (only LoRA A/B)")
+        pairs.setdefault(stem.removeprefix(_KEY_PREFIX), {})[kind] = tensor
+    if not pairs:
+        raise FailedPrecondition(f"{path.name} holds no LoRA tensors")
+    modules = {}
+    for module, pair in pairs.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise FailedPrecondition(f"{path.name}: {module} lacks lora_A or lora_B")
+        a, b = pair["lora_A"], pair["lora_B"]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise FailedPrecondition(
+                f"{path.name}: {module} has mismatched shapes A{tuple(a.shape)} B{tuple(b.shape)}"
+            )
+        modules[module] = (a, b)
+    return modules
