@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from tuneyard import jobspec
 from tuneyard.client import GatewayClient, GatewayError
 from tuneyard.config import CommonSettings
 from tuneyard.errors import TuneyardError
@@ -117,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=os.environ.get("TUNEYARD_API_KEY", ""))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="submit a job spec (YAML)")
+    p = sub.add_parser(
+        "train",
+        help="submit a job spec (YAML)",
+        epilog="job spec fields:\n" + jobspec.reference(markdown=False),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("spec", type=Path)
     p.add_argument("--follow", action="store_true", help="show progress until it ends")
     p.set_defaults(func=cmd_train)

@@ -3,10 +3,14 @@
 Field names are the proto's, so conversion is `json_format` both ways; YAML spec files and
 the HTTP API use the same names. Checks here are about the spec itself; checks that read
 the data or the model run in the trainer's validation step.
+
+Each field's docstring is its documentation, the one source of what the API schema
+(`/openapi.json`), `tuneyard train --help` and the README's table (`reference()`) say.
 """
 
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
 from google.protobuf import json_format
@@ -22,7 +26,7 @@ ALL_LINEAR = "all-linear"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class DataSpec(_Strict):
@@ -30,12 +34,20 @@ class DataSpec(_Strict):
     or a local dataset folder/file, read with `datasets.load_dataset`) or `file_id`."""
 
     path: str = ""
+    """A local .jsonl, .csv or .parquet file on the trainer (under its data folders)."""
     dataset: str = ""
+    """A hub dataset id, or a local dataset folder or file, read with `datasets.load_dataset`."""
     config: str = ""
+    """The dataset's configuration (`dataset` only)."""
     split: str = ""
+    """The dataset's split (`dataset` only; default `train`)."""
     file_id: str = ""
+    """An uploaded file's id (`POST /v1/files`)."""
     columns: dict[str, str] = Field(default_factory=dict)
+    """Template field -> column name, where they differ."""
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Fraction of the rows held out (seeded by `training.seed`) for eval loss and the
+    evaluation; 0: none."""
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -54,8 +66,12 @@ class TemplateSpec(_Strict):
     """A built-in template (`alpaca`, `chat`) or a custom prompt/response pair."""
 
     builtin: Literal["", "alpaca", "chat"] = ""
+    """`alpaca`, or `chat` (the base model's chat template over a `messages` column; recipe
+    `sft`); empty for a custom pair."""
     prompt: str = ""
+    """A Jinja template over the row's fields: the text the model is given."""
     response: str = ""
+    """A Jinja template over the row's fields: the text the model learns to answer."""
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -79,13 +95,19 @@ class TemplateSpec(_Strict):
 
 
 class LoraSpec(_Strict):
+    """PEFT's LoraConfig, for every quantization mode."""
+
     r: int = Field(16, ge=1, le=1024)
+    """The adapter's rank."""
     alpha: float = Field(32.0, gt=0)
+    """The scaling numerator: updates are scaled by alpha / r."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter's input while training."""
     bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: list[str] = Field(
-        default_factory=list, description="Empty: the architecture's default; ['all-linear']."
-    )
+    """Which biases train (PEFT's `bias`)."""
+    target_modules: list[str] = Field(default_factory=list)
+    """Module names to adapt; empty: the architecture's default; `["all-linear"]`: every
+    linear layer but the output."""
 
     @model_validator(mode="after")
     def _all_linear_alone(self):
@@ -98,44 +120,82 @@ class QuantizationSpec(_Strict):
     """bitsandbytes 4-bit settings (the QLoRA defaults)."""
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
+    """The 4-bit data type."""
     double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.4 bits per parameter)."""
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """The dtype matmuls run in; auto: bfloat16 where the GPU has it, else float16."""
 
 
 class TrainingSpec(_Strict):
-    max_steps: int = Field(0, ge=0, le=UINT32_MAX, description="0: train for `epochs` instead.")
+    """The Trainer's arguments that a job may set."""
+
+    max_steps: int = Field(0, ge=0, le=UINT32_MAX)
+    """Optimizer steps to train; 0: train for `epochs` instead."""
     epochs: float = Field(3.0, gt=0)
+    """Passes over the training rows (when `max_steps` is 0)."""
     learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    """The peak learning rate."""
     batch_size: int = Field(4, ge=1, le=1024)
+    """Rows per device and step."""
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    """Batches whose gradients add up to one optimizer step."""
     max_seq_length: int = Field(512, ge=8, le=131072)
+    """Tokens per row: causal_lm truncates a longer row, sft drops it (validation says which
+    rows)."""
     seed: int = Field(42, ge=0, le=UINT32_MAX)
+    """Seeds the eval split, the adapter's initialisation and the data order."""
     warmup_steps: int = Field(0, ge=0, le=UINT32_MAX)
+    """Steps of linear warmup from 0 to `learning_rate`."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """How the learning rate decays after warmup."""
     logging_steps: int = Field(1, ge=1, le=UINT32_MAX)
+    """Steps between two progress events (loss, tokens/s, ETA)."""
     optimizer: Literal["adamw_torch", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit"] = (
         "adamw_torch"
     )
+    """The optimizer; the 8-bit and paged ones (bitsandbytes) need a GPU."""
     gradient_checkpointing: bool = False
-    eval_steps: int = Field(0, ge=0, le=UINT32_MAX, description="0: eval once per epoch.")
-    save_steps: int = Field(0, ge=0, le=UINT32_MAX, description="0: no checkpoints (no resume).")
-    completion_only_loss: bool = Field(True, description="sft only.")
-    packing: bool = Field(False, description="sft only: TRL's bfd packing.")
+    """Recompute activations in the backward pass: less memory, about 30% slower."""
+    eval_steps: int = Field(0, ge=0, le=UINT32_MAX)
+    """Steps between two eval losses (with an eval split); 0: once per epoch."""
+    save_steps: int = Field(0, ge=0, le=UINT32_MAX)
+    """Steps between two checkpoints (publishable, and what a job resumes from); 0: none,
+    so no resume."""
+    completion_only_loss: bool = True
+    """sft only: the loss counts the response's tokens only, not the prompt's."""
+    packing: bool = False
+    """sft only: pack several rows into each sequence (TRL's bfd packing)."""
 
 
 class JobSpec(_Strict):
+    """A training job: which base model, which data through which template, how to train."""
+
     base_model: str = ""
+    """A hub id or a local model folder; empty: the service's base model."""
     adapter_name: str
+    """The name the adapter is published under (`name@1`, `name@2`... per job)."""
     recipe: Literal["causal_lm", "sft"] = "causal_lm"
+    """`causal_lm`: loss on the whole rendered text; `sft`: TRL's SFTTrainer (prompt and
+    completion)."""
     data: DataSpec
+    """Where the rows come from: exactly one of `path`, `dataset` or `file_id`."""
     template: TemplateSpec
+    """How a row becomes text; published with the adapter, which serves with it."""
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    """The adapter's shape."""
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    """The training loop's settings."""
     quantization: Literal["none", "8bit", "4bit"] = "none"
+    """The base model's weights while training: `4bit` is QLoRA, `8bit` is 8-bit LoRA (both
+    bitsandbytes, on a GPU)."""
     quantization_options: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    """4-bit settings; ignored otherwise."""
     merge: bool = False
-    # EvaluationSpec fields (evaluation.proto) to evaluate the adapter once published.
+    """Also publish merged weights (checked against base + adapter before publishing)."""
     evaluation: dict | None = None
+    """EvaluationSpec fields (`proto/tuneyard/v1/evaluation.proto`): evaluate the adapter
+    against the base model once published, on the eval split unless they name a file."""
 
     @model_validator(mode="after")
     def _check(self):
@@ -169,11 +229,7 @@ class JobSpec(_Strict):
     @classmethod
     def from_proto(cls, message: trainer_pb2.JobSpec) -> "JobSpec":
         data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-        # proto3 strings have no presence: empty means "not set".
-        _drop_empty(data, ("recipe", "quantization"))
-        _drop_empty(data.get("training", {}), ("lr_scheduler", "optimizer"))
-        _drop_empty(data.get("lora", {}), ("bias",))
-        _drop_empty(data.get("quantization_options", {}), ("quant_type", "compute_dtype"))
+        _drop_unset_choices(cls, data)
         return cls.parse(data)
 
     def to_proto(self) -> trainer_pb2.JobSpec:
@@ -196,7 +252,60 @@ class JobSpec(_Strict):
         return cls.parse(data)
 
 
-def _drop_empty(data: dict, keys) -> None:
-    for key in keys:
-        if key in data and not data[key]:
-            data.pop(key)
+def _drop_unset_choices(model: type[BaseModel], data: dict) -> None:
+    """proto3 strings have no presence: an empty string for a field with a fixed set of
+    choices means "not set", so its default applies."""
+    for name, field in model.model_fields.items():
+        value = data.get(name)
+        if value == "" and get_origin(field.annotation) is Literal:
+            data.pop(name)
+        elif isinstance(value, dict) and _is_model(field.annotation):
+            _drop_unset_choices(field.annotation, value)
+
+
+def _is_model(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def reference(markdown: bool = True) -> str:
+    """Every field of a job spec (path, type, default, what it means): a Markdown table for
+    the README, or plain text for `tuneyard train --help`."""
+    rows = []
+    for path, field in _fields(JobSpec):
+        if field.is_required():
+            default = "required"
+        elif _is_model(field.annotation):
+            default = ""
+        else:
+            default = repr(field.get_default(call_default_factory=True))
+        rows.append((path, _type_name(field.annotation), default, _one_line(field.description)))
+    if not markdown:
+        return "".join(f"  {p} ({t}{', ' + d if d else ''}): {m}\n" for p, t, d, m in rows)
+    lines = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for path, kind, default, meaning in rows:
+        cells = [f"`{path}`", f"`{kind}`", f"`{default}`" if default else "", meaning]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _fields(model: type[BaseModel], prefix: str = ""):
+    for name, field in model.model_fields.items():
+        yield prefix + name, field
+        if _is_model(field.annotation):
+            yield from _fields(field.annotation, f"{prefix}{name}.")
+
+
+def _type_name(annotation) -> str:
+    if get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in get_args(annotation))
+    if _is_model(annotation):
+        return "object"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+if __name__ == "__main__":  # python -m tuneyard.jobspec: the table the README shows
+    sys.stdout.write(reference())

@@ -57,3 +57,38 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
     (tmp_path / "spec.yaml").write_text("- a\n- b\n")
     with pytest.raises(InvalidArgument, match="must be a mapping"):
         JobSpec.from_yaml(tmp_path / "spec.yaml")
+
+
+def test_every_field_is_documented_once_and_shown_everywhere_from_there():
+    """The field docstrings are the one source: the README's table is what `reference()`
+    writes, `tuneyard train --help` shows them, and the API schema carries them."""
+    from pathlib import Path
+
+    from tuneyard.cli import build_parser
+    from tuneyard.jobspec import _fields, reference
+
+    fields = list(_fields(JobSpec))
+    assert all(field.description for _, field in fields), [
+        path for path, field in fields if not field.description
+    ]
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- jobspec-reference: start -->\n")[1].split("<!-- jobspec")[0]
+    assert block == reference(), "README is stale: run python -m tuneyard.jobspec"
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    assert "  training.save_steps (int, 0): Steps between two checkpoints" in train.format_help()
+    schema = JobSpec.model_json_schema()
+    save_steps = schema["$defs"]["TrainingSpec"]["properties"]["save_steps"]
+    assert save_steps["description"].startswith("Steps between two checkpoints")
+
+
+def test_an_unset_choice_in_a_proto_takes_its_default():
+    """proto3 strings have no presence: every field with fixed choices, at any depth, reads
+    "" as "not set" without a list of them to keep up to date."""
+    from tuneyard.v1 import trainer_pb2
+
+    message = JobSpec.parse(spec_dict()).to_proto()
+    message.recipe = message.quantization = ""
+    message.lora.bias = message.training.optimizer = message.training.lr_scheduler = ""
+    message.quantization_options.quant_type = message.quantization_options.compute_dtype = ""
+    assert isinstance(message, trainer_pb2.JobSpec)
+    assert JobSpec.from_proto(message) == JobSpec.parse(spec_dict())
