@@ -4,6 +4,7 @@ replica of it (see tuneyard.replicas), so that the first request anywhere finds 
 import grpc
 
 from tuneyard.errors import Unavailable
+from tuneyard.grpc_server import call_error
 from tuneyard.replicas import ReplicaAddresses
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
@@ -19,8 +20,8 @@ class InferenceNotifier:
 
     def load_adapter(self, adapter_id: str) -> None:
         """Load on every replica known now. Raises, once all were tried, the first
-        grpc.RpcError (a replica down or refusing the adapter), or Unavailable when the
-        address names no replica."""
+        replica's error as a TuneyardError (see call_error: a replica down or refusing the
+        adapter), or Unavailable when the address names no replica."""
         addresses = self.replicas.refresh()
         if not addresses:
             raise Unavailable(f"{self.address} names no inference replica now")
@@ -37,7 +38,7 @@ class InferenceNotifier:
                     timeout=self._deadline_s,
                 )
             except grpc.RpcError as err:
-                errors.append(err)
+                errors.append(call_error("inference", err))
         if errors:
             raise errors[0]
 

@@ -40,11 +40,12 @@ from trainer_service.metrics import TrainerMetrics
 from trainer_service.notify import InferenceNotifier
 from trainer_service.settings import TrainerSettings
 from trainer_service.validation import JobValidationError, validate
+from tuneyard.errors import TuneyardError
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import public_name
 
 log = logging.getLogger(__name__)
-_TRANSPORT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "INTERNAL"})
+_TRANSPORT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
 
 
 @dataclass(frozen=True)
@@ -400,12 +401,12 @@ class Scheduler:
         try:
             self.notifier.load_adapter(model)
             self._event(job_id, f"the inference service loaded {model}")
-        except Exception as err:  # grpc.RpcError mostly; serving can still load it later
-            detail = err.details() if hasattr(err, "details") else str(err)
+        except Exception as err:  # a TuneyardError mostly; serving can still load it later
+            failed = err if isinstance(err, TuneyardError) else TuneyardError(str(err))
+            detail, code = failed.message, failed.code
             log.warning(
                 "%s: LoadAdapter %s at %s: %s", job_id, model, self.notifier.address, detail
             )
-            code = err.code().name if hasattr(err, "code") else "INTERNAL"
             # The service's own answer (a base model mismatch...) helps; gRPC's transport
             # words (addresses, "recvmsg:...") and crashes are for the log only.
             said = "" if code in _TRANSPORT_CODES else f": {detail}"
