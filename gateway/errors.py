@@ -5,6 +5,8 @@ TGI routes answer `{"error", "error_type"}` (validation errors are 422 there); e
 route answers OpenAI's `{"error": {"message", "type", "param", "code"}}` (validation 400).
 """
 
+import contextlib
+
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,6 +85,18 @@ def from_rpc_error(backend: str, err: grpc.aio.AioRpcError) -> BackendError:
     down is told apart from the gateway's own errors."""
     said = call_error(backend, err)
     return BackendError(said.code, said.message, param=said.param, line=said.line)
+
+
+@contextlib.contextmanager
+def params_named(names: dict[str, str]):
+    """Inside, an error that names a field of the inference service's request ("inputs",
+    "top_n_tokens") names the client's field instead, by `names` ("messages",
+    "top_logprobs"); a field named alike in both stays as it is."""
+    try:
+        yield
+    except TuneyardError as err:
+        err.param = names.get(err.param, err.param)
+        raise
 
 
 def is_tgi_path(path: str) -> bool:
