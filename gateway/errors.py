@@ -5,7 +5,7 @@ TGI routes answer `{"error", "error_type"}` (validation errors are 422 there); e
 route answers OpenAI's `{"error": {"message", "type", "param", "code"}}` (validation 400).
 """
 
-import logging
+import contextlib
 
 import grpc
 from fastapi import FastAPI, Request
@@ -13,10 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tuneyard.errors import INTERNAL_ERROR, TuneyardError
-from tuneyard.grpc_server import error_fields
-
-log = logging.getLogger(__name__)
+from tuneyard.errors import TuneyardError
+from tuneyard.grpc_server import call_error
 
 TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/tokenize", "/info", "/health"})
 
@@ -83,23 +81,22 @@ class BackendError(TuneyardError):
 
 
 def from_rpc_error(backend: str, err: grpc.aio.AioRpcError) -> BackendError:
-    """The client hears the backend's own message only where it is the backend's answer to
-    the request; transport troubles and crashes are named, their details logged."""
-    code = err.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        # gRPC's words ("recvmsg:Connection reset by peer", addresses) are for the log.
-        log.warning("%s service: %s: %s", backend, code.name, err.details())
-        message = f"{backend} service unavailable"
-    elif code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-        log.error("%s service: %s: %s", backend, code.name, err.details())
-        details = err.details() or ""
-        # Our servers say only a request id (tuneyard.grpc_server); anything else is gRPC's.
-        message = details if details.startswith(INTERNAL_ERROR) else ""
-        message = message or f"internal error in the {backend} service"
-        code = grpc.StatusCode.INTERNAL
-    else:
-        message = err.details() or code.name
-    return BackendError(code.name, message, **error_fields(err))
+    """What the backend said (see call_error), marked as a backend's: a replica that is
+    down is told apart from the gateway's own errors."""
+    said = call_error(backend, err)
+    return BackendError(said.code, said.message, param=said.param, line=said.line)
+
+
+@contextlib.contextmanager
+def params_named(names: dict[str, str]):
+    """Inside, an error that names a field of the inference service's request ("inputs",
+    "top_n_tokens") names the client's field instead, by `names` ("messages",
+    "top_logprobs"); a field named alike in both stays as it is."""
+    try:
+        yield
+    except TuneyardError as err:
+        err.param = names.get(err.param, err.param)
+        raise
 
 
 def is_tgi_path(path: str) -> bool:

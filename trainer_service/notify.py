@@ -6,13 +6,14 @@ import logging
 import grpc
 
 from trainer_service.journal import JobJournal
-from tuneyard.errors import Unavailable
+from tuneyard.errors import TuneyardError, Unavailable
+from tuneyard.grpc_server import call_error
 from tuneyard.replicas import ReplicaAddresses
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 LOAD_DEADLINE_S = 60.0
-_TRANSPORT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "INTERNAL"})
+_TRANSPORT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
 
 
 class InferenceNotifier:
@@ -24,8 +25,8 @@ class InferenceNotifier:
 
     def load_adapter(self, adapter_id: str) -> None:
         """Load on every replica known now. Raises, once all were tried, the first
-        grpc.RpcError (a replica down or refusing the adapter), or Unavailable when the
-        address names no replica."""
+        replica's error as a TuneyardError (see call_error: a replica down or refusing the
+        adapter), or Unavailable when the address names no replica."""
         addresses = self.replicas.refresh()
         if not addresses:
             raise Unavailable(f"{self.address} names no inference replica now")
@@ -42,7 +43,7 @@ class InferenceNotifier:
                     timeout=self._deadline_s,
                 )
             except grpc.RpcError as err:
-                errors.append(err)
+                errors.append(call_error("inference", err))
         if errors:
             raise errors[0]
 
@@ -64,12 +65,12 @@ class AdapterPreloader:
         try:
             self.notifier.load_adapter(model)
             self.journal.event(job_id, f"the inference service loaded {model}")
-        except Exception as err:  # grpc.RpcError mostly; serving can still load it later
-            detail = err.details() if hasattr(err, "details") else str(err)
+        except Exception as err:  # a TuneyardError mostly; serving can still load it later
+            failed = err if isinstance(err, TuneyardError) else TuneyardError(str(err))
+            detail, code = failed.message, failed.code
             log.warning(
                 "%s: LoadAdapter %s at %s: %s", job_id, model, self.notifier.address, detail
             )
-            code = err.code().name if hasattr(err, "code") else "INTERNAL"
             # The service's own answer (a base model mismatch...) helps; gRPC's transport
             # words (addresses, "recvmsg:...") and crashes are for the log only.
             said = "" if code in _TRANSPORT_CODES else f": {detail}"

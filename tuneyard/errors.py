@@ -43,6 +43,20 @@ class Unavailable(TuneyardError):
     code = "UNAVAILABLE"
 
 
+_CLASS_OF_CODE = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable)
+}
+
+
+def error_with_code(code: str, message: str, *, param: str = "", line: int = 0) -> TuneyardError:
+    """A TuneyardError with a status code's name (another service's answer): of the
+    code's own class where there is one, so that `except Unavailable` still catches it."""
+    err = _CLASS_OF_CODE.get(code, TuneyardError)(message, param=param, line=line)
+    err.code = code
+    return err
+
+
 def redact_paths(text: str) -> str:
     """`text` with each absolute server path cut to its last part ("adapters", "x.jsonl"):
     a client learns which file, not where the server keeps it. Logs keep the full text."""

@@ -1,4 +1,5 @@
-"""What every tuneyard gRPC server has: health, reflection, error mapping, clean stop."""
+"""What every tuneyard gRPC server has: health, reflection, error mapping, clean stop; and
+how its clients read a failed call back (call_error)."""
 
 import functools
 import logging
@@ -12,7 +13,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tuneyard.errors import TuneyardError, internal_error_message, redact_paths
+from tuneyard.errors import (
+    INTERNAL_ERROR,
+    TuneyardError,
+    error_with_code,
+    internal_error_message,
+    redact_paths,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,7 +48,7 @@ def add_health_and_reflection(server: grpc.Server, service_names: list[str]):
 
 
 # Trailing metadata that carries a TuneyardError's `param` and `line` with its status, so a
-# client (the gateway) can name the field that was wrong, as the error had it.
+# client (see call_error) can name the field that was wrong, as the error had it.
 PARAM_KEY = "tuneyard-param"
 LINE_KEY = "tuneyard-line"
 
@@ -100,16 +107,32 @@ def _abort(context, err: TuneyardError) -> None:
     context.abort(getattr(grpc.StatusCode, err.code), message)
 
 
-def error_fields(err: grpc.RpcError) -> dict:
-    """The `param` and `line` a failed call's status carries (see maps_errors), as keyword
-    arguments of TuneyardError; empty when it carries none."""
+def call_error(service: str, err: grpc.RpcError) -> TuneyardError:
+    """A failed call to one of our services as a TuneyardError of its code, with the
+    `param` and `line` it carries (see maps_errors): the one reading of a failed call for
+    all their clients. The service's own message is passed on only where it is its answer
+    to the request; gRPC's words (addresses, "recvmsg:...") and crashes are logged and
+    named instead."""
+    code = err.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        log.warning("%s service: %s: %s", service, code.name, err.details())
+        return error_with_code(code.name, f"{service} service unavailable")
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        log.error("%s service: %s: %s", service, code.name, err.details())
+        details = err.details() or ""
+        # Our servers say only a request id (_abort_unexpected); anything else is gRPC's.
+        ours = details.startswith(INTERNAL_ERROR)
+        return error_with_code(
+            "INTERNAL", details if ours else f"internal error in the {service} service"
+        )
     metadata = dict(err.trailing_metadata() or ())
-    fields = {}
-    if metadata.get(PARAM_KEY):
-        fields["param"] = metadata[PARAM_KEY]
-    if str(metadata.get(LINE_KEY, "")).isdigit():
-        fields["line"] = int(metadata[LINE_KEY])
-    return fields
+    line = str(metadata.get(LINE_KEY, ""))
+    return error_with_code(
+        code.name,
+        err.details() or code.name,
+        param=str(metadata.get(PARAM_KEY, "")),
+        line=int(line) if line.isdigit() else 0,
+    )
 
 
 def run_until_signal(serve: Callable[[], T], stop: Callable[[T], None]) -> None:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import require_key
 from gateway.backends import Backends
+from gateway.errors import params_named
 from gateway.openapi import OPENAI_ERRORS, event_stream
 from gateway.routes.openai_requests import NO_TOOL, ChatRequest, CompletionRequest, SamplingRequest
 from gateway.sse import event_response
@@ -334,9 +335,10 @@ async def completions(request: Request, body: CompletionRequest):
             inference_pb2.GenerateRequest(inputs=prompt, adapter_id=adapter, parameters=params)
         )
     ]
-    if body.stream:
-        return await answer.stream(requests)
-    return await answer.complete(requests)
+    with params_named(body.engine_params()):
+        if body.stream:
+            return await answer.stream(requests)
+        return await answer.complete(requests)
 
 
 @router.post("/chat/completions", responses=STREAMED)
@@ -357,9 +359,10 @@ async def chat_completions(request: Request, body: ChatRequest):
         tools=json.dumps(tools) if tools else "",
     )
     requests = body.choices(generate)
-    if body.stream:
-        return await answer.stream(requests)
-    return await answer.complete(requests)
+    with params_named(body.engine_params()):
+        if body.stream:
+            return await answer.stream(requests)
+        return await answer.complete(requests)
 
 
 @router.get("/models")

@@ -57,6 +57,11 @@ class SamplingRequest(Body):
             raise ValueError(f"not supported by this server: {', '.join(names)}")
         return self
 
+    def engine_params(self) -> dict[str, str]:
+        """The client's name of each field of the inference service's request that an
+        error may name, where the two differ (see gateway.errors.params_named)."""
+        return {"adapter_id": "model", "adapter_name": "model", "max_new_tokens": "max_tokens"}
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -140,6 +145,9 @@ class CompletionRequest(SamplingRequest):
     @property
     def candidates(self) -> int:
         return max(self.best_of or 1, self.n or 1)
+
+    def engine_params(self) -> dict[str, str]:
+        return {**super().engine_params(), "inputs": "prompt", "top_n_tokens": "logprobs"}
 
     @property
     def top_n(self) -> int | None:
@@ -319,3 +327,13 @@ class ChatRequest(SamplingRequest):
     @property
     def top_n(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def engine_params(self) -> dict[str, str]:
+        max_tokens = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+        return {
+            **super().engine_params(),
+            "inputs": "messages",
+            "top_n_tokens": "top_logprobs",
+            "max_new_tokens": max_tokens,
+            "grammar": "tools" if self.callable_tools else "response_format",
+        }

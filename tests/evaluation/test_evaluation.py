@@ -289,7 +289,7 @@ def test_missing_columns_name_the_row(make_service, tmp_path, train_rows, infere
 
 def test_inference_down_is_unavailable(make_service, heldout, train_rows):
     service = make_service(inference_addr=f"127.0.0.1:{free_port()}")
-    with pytest.raises(Unavailable, match="inference service is unavailable"):
+    with pytest.raises(Unavailable, match="inference service unavailable"):
         service.create(make_spec(heldout, train_rows))
 
 

@@ -1,7 +1,6 @@
 """The evaluation's client of the inference service: generations and reference losses,
 every call with a deadline; gRPC errors come back as TuneyardErrors."""
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -9,11 +8,8 @@ from dataclasses import dataclass
 import grpc
 
 from tuneyard import errors
+from tuneyard.grpc_server import call_error
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
-
-log = logging.getLogger(__name__)
-
-_ERRORS = {cls.code: cls for cls in errors.TuneyardError.__subclasses__()}
 
 
 @dataclass(frozen=True)
@@ -83,11 +79,4 @@ class InferenceClient:
         try:
             return getattr(self.stub, method)(request, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as err:
-            code = err.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                # gRPC's words (addresses, "recvmsg:...") are for the log, not the report.
-                log.warning("inference service at %s: %s", self.addr, err.details())
-                raise errors.Unavailable("the inference service is unavailable") from None
-            raise _ERRORS.get(code.name, errors.TuneyardError)(
-                f"inference service: {err.details()}"
-            ) from None
+            raise call_error("inference", err) from None
