@@ -290,9 +290,8 @@ class ChatServing(OpenAIServing):
         return self._delta(index, {"content": token.text}, None, self._logprobs([token]))
 
     def closing_choices(self, index: int, text: str, reason: str) -> list[dict]:
-        last = self._delta(index, {}, reason, None)
-        if not self._calls_tools:
-            return [last]
-        content, call, last["finish_reason"] = self._read(text, reason)
+        if not self._calls_tools:  # the text went out token by token
+            return [self._delta(index, {}, reason, None)]
+        content, call, reason = self._read(text, reason)
         delta = {"tool_calls": [{"index": 0, **call}]} if call else {"content": content}
-        return [self._delta(index, delta, None, None), last]
+        return [self._delta(index, delta, None, None), self._delta(index, {}, reason, None)]
