@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field, model_validator
 
 from gateway.auth import require_key
+from gateway.finish_reasons import finish_words
 from gateway.openapi import TGI_ERRORS, Body, TgiError, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, Unavailable
@@ -23,11 +24,6 @@ from tuneyard.v1 import inference_pb2
 router = APIRouter()
 authed = APIRouter(dependencies=[Depends(require_key)], responses=TGI_ERRORS)
 
-FINISH_REASONS = {
-    inference_pb2.LENGTH: "length",
-    inference_pb2.EOS_TOKEN: "eos_token",
-    inference_pb2.STOP_SEQUENCE: "stop_sequence",
-}
 MAX_BEST_OF = 4
 
 
@@ -180,7 +176,7 @@ def details_json(
             for i, t in enumerate(details.prefill)
         ]
     body = {
-        "finish_reason": FINISH_REASONS.get(details.finish_reason, "length"),
+        "finish_reason": finish_words(details.finish_reason).tgi,
         # LoRAX's field (lorax-client requires it); TGI's clients ignore it.
         "prompt_tokens": details.prompt_tokens,
         "generated_tokens": details.generated_tokens,
@@ -197,7 +193,7 @@ def stream_details_json(details: inference_pb2.GenerateDetails) -> dict:
     """The last event's details; the prompt's length under both names: TGI's
     `input_length` (huggingface_hub) and LoRAX's `prompt_tokens` (lorax-client)."""
     return {
-        "finish_reason": FINISH_REASONS.get(details.finish_reason, "length"),
+        "finish_reason": finish_words(details.finish_reason).tgi,
         "generated_tokens": details.generated_tokens,
         "seed": details.seed if details.HasField("seed") else None,
         "input_length": details.prompt_tokens,

@@ -1,17 +1,46 @@
 """Gateway test fixtures: the real gateway under uvicorn in a thread on a free loopback
-port, in front of the real inference and trainer services started in-process."""
+port, in front of the real inference and trainer services started in-process. A test
+module's `gateway` (here: in front of an inference service on tiny_llama with the `emails`
+adapter) is the one its `http` and `oai` clients talk to."""
 
 import threading
 import time
 from dataclasses import dataclass
 
 import httpx
+import openai
 import pytest
 import uvicorn
 
 from gateway.app import create_app, uvicorn_config
 from gateway.settings import GatewaySettings
+from inference_service.server import serve
+from inference_service.settings import InferenceSettings
+from tests.inference.conftest import make_adapter
 from tuneyard.local_stack import free_port
+
+# A JSON schema for grammar-constrained answers: {"ok": <boolean>}.
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+
+
+def serve_inference(tiny_llama, adapters_dir, port: int = 0, **overrides):
+    """The inference service in-process on tiny_llama, on CPU, answering in few tokens."""
+    settings = dict(
+        base_model=str(tiny_llama),
+        adapters_dir=adapters_dir,
+        device="cpu",
+        inference_port=port,
+        inference_metrics_port=0,
+        max_batch_wait_ms=5,
+        default_max_new_tokens=8,
+    )
+    settings.update(overrides)
+    return serve(InferenceSettings(**settings))
 
 
 @dataclass
@@ -66,15 +95,33 @@ def make_gateway():
         gateway.stop()
 
 
-@pytest.fixture
-def down_gateway(make_gateway) -> RunningGateway:
-    """A gateway whose backends are ports nothing listens on."""
-    return make_gateway(
-        inference_addr=f"127.0.0.1:{free_port()}", trainer_addr=f"127.0.0.1:{free_port()}"
-    )
+@pytest.fixture(scope="module")
+def adapters_dir(tiny_llama, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adapters")
+    make_adapter(tiny_llama, folder, "emails")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inference(tiny_llama, adapters_dir):
+    running = serve_inference(tiny_llama, adapters_dir)
+    yield running
+    running.stop(grace=0)
+
+
+@pytest.fixture(scope="module")
+def gateway(inference):
+    running = gateway_before(inference.port)
+    yield running
+    running.stop()
 
 
 @pytest.fixture
-def http(down_gateway):
-    with httpx.Client(base_url=down_gateway.url, timeout=30) as client:
+def http(gateway):
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
         yield client
+
+
+@pytest.fixture
+def oai(gateway):
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)

@@ -45,8 +45,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
-from tests.gateway.conftest import start_gateway
-from tests.gateway.test_gateway_inference import _inference
+from tests.gateway.conftest import serve_inference, start_gateway
 from tests.inference.conftest import make_adapter
 from trainer_service.server import serve as serve_trainer
 from trainer_service.settings import TrainerSettings
@@ -123,7 +122,7 @@ def stack(tiny_llama, tmp_path_factory):
     service; contexts kept short, so that anything the schema allows answers quickly."""
     home = tmp_path_factory.mktemp("home")
     make_adapter(tiny_llama, home / "adapters", "emails")
-    inference = _inference(
+    inference = serve_inference(
         tiny_llama,
         home / "adapters",
         max_input_tokens=200,

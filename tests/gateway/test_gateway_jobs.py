@@ -10,8 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import EMAIL_TEMPLATE
-from tests.gateway.conftest import start_gateway
-from tests.gateway.test_gateway_inference import _inference
+from tests.gateway.conftest import serve_inference, start_gateway
 from trainer_service.server import serve as serve_trainer
 from trainer_service.settings import TrainerSettings
 
@@ -25,7 +24,7 @@ TUNEYARD = {
 @pytest.fixture(scope="module")
 def stack(tiny_llama, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    inference = _inference(tiny_llama, home / "adapters")
+    inference = serve_inference(tiny_llama, home / "adapters")
     trainer = serve_trainer(
         TrainerSettings(
             home=home,

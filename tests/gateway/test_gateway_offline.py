@@ -1,5 +1,6 @@
 """The gateway in front of backends that are down: request validation, error bodies, auth,
-metrics and fast 503s. (With the real backends: test_gateway_inference/test_gateway_jobs.)"""
+metrics and fast 503s. (With the real backends: test_tgi_api, test_openai_api,
+test_inference_serving and test_gateway_jobs.)"""
 
 import os
 import shutil
@@ -14,6 +15,14 @@ import pytest
 from tuneyard.local_stack import free_port
 
 TGI_BODY = {"error", "error_type"}
+
+
+@pytest.fixture
+def gateway(make_gateway):
+    """A gateway whose backends are ports nothing listens on (the one `http` talks to)."""
+    return make_gateway(
+        inference_addr=f"127.0.0.1:{free_port()}", trainer_addr=f"127.0.0.1:{free_port()}"
+    )
 
 
 def _tgi_error(response: httpx.Response, status: int, error_type: str) -> str:

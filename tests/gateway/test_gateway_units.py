@@ -1,5 +1,7 @@
-"""The gateway's plain parts, without servers: request mapping, spec mapping, auth, labels."""
+"""The gateway's plain parts, without servers: request mapping, spec mapping, auth, labels,
+stream merging."""
 
+import asyncio
 import math
 
 import pytest
@@ -8,6 +10,7 @@ from gateway.auth import ApiKeys
 from gateway.errors import PermissionDenied, Unauthenticated, http_status, openai_body, tgi_body
 from gateway.metrics import GatewayMetrics
 from gateway.routes import jobs, tgi
+from gateway.streams import merged
 from tests.conftest import EMAIL_TEMPLATE
 from tuneyard.errors import InvalidArgument
 from tuneyard.metrics import BASE_LABEL, OTHER_LABEL, AdapterLabels
@@ -241,3 +244,52 @@ def test_job_json_shape():
     assert jobs.event_seq("ftevent-4") == 4
     with pytest.raises(InvalidArgument, match="invalid event id"):
         jobs.event_seq("4x")
+
+
+def _stream(name: str, items: list, closed: list, end: str = "done"):
+    """An async stream of `items` that then ends ("done"), fails ("fail") or waits for ever
+    ("hang"); it notes its name in `closed` once closed."""
+
+    async def stream():
+        try:
+            for item in items:
+                yield item
+                await asyncio.sleep(0)
+            if end == "fail":
+                raise InvalidArgument(f"{name} failed")
+            if end == "hang":
+                await asyncio.Event().wait()
+        finally:
+            closed.append(name)
+
+    return stream()
+
+
+def _read_merged(streams) -> list:
+    async def read():
+        async with merged(streams) as items:
+            return [pair async for pair in items]
+
+    return asyncio.run(read())
+
+
+def test_merged_streams_keep_each_streams_order():
+    closed: list[str] = []
+    pairs = _read_merged([_stream("a", [1, 2, 3], closed), _stream("b", [4, 5], closed)])
+    assert sorted(pairs) == [(0, 1), (0, 2), (0, 3), (1, 4), (1, 5)]
+    assert [item for index, item in pairs if index == 0] == [1, 2, 3]
+    assert sorted(closed) == ["a", "b"]
+
+
+def test_merged_streams_raise_a_failure_and_close_the_others():
+    """The failing stream's own error reaches the reader, even while another stream is
+    still being read; every stream is closed."""
+    closed: list[str] = []
+    streams = [
+        _stream("a", [1], closed, end="hang"),
+        _stream("b", [2], closed, end="fail"),
+        _stream("c", [], closed, end="hang"),
+    ]
+    with pytest.raises(InvalidArgument, match="b failed"):
+        _read_merged(streams)
+    assert sorted(closed) == ["a", "b", "c"]

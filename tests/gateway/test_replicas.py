@@ -14,8 +14,7 @@ from pydantic import ValidationError
 from gateway.backends import Backend
 from gateway.replicas import ReplicaPool
 from gateway.settings import GatewaySettings
-from tests.gateway.conftest import start_gateway
-from tests.gateway.test_gateway_inference import _inference
+from tests.gateway.conftest import serve_inference, start_gateway
 from tests.inference.conftest import count_requests, make_adapter
 from tuneyard.local_stack import free_port
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
@@ -33,7 +32,7 @@ def adapters_dir(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def replicas(tiny_llama, adapters_dir):
-    running = [_inference(tiny_llama, adapters_dir) for _ in range(2)]
+    running = [serve_inference(tiny_llama, adapters_dir) for _ in range(2)]
     yield running
     for replica in running:
         replica.stop(grace=0)
@@ -47,12 +46,6 @@ def gateway(replicas):
     )
     yield running
     running.stop()
-
-
-@pytest.fixture
-def http(gateway):
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        yield client
 
 
 class Direct:
@@ -222,7 +215,7 @@ def test_models_info_and_health(http):
 # --- failures ----------------------------------------------------------------------------
 def test_stopped_replica_is_skipped(tiny_llama, adapters_dir, replicas):
     survivor = Direct(replicas[0])
-    doomed = _inference(tiny_llama, adapters_dir)
+    doomed = serve_inference(tiny_llama, adapters_dir)
     # No poll during the test: the failed call itself must find the replica gone.
     gateway = start_gateway(
         inference_addr=f"127.0.0.1:{replicas[0].port},127.0.0.1:{doomed.port}",

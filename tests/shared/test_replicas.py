@@ -6,7 +6,7 @@ import logging
 import grpc
 import pytest
 
-from tests.gateway.test_gateway_inference import _inference
+from tests.gateway.conftest import serve_inference
 from tests.inference.conftest import make_adapter
 from trainer_service.notify import InferenceNotifier
 from tuneyard.errors import Unavailable
@@ -84,7 +84,7 @@ def _loaded(running) -> set[str]:
 
 def test_notifier_loads_on_every_replica(tiny_llama, tmp_path):
     make_adapter(tiny_llama, tmp_path, "emails")
-    replicas = [_inference(tiny_llama, tmp_path) for _ in range(2)]
+    replicas = [serve_inference(tiny_llama, tmp_path) for _ in range(2)]
     try:
         notifier = InferenceNotifier(",".join(f"127.0.0.1:{r.port}" for r in replicas))
         notifier.load_adapter("emails")
