@@ -87,7 +87,7 @@ def test_job_runs_to_succeeded(make_scheduler, settings, tiny_llama, email_jsonl
     assert "job started" in messages and messages[-1] == "succeeded: published emails@1"
     metrics = [e.metrics for e in scheduler.store.events(job.id) if e.metrics]
     assert metrics[-1]["step"] == 2 and metrics[-1]["total_steps"] == 2
-    assert scheduler.metrics.jobs_finished.labels(SUCCEEDED)._value.get() == 1
+    assert scheduler.journal.metrics.jobs_finished.labels(SUCCEEDED)._value.get() == 1
     # The spec the worker ran is kept with the job's outputs.
     workdir = settings.resolved_trainer_workdir / job.id
     assert json.loads((workdir / "spec.json").read_text())["adapter_name"] == "emails"
