@@ -3,14 +3,16 @@
 Each targeted nn.Linear of the base is wrapped once in a `LoraLinear`. Every loaded adapter
 has a slot (slot 0 is the base model: zeros) in stacked tensors A [slots, rank, in] and
 B [slots, out, rank], B scaled, ranks zero-padded. Before each forward the engine tells the
-shared `LoraRouting`, through `MultiLora.route` alone, which adapter each batch row uses, in
-one of two ways:
+shared `LoraRouting`, through `MultiLora.route` alone, which adapter each batch row uses; a
+layer then takes one of three paths:
 
-- groups: one matmul pair per adapter present in the batch, on that adapter's rows (PEFT's
-  mixed-adapter batches were about 7x slower here); any shapes, used for prefill and the
-  dynamic batch;
-- slots: a per-row slot index and one batched matmul pair over gathered A/B, whose shapes
-  do not depend on which adapters are in the batch, so a CUDA graph can replay it.
+- one adapter for the whole batch: its A and B, no row indexing;
+- a mix (of adapters, and of base rows): the LoRA product of every slot from the batch's
+  lowest to its highest in two matmuls over slices of the stacks, each row keeping its own
+  slot's (PEFT's mixed-adapter batches were about 7x slower here); any shapes, used for
+  prefill and the dynamic batch;
+- per-row slots: a slot index per row and one batched matmul pair over gathered A/B, whose
+  shapes do not depend on which adapters are in the batch, so a CUDA graph can replay it.
 """
 
 import torch
@@ -25,17 +27,18 @@ BASE_SLOT = 0
 
 class LoraRouting:
     """Which adapter slot each row of the next forward uses: one adapter for the whole
-    batch (`only`), no adapter at all, a mix, where each layer computes every slot's LoRA
-    product for every row in two matmuls and keeps each row's own slot (`mask`), or a
-    fixed buffer of per-row slot ids (`slots`) that a CUDA graph reads. `MultiLora.route`
-    is its only writer."""
+    batch (`only`), no adapter at all, a mix, where each layer computes the LoRA product of
+    every slot in `span` (the batch's adapters, lowest to highest slot) for every row in
+    two matmuls and keeps each row's own slot (`mask`), or a fixed buffer of per-row slot
+    ids (`slots`) that a CUDA graph reads. `MultiLora.route` is its only writer."""
 
     def __init__(self):
         self.only: int | None = None  # the one slot of a batch that is all one adapter
         self.mixed = False
+        self.span = (0, 0)  # mixed: the slots [first, last + 1) each layer computes
         self.slots: torch.Tensor | None = None  # [rows] slot ids; set for fixed-shape decode
         self._row_slots: torch.Tensor | None = None
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._masks: dict[torch.dtype, torch.Tensor] = {}
 
     def set_rows(self, slots: list[int], device, fixed: torch.Tensor | None) -> None:
         self._masks = {}
@@ -52,15 +55,16 @@ class LoraRouting:
         self.only = next(iter(adapters)) if uniform else None
         self.mixed = bool(adapters) and not uniform
         if self.mixed:
+            self.span = (min(adapters), max(adapters) + 1)
             self._row_slots = torch.tensor(slots, device=device)
 
-    def mask(self, num_slots: int, dtype: torch.dtype) -> torch.Tensor:
-        """[rows, num_slots]: 1 at each row's slot. Built once per forward, not per layer."""
-        key = (num_slots, dtype)
-        if key not in self._masks:
-            one_hot = torch.nn.functional.one_hot(self._row_slots, num_slots)
-            self._masks[key] = one_hot.to(dtype)
-        return self._masks[key]
+    def mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """[rows, span]: 1 at each row's slot (none for a base row). Built once per
+        forward, not per layer."""
+        if dtype not in self._masks:
+            span = torch.arange(*self.span, device=self._row_slots.device)
+            self._masks[dtype] = (self._row_slots[:, None] == span[None, :]).to(dtype)
+        return self._masks[dtype]
 
 
 class LoraLinear(nn.Module):
@@ -90,18 +94,21 @@ class LoraLinear(nn.Module):
             return out + (x.to(a.dtype) @ a.T @ b.T).to(out.dtype)
         if not self.routing.mixed or not self.ranks:
             return out
-        # A mix of adapters (and the base): every slot's x A for every row in one matmul,
-        # zero all but the row's own slot, then one matmul with every slot's B. The extra
-        # work (slots x rank columns) is small next to the base layer; the per-adapter
-        # gathers and index_adds it replaces cost more on a CPU than their arithmetic.
-        slots, rank = self.a.shape[0], self.a.shape[1]
-        xa = x.to(self.a.dtype) @ self.a.view(slots * rank, -1).T
-        mask = self.routing.mask(slots, xa.dtype)
+        # A mix of adapters (and the base): x A of every slot in the batch's span for every
+        # row in one matmul, zero all but the row's own slot, then one matmul with those
+        # slots' B. The extra work (span x rank columns) is small next to the base layer;
+        # the per-adapter gathers and index_adds it replaces cost more on a CPU than their
+        # arithmetic. Slices of the stacks, not gathers: no copy per layer.
+        first, end = self.routing.span
+        slots, rank = end - first, self.a.shape[1]
+        xa = x.to(self.a.dtype) @ self.a[first:end].reshape(slots * rank, -1).T
+        mask = self.routing.mask(xa.dtype)
         shape = xa.shape
         xa = xa.view(*shape[:-1], slots, rank) * mask.view(
             shape[0], *([1] * (xa.dim() - 2)), slots, 1
         )
-        return out + (xa.view(shape) @ self._stacked_bt()).to(out.dtype)
+        b_t = self._stacked_bt()[first * rank : end * rank]
+        return out + (xa.view(shape) @ b_t).to(out.dtype)
 
     def _stacked_bt(self) -> torch.Tensor:
         if self._bt is None:
