@@ -3,7 +3,9 @@
 A cache key is "name@version". A request for "name" resolves to the newest version on disk
 at that moment, so a newly published version is a new key (hot reload) while requests in
 flight keep the version they started with. Loaded adapters in use by a request are pinned
-and never evicted.
+and never evicted. A version deleted from the volume no longer resolves, so no new request
+gets it even while it is still loaded; unloading it then frees its slot (at once, or when
+the last request using it ends).
 """
 
 import functools
@@ -14,8 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest
-from tuneyard.errors import FailedPrecondition, ResourceExhausted, TuneyardError
+from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest, parse_adapter_id
+from tuneyard.errors import FailedPrecondition, NotFound, ResourceExhausted, TuneyardError
 from tuneyard.modeling import BaseModelRef, public_name
 from tuneyard.templates import PromptTemplate
 
@@ -51,7 +53,7 @@ class AdapterInfo:
     id: str
     name: str
     version: str
-    state: str  # available, loaded or failed
+    state: str  # available, loaded, failed, or deleted (from the volume, now unloaded)
     rank: int = 0
     target_modules: list[str] = field(default_factory=list)
     size_bytes: int = 0
@@ -96,6 +98,7 @@ class AdapterCache:
         self.on_load = on_load
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recent first
         self._failed: dict[str, str] = {}
+        self._doomed: set[str] = set()  # deleted from the volume; removed once released
         self._lock = threading.RLock()
 
     def acquire(self, adapter_id: str) -> LoadedAdapter:
@@ -111,6 +114,10 @@ class AdapterCache:
     def release(self, adapter: LoadedAdapter) -> None:
         with self._lock:
             adapter.in_use -= 1
+            if not adapter.in_use and adapter.key in self._doomed:
+                self._doomed.discard(adapter.key)
+                if self._loaded.get(adapter.key) is adapter:
+                    self._remove(adapter.key)
 
     def load(self, adapter_id: str) -> AdapterInfo:
         version = self.store.resolve(adapter_id)
@@ -121,7 +128,10 @@ class AdapterCache:
 
     def unload(self, adapter_id: str) -> AdapterInfo:
         """'name@version' unloads that version; 'name' every loaded version of the name."""
-        version = self.store.resolve(adapter_id)
+        try:
+            version = self.store.resolve(adapter_id)
+        except NotFound as err:
+            return self._unload_deleted(adapter_id, err)
         with self._lock:
             keys = (
                 [version.id]
@@ -137,6 +147,31 @@ class AdapterCache:
                 if key in self._loaded:
                     self._remove(key)
             return self._info(version)
+
+    def _unload_deleted(self, adapter_id: str, not_found: NotFound) -> AdapterInfo:
+        """Versions gone from the volume but still loaded: those in use are removed when
+        their last request releases them (none can take them again meanwhile)."""
+        name, number = parse_adapter_id(adapter_id)
+        with self._lock:
+            keys = sorted(
+                (
+                    key
+                    for key, a in self._loaded.items()
+                    if a.version.name == name
+                    and (number is None or int(a.version.version) == int(number))
+                ),
+                key=lambda key: int(key.partition("@")[2]),
+            )
+            if not keys:
+                raise not_found
+            for key in keys:
+                if self._loaded[key].in_use:
+                    self._doomed.add(key)
+                else:
+                    self._remove(key)
+                self._failed.pop(key, None)
+            last = keys[-1]
+            return AdapterInfo(id=last, name=name, version=last.partition("@")[2], state="deleted")
 
     def list(self) -> list[AdapterInfo]:
         with self._lock:

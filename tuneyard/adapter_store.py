@@ -3,7 +3,10 @@ tokenizer files and a `tuneyard.json` manifest.
 
 A version is written into a hidden staging folder beside its name and renamed into place,
 so a reader never sees half a version. Versions are increasing integers; `name` resolves
-to the newest, `name@version` to that one.
+to the newest, `name@version` to that one. Deleting is the same in reverse: the version is
+renamed to a hidden trash folder (gone for every reader at once), then removed; a hidden
+`.deleted-<version>` marker keeps its number from being given out again, so a server that
+still holds the old weights under "name@version" can never take them for a new version.
 
 The volume is shared: the inference service may run as another user than the trainer. A
 version's folders get the store's mode (TUNEYARD_ADAPTERS_MODE, 0755 by default; 0750 to
@@ -26,6 +29,8 @@ from tuneyard.errors import InvalidArgument, NotFound
 MANIFEST = "tuneyard.json"
 LOSS_CURVE = "loss_curve.png"  # the training loss image the trainer puts in each version
 DEFAULT_MODE = 0o755
+_DELETED = ".deleted-"
+_TRASH = ".trash-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -154,6 +159,7 @@ class AdapterStore:
         folder = self.root / check_name(manifest.name)
         while True:
             existing = [int(v.version) for v in self.versions(manifest.name)]
+            existing += self._deleted_numbers(manifest.name)
             version = str(max(existing, default=0) + 1)
             manifest.version = version
             (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
@@ -166,6 +172,35 @@ class AdapterStore:
                     continue
                 raise
             return AdapterVersion(manifest.name, version, folder / version)
+
+    def delete(self, adapter_id: str) -> list[AdapterVersion]:
+        """Remove "name@version", or every version of "name"; returns what went, oldest
+        first. Oldest first, so that "name" resolves to its newest version until the end."""
+        name, version = parse_adapter_id(adapter_id)
+        doomed = [self.resolve(adapter_id)] if version else self.versions(name)
+        if not doomed:
+            raise NotFound(f"adapter {name!r} not found", param="adapter_id")
+        folder = self.root / name
+        deleted = []
+        for v in doomed:
+            marker = folder / f"{_DELETED}{v.version}"
+            marker.touch()  # before the rename: the number stays taken whatever happens next
+            os.chmod(marker, self.file_mode)
+            try:
+                os.rename(v.path, folder / f"{_TRASH}{v.version}-{os.urandom(4).hex()}")
+            except FileNotFoundError:  # another delete took it
+                continue
+            deleted.append(v)
+        for trash in folder.glob(f"{_TRASH}*"):  # also what a crash left behind
+            shutil.rmtree(trash, ignore_errors=True)
+        return deleted
+
+    def _deleted_numbers(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        numbers = (p.name.removeprefix(_DELETED) for p in folder.glob(f"{_DELETED}*"))
+        return [int(n) for n in numbers if n.isdigit()]
 
     @staticmethod
     def discard(staging: Path) -> None:

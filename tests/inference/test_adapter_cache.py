@@ -193,3 +193,29 @@ def test_the_base_model_is_named_not_located(tiny_llama, adapters_dir):
         assert info.base_model == "acme/base-v2"
     finally:
         engine.stop()
+
+
+def test_a_deleted_version_is_never_served_and_unloads_once_released(
+    small_engine, tiny_llama, adapters_dir
+):
+    from tuneyard.adapter_store import AdapterStore
+
+    make_adapter(tiny_llama, adapters_dir, "gone")
+    make_adapter(tiny_llama, adapters_dir, "gone", seed=2)
+    cache = small_engine.adapters
+    cache.load("gone@1")
+    pinned = cache.acquire("gone@2")
+    AdapterStore(adapters_dir).delete("gone")
+    # Still loaded, but a name that resolves to nothing gets no new request.
+    with pytest.raises(NotFound, match="'gone' not found"):
+        generate(small_engine, "gone")
+    with pytest.raises(NotFound, match="'gone' not found"):
+        cache.acquire("gone@1")
+    info = cache.unload("gone")
+    assert (info.id, info.state) == ("gone@2", "deleted")
+    assert "gone@1" not in cache._loaded and "gone@2" in cache._loaded  # in use
+    cache.release(pinned)
+    assert "gone@2" not in cache._loaded
+    assert "gone" not in {a.name for a in cache.list()}
+    with pytest.raises(NotFound):  # nothing left to unload
+        cache.unload("gone@1")

@@ -150,3 +150,43 @@ def test_the_mode_setting_is_octal_text_and_keeps_the_owners_rights(monkeypatch)
     with pytest.raises(ValueError, match="give the owner rwx"):
         AdapterStore(Path("."), 0o055)
     assert check_mode(0o700) == 0o700
+
+
+def test_deleting_one_version_leaves_the_others_and_never_reuses_its_number(tmp_path):
+    store = AdapterStore(tmp_path)
+    for payload in ("one", "two", "three"):
+        publish(store, "emails", payload)
+    assert [v.id for v in store.delete("emails@3")] == ["emails@3"]
+    assert [v.version for v in store.versions("emails")] == ["1", "2"]
+    assert store.resolve("emails").id == "emails@2"
+    with pytest.raises(NotFound, match="has no version 3"):
+        store.resolve("emails@3")
+    # A new version is 4: a server still holding the old weights as emails@3 cannot mix them up.
+    assert publish(store, "emails", "four").version == "4"
+    assert not list((tmp_path / "emails").glob(".trash-*"))
+
+
+def test_deleting_a_name_removes_every_version(tmp_path):
+    store = AdapterStore(tmp_path)
+    publish(store, "emails")
+    publish(store, "emails")
+    publish(store, "other")
+    assert [v.id for v in store.delete("emails")] == ["emails@1", "emails@2"]
+    assert store.versions("emails") == []
+    assert [v.id for v in store.all_versions()] == ["other@1"]
+    with pytest.raises(NotFound, match="adapter 'emails' not found"):
+        store.delete("emails")
+    assert publish(store, "emails").version == "3"
+
+
+def test_a_crash_after_the_rename_leaves_the_version_gone_and_its_trash_swept(tmp_path):
+    store = AdapterStore(tmp_path)
+    publish(store, "emails")
+    second = publish(store, "emails")
+    # What a delete that died between its rename and the removal leaves behind.
+    (tmp_path / "emails" / ".deleted-2").touch()
+    os.rename(second.path, tmp_path / "emails" / ".trash-2-dead")
+    assert store.resolve("emails").id == "emails@1"
+    store.delete("emails@1")
+    assert not list((tmp_path / "emails").glob(".trash-*"))
+    assert publish(store, "emails").version == "3"
