@@ -4,14 +4,15 @@ trainer and its workers (a child process, or a Job mounting the same volume) rea
 Each file is `<id>/<filename>` plus `<id>/meta.json`, written to a staging folder and
 renamed into place like adapter versions. A store given a `check` runs it on the staged
 file first (the trainer's: trainer_service.dataset.check_file), and keeps nothing of a file
-it refuses."""
+it refuses. Deleting renames the folder to a hidden trash name first, so a crash half way
+leaves the file either whole or gone, never half there."""
 
 import json
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tuneyard.errors import InvalidArgument, NotFound
 
 PURPOSES = ("fine-tune",)
 MAX_BYTES = 60 * 1024 * 1024  # under the 64 MiB gRPC message limit
+CHUNK_BYTES = 1024 * 1024  # content is sent in pieces of this size, far under that limit
 _ID = re.compile(r"^file-[0-9a-f]{24}$")
 _META = "meta.json"
 
@@ -79,11 +81,42 @@ class FileStore:
         """Where the file's content is, for reading it as training data."""
         return self._folder(file_id) / self.get(file_id).filename
 
+    def read_chunks(self, file_id: str, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The content in pieces of at most `size` bytes, never all of it in memory. Opened
+        before the first piece is asked for, so an unknown id raises at once."""
+        handle = self.path(file_id).open("rb")
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while piece := handle.read(size):
+                    yield piece
+
+        return chunks()
+
+    def delete(self, file_id: str) -> FileInfo:
+        """Rename to a hidden trash folder (atomic: the file is then gone for every reader),
+        then remove it; trash a crash left behind goes on the next delete."""
+        info = self.get(file_id)
+        trash = self.root / f".trash-{file_id}-{secrets.token_hex(4)}"
+        try:
+            self._folder(file_id).rename(trash)
+        except FileNotFoundError:  # another delete won
+            raise NotFound(f"file {file_id!r} not found", param="file_id") from None
+        for stale in self.root.glob(".trash-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return info
+
     def list(self) -> list[FileInfo]:
         """Newest first."""
         if not self.root.is_dir():
             return []
-        found = [self.get(p.name) for p in self.root.iterdir() if _ID.match(p.name)]
+        found = []
+        for folder in self.root.iterdir():
+            if _ID.match(folder.name):
+                try:
+                    found.append(self.get(folder.name))
+                except (NotFound, FileNotFoundError):  # deleted while listing
+                    continue
         return sorted(found, key=lambda f: f.created_at, reverse=True)
 
     def _folder(self, file_id: str) -> Path:

@@ -1,5 +1,7 @@
 """TrainerService over gRPC: proto in, plain calls to the scheduler and store, proto out."""
 
+import contextlib
+import threading
 from dataclasses import asdict
 
 import grpc
@@ -15,7 +17,7 @@ from trainer_service.validation import (
     validate,
 )
 from tuneyard.adapter_store import AdapterStore
-from tuneyard.errors import InvalidArgument, redact_paths
+from tuneyard.errors import FailedPrecondition, InvalidArgument, redact_paths
 from tuneyard.grpc_server import maps_errors, maps_stream_errors
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import public_name
@@ -129,6 +131,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         )
         settings = scheduler.settings
         self.adapters = AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode)
+        # Held by CreateJob on an uploaded file and by DeleteFile, so a file cannot go
+        # between a new job's check of it and the job being stored.
+        self._files_lock = threading.Lock()
 
     @maps_errors
     def CreateJob(self, request, context):
@@ -138,8 +143,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", param="spec")
         spec = self._spec(request.spec)
-        check_data(spec, self.scheduler.files_root)
-        return job_to_proto(self.scheduler.create(spec))
+        uses_file = bool(spec.data.file_id)
+        with self._files_lock if uses_file else contextlib.nullcontext():
+            check_data(spec, self.scheduler.files_root)
+            return job_to_proto(self.scheduler.create(spec))
 
     @maps_errors
     def GetJob(self, request, context):
@@ -232,8 +239,51 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def ListFiles(self, request, context):
         return trainer_pb2.ListFilesResponse(files=[file_to_proto(f) for f in self.files.list()])
 
+    @maps_stream_errors
+    def GetFileContent(self, request, context):
+        info = self.files.get(request.file_id)
+        chunks = self.files.read_chunks(request.file_id)
+        yield trainer_pb2.FileChunk(file=file_to_proto(info), data=next(chunks, b""))
+        for data in chunks:
+            yield trainer_pb2.FileChunk(data=data)
+
+    @maps_errors
+    def DeleteFile(self, request, context):
+        with self._files_lock:
+            info = self.files.get(request.file_id)
+            users = [job.id for job in self._unended_jobs() if _uses_file(job.spec, info.id)]
+            if users:
+                raise FailedPrecondition(
+                    f"file {info.id!r} is the data of job {', '.join(users)}, which has not "
+                    "ended; cancel it or wait for it to end first",
+                    param="file_id",
+                )
+            return file_to_proto(self.files.delete(info.id))
+
+    @maps_errors
+    def DeleteAdapter(self, request, context):
+        """The volume only: the caller tells the inference replicas to unload what went
+        (they never load it again, as it no longer resolves)."""
+        deleted = self.adapters.delete(request.adapter_id)
+        return trainer_pb2.DeleteAdapterResponse(deleted=[v.id for v in deleted])
+
+    def _unended_jobs(self) -> list[job_store.Job]:
+        return self.store.jobs_with_status(
+            job_store.VALIDATING_FILES, job_store.QUEUED, job_store.RUNNING
+        )
+
     def _workdir(self, job_id: str):
         return self.scheduler.workdir / job_id
+
+
+def _uses_file(spec: JobSpec, file_id: str) -> bool:
+    """As its training data, or as the eval rows of the evaluation that follows it."""
+    evaluation = spec.evaluation or {}
+    return file_id in (
+        spec.data.file_id,
+        evaluation.get("eval_file_id"),
+        evaluation.get("evalFileId"),
+    )
 
 
 def add_to_server(servicer: TrainerServicer, server: grpc.Server) -> str:

@@ -1,9 +1,11 @@
 """Training files in the shape of OpenAI's files API. The trainer stores them (under its
-TUNEYARD_HOME, where its workers read them); a job names one as `training_file`."""
+TUNEYARD_HOME, where its workers read them); a job names one as `training_file`. Content
+is streamed through in the trainer's chunks, never held whole in the gateway."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import StreamingResponse
 
 from gateway.auth import require_admin, require_key
 from gateway.openapi import ADMIN, TRAINER_ERRORS
@@ -56,6 +58,57 @@ async def get_file(request: Request, file_id: str) -> dict:
         "GetFile", trainer_pb2.GetFileRequest(file_id=file_id)
     )
     return file_json(info)
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The file's bytes, as uploaded.",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def file_content(request: Request, file_id: str) -> StreamingResponse:
+    # The first chunk has come before the answer starts: an unknown id is still a 404.
+    chunks = await request.app.state.backends.trainer.stream(
+        "GetFileContent", trainer_pb2.GetFileContentRequest(file_id=file_id)
+    )
+    first = await anext(chunks)
+
+    async def body():
+        try:
+            yield first.data
+            async for chunk in chunks:
+                yield chunk.data
+        finally:
+            await chunks.aclose()  # a client that went away ends the trainer's call too
+
+    return StreamingResponse(
+        body(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(first.file.bytes),
+            "Content-Disposition": f'attachment; filename="{_quoted(first.file.filename)}"',
+        },
+    )
+
+
+@router.delete("/{file_id}", dependencies=[Depends(require_admin)], responses=ADMIN)
+async def delete_file(request: Request, file_id: str) -> dict:
+    """Refused (400, `file_id`) while a job that has not ended trains on the file."""
+    info = await request.app.state.backends.trainer.call(
+        "DeleteFile", trainer_pb2.DeleteFileRequest(file_id=file_id)
+    )
+    return {"id": info.id, "object": "file", "deleted": True}
+
+
+def _quoted(filename: str) -> str:
+    """A filename safe inside a quoted header value (ASCII, no quotes or backslashes)."""
+    return "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
+    )
 
 
 routers = [router]

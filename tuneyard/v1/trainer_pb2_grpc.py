@@ -94,6 +94,21 @@ class TrainerServiceStub:
                 request_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesRequest.SerializeToString,
                 response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesResponse.FromString,
                 _registered_method=True)
+        self.GetFileContent = channel.unary_stream(
+                '/tuneyard.v1.TrainerService/GetFileContent',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.GetFileContentRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.FileChunk.FromString,
+                _registered_method=True)
+        self.DeleteFile = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/DeleteFile',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteFileRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.File.FromString,
+                _registered_method=True)
+        self.DeleteAdapter = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/DeleteAdapter',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -181,6 +196,29 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFileContent(self, request, context):
+        """A file's bytes as uploaded, in chunks well under the message size limit; the first
+        chunk also carries the file's metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFile(self, request, context):
+        """Refused (FAILED_PRECONDITION, naming the job) while a job that has not ended uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAdapter(self, request, context):
+        """Removes adapter versions from the adapters volume: "name@version" that one, "name"
+        all of them. Version numbers are never given out again for the name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +281,21 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ListFiles,
                     request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesRequest.FromString,
                     response_serializer=tuneyard_dot_v1_dot_trainer__pb2.ListFilesResponse.SerializeToString,
+            ),
+            'GetFileContent': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetFileContent,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.GetFileContentRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.FileChunk.SerializeToString,
+            ),
+            'DeleteFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFile,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteFileRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.File.SerializeToString,
+            ),
+            'DeleteAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAdapter,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -569,6 +622,87 @@ class TrainerService:
             '/tuneyard.v1.TrainerService/ListFiles',
             tuneyard_dot_v1_dot_trainer__pb2.ListFilesRequest.SerializeToString,
             tuneyard_dot_v1_dot_trainer__pb2.ListFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFileContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/GetFileContent',
+            tuneyard_dot_v1_dot_trainer__pb2.GetFileContentRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/DeleteFile',
+            tuneyard_dot_v1_dot_trainer__pb2.DeleteFileRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.File.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/DeleteAdapter',
+            tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,
