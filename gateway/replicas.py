@@ -314,6 +314,25 @@ class ReplicaPool:
             replica.loaded -= {adapter_id, adapter.id, adapter.name}
         return answered[0][1]
 
+    async def forget_adapters(self, adapter_ids: list[str]) -> None:
+        """Unload versions just deleted from the volume, wherever they are loaded. Best
+        effort: a replica without one loaded answers NOT_FOUND, one that is down starts
+        again without it, and none can load it again, as it no longer resolves."""
+
+        async def unload(replica: Replica, adapter_id: str) -> None:
+            request = inference_pb2.UnloadAdapterRequest(adapter_id=adapter_id)
+            try:
+                await self._call_on(replica, "UnloadAdapter", request, None, "")
+            except BackendError as err:
+                if err.code not in ("NOT_FOUND", "UNAVAILABLE"):
+                    log.warning("unloading deleted %s on %s: %s", adapter_id, replica.addr, err)
+
+        replicas = list(self.replicas)
+        await asyncio.gather(*(unload(r, a) for r in replicas for a in adapter_ids))
+        names = {adapter_id.partition("@")[0] for adapter_id in adapter_ids}
+        for replica in replicas:
+            replica.loaded -= {*adapter_ids, *names}
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

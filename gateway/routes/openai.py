@@ -1,18 +1,19 @@
-"""The OpenAI API: /v1/completions, /v1/chat/completions (streaming and not) and /v1/models.
-`model` is an adapter ("name" or "name@version") or the base model's id (or its last path
-component); the answer carries usage counts. The routes only: the request bodies are in
-openai_requests.py, the answers' fields in openai_responses.py, the serving in
-openai_serving.py."""
+"""The OpenAI API: /v1/completions, /v1/chat/completions (streaming and not) and /v1/models
+(list, retrieve, delete). `model` is an adapter ("name" or "name@version") or the base
+model's id (or its last path component); the answer carries usage counts. The routes only:
+the request bodies are in openai_requests.py, the answers' fields in openai_responses.py,
+the serving in openai_serving.py."""
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.auth import require_key
+from gateway.auth import require_admin, require_key
 from gateway.backends import Backends
 from gateway.errors import params_named
-from gateway.openapi import OPENAI_ERRORS, event_stream
+from gateway.openapi import ADMIN, OPENAI_ERRORS, event_stream
 from gateway.routes.openai_requests import ChatRequest, CompletionRequest
-from gateway.routes.openai_serving import ChatServing, CompletionServing
-from tuneyard.v1 import inference_pb2
+from gateway.routes.openai_serving import ChatServing, CompletionServing, adapter_for
+from tuneyard.errors import InvalidArgument, NotFound
+from tuneyard.v1 import inference_pb2, trainer_pb2
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=OPENAI_ERRORS)
 STREAMED = {200: event_stream("With `stream: true`: chunks as events, then `data: [DONE]`.")}
@@ -33,35 +34,80 @@ async def chat_completions(request: Request, body: ChatRequest):
 @router.get("/models")
 async def list_models(request: Request) -> dict:
     """The base model, then each adapter by name (its newest version), `parent` the base."""
-    backends: Backends = request.app.state.backends
-    base = (await backends.info()).model_id
+    base, adapters = await _models(request.app.state.backends)
     newest: dict[str, inference_pb2.Adapter] = {}
-    for adapter, _ in await backends.inference.list_adapters():
+    for adapter in adapters:
         current = newest.get(adapter.name)
         if current is None or int(adapter.version or 0) > int(current.version or 0):
             newest[adapter.name] = adapter
-    data = [
-        {
-            "id": base,
-            "object": "model",
-            "created": 0,
-            "owned_by": "tuneyard",
-            "root": base,
-            "parent": None,
-        }
-    ]
-    data += [
-        {
-            "id": name,
-            "object": "model",
-            "created": a.created_at,
-            "owned_by": "tuneyard",
-            "root": a.id,
-            "parent": base,
-        }
-        for name, a in sorted(newest.items())
-    ]
+    data = [base_json(base)] + [adapter_json(name, a, base) for name, a in sorted(newest.items())]
     return {"object": "list", "data": data}
+
+
+@router.get("/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> dict:
+    """The base model, an adapter by name (its newest version) as /v1/models lists it, or
+    one version by "name@version"."""
+    backends: Backends = request.app.state.backends
+    if not await adapter_for(backends, model):
+        return base_json((await backends.info()).model_id)
+    base, adapters = await _models(backends)
+    name, _, version = model.partition("@")
+    versions = [a for a in adapters if a.name == name and _is_version(a, version)]
+    if not versions:
+        raise NotFound(f"model {model!r} not found", param="model")
+    return adapter_json(model, max(versions, key=lambda a: int(a.version or 0)), base)
+
+
+@router.delete("/models/{model:path}", dependencies=[Depends(require_admin)], responses=ADMIN)
+async def delete_model(request: Request, model: str) -> dict:
+    """A fine-tuned adapter: every version ("name") or one ("name@version"). The trainer
+    removes it from the adapters volume (where it publishes), then every replica unloads
+    it; from then on a request naming it is 404."""
+    backends: Backends = request.app.state.backends
+    if not await adapter_for(backends, model):
+        raise InvalidArgument(
+            f"{model!r} is the base model, which cannot be deleted; only fine-tuned adapters can",
+            param="model",
+        )
+    with params_named({"adapter_id": "model", "adapter_name": "model"}):
+        reply = await backends.trainer.call(
+            "DeleteAdapter", trainer_pb2.DeleteAdapterRequest(adapter_id=model)
+        )
+    await backends.inference.forget_adapters(list(reply.deleted))
+    return {"id": model, "object": "model", "deleted": True}
+
+
+def _is_version(adapter: inference_pb2.Adapter, version: str) -> bool:
+    """Any version for "" ("name" alone); "007" is version 7, as the store reads it."""
+    return not version or (version.isdigit() and int(version) == int(adapter.version or 0))
+
+
+async def _models(backends: Backends) -> tuple[str, list[inference_pb2.Adapter]]:
+    base = (await backends.info()).model_id
+    return base, [adapter for adapter, _ in await backends.inference.list_adapters()]
+
+
+def base_json(base: str) -> dict:
+    return {
+        "id": base,
+        "object": "model",
+        "created": 0,
+        "owned_by": "tuneyard",
+        "root": base,
+        "parent": None,
+    }
+
+
+def adapter_json(model: str, adapter: inference_pb2.Adapter, base: str) -> dict:
+    return {
+        "id": model,
+        "object": "model",
+        "created": adapter.created_at,
+        "owned_by": "tuneyard",
+        "root": adapter.id,
+        "parent": base,
+    }
 
 
 routers = [router]

@@ -17,6 +17,8 @@ ADMIN_ROUTES = {
     ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"),
     ("post", "/v1/fine_tuning/jobs/{job_id}/checkpoints/{step}/publish"),
     ("post", "/v1/files"),
+    ("delete", "/v1/files/{file_id}"),
+    ("delete", "/v1/models/{model}"),
     ("post", "/v1/adapters/{adapter_id}/load"),
     ("post", "/v1/adapters/{adapter_id}/unload"),
     ("post", "/v1/evaluations"),
@@ -86,6 +88,11 @@ def test_report_format_is_an_enum(schema):
     fmt = next(p for p in operation["parameters"] if p["name"] == "fmt")
     assert fmt["schema"]["enum"] == ["html", "md"]
     assert set(operation["responses"]["200"]["content"]) == {"text/html", "text/markdown"}
+
+
+def test_file_content_is_documented_as_bytes(schema):
+    operation = schema["paths"]["/v1/files/{file_id}/content"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"application/octet-stream"}
 
 
 def test_health_documents_its_empty_answer(schema):
