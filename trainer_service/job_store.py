@@ -18,6 +18,7 @@ from tuneyard.jobspec import JobSpec
 from tuneyard.statuses import (
     CANCELLED,
     FAILED,
+    PAUSED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -25,7 +26,7 @@ from tuneyard.statuses import (
     VALIDATING_FILES,
 )
 
-STATUSES = (VALIDATING_FILES, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+STATUSES = (VALIDATING_FILES, QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED, CANCELLED)
 
 
 @dataclass

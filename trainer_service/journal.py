@@ -3,8 +3,10 @@ result fields, and its events. Each write is stored first and then wakes every w
 whoever made it (the scheduler, the worker's events, an evaluation of the job's output).
 
     validating_files -> queued | failed | cancelled
-    queued           -> running | cancelled
-    running          -> succeeded | failed | cancelled | queued (to resume from a checkpoint)
+    queued           -> running | paused | cancelled
+    running          -> succeeded | failed | cancelled | paused
+                        | queued (to resume from a checkpoint after a restart or a death)
+    paused           -> queued (resumed) | cancelled
 
 A job is *settled* when it is terminal and no follow-up work on it (an evaluation of its
 adapter) is still to report: a watch ends there, so it sees the follow-up's events too.
@@ -15,12 +17,21 @@ import time
 
 from trainer_service.job_store import Event, Job, JobError, JobStore
 from trainer_service.metrics import TrainerMetrics
-from tuneyard.statuses import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, VALIDATING_FILES
+from tuneyard.statuses import (
+    CANCELLED,
+    FAILED,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    VALIDATING_FILES,
+)
 
 TRANSITIONS = {
     VALIDATING_FILES: frozenset({QUEUED, FAILED, CANCELLED}),
-    QUEUED: frozenset({RUNNING, CANCELLED}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, QUEUED}),
+    QUEUED: frozenset({RUNNING, PAUSED, CANCELLED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLED, PAUSED, QUEUED}),
+    PAUSED: frozenset({QUEUED, CANCELLED}),
     SUCCEEDED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
@@ -83,7 +94,7 @@ class JobJournal:
         self.store.add_event(job_id, message, level or ("error" if status == FAILED else "info"))
         if status == RUNNING:
             fields["started_at"] = time.time()
-        if status in (QUEUED, SUCCEEDED, FAILED, CANCELLED):
+        if status != RUNNING:
             fields["estimated_finish"] = 0
         if not TRANSITIONS[status]:
             fields["finished_at"] = time.time()

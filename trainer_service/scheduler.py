@@ -24,9 +24,18 @@ from trainer_service.journal import JobJournal
 from trainer_service.settings import TrainerSettings
 from trainer_service.validation import JobValidationError, validate
 from trainer_service.worker_events import WorkerEvents, WorkerRun
+from tuneyard.errors import FailedPrecondition
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import public_name
-from tuneyard.statuses import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, VALIDATING_FILES
+from tuneyard.statuses import (
+    CANCELLED,
+    FAILED,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    VALIDATING_FILES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,7 @@ class JobScheduler:
         self._queue: deque[str] = deque()
         self._running: dict[str, ExecutionHandle | None] = {}
         self._cancelling: set[str] = set()
+        self._pausing: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._closed = False
 
@@ -118,7 +128,9 @@ class JobScheduler:
     def cancel(self, job_id: str) -> Job:
         with self._lock:  # every transition happens under the lock: the status is current
             job = self.store.get_job(job_id)
-            if job.status in (VALIDATING_FILES, QUEUED):
+            if job.status == PAUSED:
+                self.journal.transition(job.id, CANCELLED, "cancelled while paused")
+            elif job.status in (VALIDATING_FILES, QUEUED):
                 if job.id in self._queue:
                     self._queue.remove(job.id)
                 self.journal.transition(job.id, CANCELLED, "cancelled before it ran")
@@ -128,6 +140,48 @@ class JobScheduler:
                 self.journal.event(job.id, "cancellation requested; stopping the worker")
                 if handle is not None:
                     handle.cancel()
+        return self.store.get_job(job_id)
+
+    def pause(self, job_id: str) -> Job:
+        """Stop a queued or running job and free its worker; its checkpoints stay, and
+        `resume` goes on from the latest. A job that saves none is refused: pausing it
+        would throw its training away."""
+        with self._lock:
+            job = self.store.get_job(job_id)
+            if job.status not in (QUEUED, RUNNING):
+                raise FailedPrecondition(
+                    f"job {job_id} is {job.status}; only a queued or running job can be paused",
+                    param="job_id",
+                )
+            if not job.spec.training.save_steps:
+                raise FailedPrecondition(
+                    f"job {job_id} saves no checkpoints (training.save_steps is 0), so it "
+                    "could not go on where it stopped; cancel it instead",
+                    param="job_id",
+                )
+            if job.status == QUEUED:
+                if job.id in self._queue:
+                    self._queue.remove(job.id)
+                self.journal.transition(job.id, PAUSED, "paused before it started")
+            elif job.id not in self._cancelling | self._pausing:
+                self._pausing.add(job.id)
+                self.journal.event(job.id, "pause requested; stopping the worker")
+                if (handle := self._running.get(job.id)) is not None:
+                    handle.cancel()
+        return self.store.get_job(job_id)
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a paused job again; its worker goes on from the latest checkpoint."""
+        with self._lock:
+            job = self.store.get_job(job_id)
+            if job.status != PAUSED:
+                raise FailedPrecondition(
+                    f"job {job_id} is {job.status}; only a paused job can be resumed",
+                    param="job_id",
+                )
+            self.journal.transition(job_id, QUEUED, "resumed; queued")
+            self._queue.append(job_id)
+        self._dispatch()
         return self.store.get_job(job_id)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -195,6 +249,7 @@ class JobScheduler:
             with self._lock:
                 self._running.pop(job_id, None)
                 self._cancelling.discard(job_id)
+                self._pausing.discard(job_id)
             self._dispatch()
 
     def _run_worker(self, job_id: str) -> None:
@@ -206,15 +261,18 @@ class JobScheduler:
         (workdir / "spec.json").write_text(self.store.get_job(job_id).spec.model_dump_json())
         while True:
             with self._lock:
-                stopping = job_id in self._cancelling or self._closed
+                stopping = job_id in self._cancelling | self._pausing or self._closed
             # Cancelled or stopped before a (re)start: as if the worker had stopped at once.
             attempt = WorkerRun(CANCELLED_EXIT) if stopping else self._run_once(job_id, workdir)
             with self._lock:
                 cancelled, closed = job_id in self._cancelling, self._closed
+                paused = job_id in self._pausing
             if attempt.code == 0 and attempt.result is not None:
                 self._succeed(job_id, attempt.result)
             elif cancelled:
                 self.journal.transition(job_id, CANCELLED, "cancelled; nothing was published")
+            elif paused:
+                self._paused(job_id, workdir)
             elif closed:
                 self._interrupted(job_id)
             elif attempt.died:
@@ -274,6 +332,15 @@ class JobScheduler:
             else "the worker crashed after publishing"
         )
         self._fail(job_id, f"{reason} ({_describe_exit(attempt.code)})", "worker_failed")
+
+    def _paused(self, job_id: str, workdir: Path) -> None:
+        checkpoint = last_checkpoint(workdir)
+        since = (
+            f"its checkpoint at step {checkpoint_step(checkpoint)}"
+            if checkpoint is not None
+            else "the start (no checkpoint was saved yet)"
+        )
+        self.journal.transition(job_id, PAUSED, f"paused; resuming goes on from {since}")
 
     def _interrupted(self, job_id: str) -> None:
         """The trainer stopped under a running job: queue it to resume from its checkpoint

@@ -33,6 +33,7 @@ _STATUS = {
     job_store.SUCCEEDED: trainer_pb2.SUCCEEDED,
     job_store.FAILED: trainer_pb2.FAILED,
     job_store.CANCELLED: trainer_pb2.CANCELLED,
+    job_store.PAUSED: trainer_pb2.PAUSED,
 }
 
 
@@ -161,6 +162,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     @maps_errors
     def CancelJob(self, request, context):
         return job_to_proto(self.scheduler.cancel(request.job_id))
+
+    @maps_errors
+    def PauseJob(self, request, context):
+        return job_to_proto(self.scheduler.pause(request.job_id))
+
+    @maps_errors
+    def ResumeJob(self, request, context):
+        return job_to_proto(self.scheduler.resume(request.job_id))
 
     @maps_stream_errors
     def WatchJob(self, request, context):

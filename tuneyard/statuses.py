@@ -6,4 +6,5 @@ RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
+PAUSED = "paused"  # jobs only
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})

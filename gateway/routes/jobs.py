@@ -36,6 +36,7 @@ STATUS = {
     trainer_pb2.SUCCEEDED: "succeeded",
     trainer_pb2.FAILED: "failed",
     trainer_pb2.CANCELLED: "cancelled",
+    trainer_pb2.PAUSED: "paused",
 }
 EVENT_ID_PREFIX = "ftevent-"
 CHECKPOINT_ID_PREFIX = "ftckpt-"
@@ -275,6 +276,24 @@ async def get_job(request: Request, job_id: str) -> dict:
 async def cancel_job(request: Request, job_id: str) -> dict:
     job = await request.app.state.backends.trainer.call(
         "CancelJob", trainer_pb2.CancelJobRequest(job_id=job_id)
+    )
+    return job_json(job)
+
+
+@router.post("/{job_id}/pause", dependencies=[Depends(require_admin)], responses=ADMIN)
+async def pause_job(request: Request, job_id: str) -> dict:
+    """A queued or running job stops and frees its worker, keeping its checkpoints."""
+    job = await request.app.state.backends.trainer.call(
+        "PauseJob", trainer_pb2.PauseJobRequest(job_id=job_id)
+    )
+    return job_json(job)
+
+
+@router.post("/{job_id}/resume", dependencies=[Depends(require_admin)], responses=ADMIN)
+async def resume_job(request: Request, job_id: str) -> dict:
+    """A paused job is queued again and goes on from its latest checkpoint."""
+    job = await request.app.state.backends.trainer.call(
+        "ResumeJob", trainer_pb2.ResumeJobRequest(job_id=job_id)
     )
     return job_json(job)
 

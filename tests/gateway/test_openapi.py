@@ -15,6 +15,8 @@ TGI_ROUTES = {
 ADMIN_ROUTES = {
     ("post", "/v1/fine_tuning/jobs"),
     ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"),
+    ("post", "/v1/fine_tuning/jobs/{job_id}/pause"),
+    ("post", "/v1/fine_tuning/jobs/{job_id}/resume"),
     ("post", "/v1/fine_tuning/jobs/{job_id}/checkpoints/{step}/publish"),
     ("post", "/v1/files"),
     ("delete", "/v1/files/{file_id}"),

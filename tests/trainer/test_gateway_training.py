@@ -9,6 +9,7 @@ import time
 
 import httpx
 import openai
+import psutil
 import pyarrow
 import pyarrow.parquet
 import pytest
@@ -328,3 +329,81 @@ def test_a_template_that_fails_to_render_is_reported_not_a_500(http, email_jsonl
     created = http.post("/v1/fine_tuning/jobs", json=body)
     assert created.status_code == 400, created.text
     assert created.json()["error"]["param"] == "template.prompt"
+
+
+def events_of(http, job_id) -> list[str]:
+    reply = http.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()
+    return [e["message"] for e in reply["data"]]
+
+
+def wait_job(http, job_id, done, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not done(job := http.get(f"/v1/fine_tuning/jobs/{job_id}").json()):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
+
+
+def test_pause_frees_the_worker_and_resume_goes_on_from_the_checkpoint(
+    gateway, http, tiny_llama, email_jsonl
+):
+    oai = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    file_id = oai.files.create(file=email_jsonl.open("rb"), purpose="fine-tune").id
+    training = {**TUNEYARD["training"], "max_steps": 200, "save_steps": 2, "logging_steps": 2}
+    job = http.post(
+        "/v1/fine_tuning/jobs",
+        json={
+            "model": str(tiny_llama),
+            "training_file": file_id,
+            "suffix": "paused",
+            "tuneyard": {**TUNEYARD, "training": training},
+        },
+    ).json()
+    wait_job(
+        http, job["id"], lambda j: any("checkpoint saved" in m for m in events_of(http, j["id"]))
+    )
+
+    oai.fine_tuning.jobs.pause(job["id"])
+    paused = wait_job(http, job["id"], lambda j: j["status"] != "running")
+    assert paused["status"] == "paused", paused
+    assert not [
+        p for p in psutil.Process().children(recursive=True) if job["id"] in " ".join(p.cmdline())
+    ]
+    step = max(c.step_number for c in oai.fine_tuning.jobs.checkpoints.list(job["id"]))
+    assert f"paused; resuming goes on from its checkpoint at step {step}" in events_of(
+        http, job["id"]
+    )
+    again = http.post(f"/v1/fine_tuning/jobs/{job['id']}/pause")
+    assert again.status_code == 400 and again.json()["error"]["param"] == "job_id"
+    assert "only a queued or running job can be paused" in again.json()["error"]["message"]
+
+    assert oai.fine_tuning.jobs.resume(job["id"]).status in ("queued", "running")
+    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed", "cancelled"))
+    assert done["status"] == "succeeded", done["error"]
+    assert f"resuming from checkpoint-{step}" in events_of(http, job["id"])
+    resumed = http.post(f"/v1/fine_tuning/jobs/{job['id']}/resume")
+    assert resumed.status_code == 400 and "only a paused job can be resumed" in resumed.text
+
+
+def test_a_job_without_checkpoints_cannot_be_paused_and_a_paused_one_can_be_cancelled(
+    gateway, http, tiny_llama, email_jsonl
+):
+    def create(save_steps):
+        training = {**TUNEYARD["training"], "max_steps": 2000, "save_steps": save_steps}
+        body = {"model": str(tiny_llama), "training_file": str(email_jsonl), "suffix": "p"}
+        return http.post(
+            "/v1/fine_tuning/jobs", json={**body, "tuneyard": {**TUNEYARD, "training": training}}
+        ).json()
+
+    unsaved = create(0)
+    wait_job(http, unsaved["id"], lambda j: j["status"] == "running")
+    refused = http.post(f"/v1/fine_tuning/jobs/{unsaved['id']}/pause")
+    assert refused.status_code == 400 and "training.save_steps is 0" in refused.text
+    http.post(f"/v1/fine_tuning/jobs/{unsaved['id']}/cancel")
+    saved = create(5)
+    wait_job(http, saved["id"], lambda j: j["status"] == "running")
+    http.post(f"/v1/fine_tuning/jobs/{saved['id']}/pause")
+    wait_job(http, saved["id"], lambda j: j["status"] == "paused")
+    cancelled = http.post(f"/v1/fine_tuning/jobs/{saved['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
+    assert events_of(http, saved["id"])[0] == "cancelled while paused"  # newest first

@@ -17,6 +17,7 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCEEDED: _ClassVar[JobStatus]
     FAILED: _ClassVar[JobStatus]
     CANCELLED: _ClassVar[JobStatus]
+    PAUSED: _ClassVar[JobStatus]
 JOB_STATUS_UNSPECIFIED: JobStatus
 VALIDATING_FILES: JobStatus
 QUEUED: JobStatus
@@ -24,6 +25,7 @@ RUNNING: JobStatus
 SUCCEEDED: JobStatus
 FAILED: JobStatus
 CANCELLED: JobStatus
+PAUSED: JobStatus
 
 class JobSpec(_message.Message):
     __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation")
@@ -433,3 +435,15 @@ class DeleteAdapterResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PauseJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ResumeJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...

@@ -109,6 +109,16 @@ class TrainerServiceStub:
                 request_serializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/PauseJob',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.Job.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/ResumeJob',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -219,6 +229,21 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseJob(self, request, context):
+        """A running or queued job stops and frees its worker, keeping its checkpoints; a job
+        whose spec saves none (training.save_steps 0) is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """A paused job is queued again and goes on from its latest checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +321,16 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.DeleteAdapter,
                     request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.PauseJobRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.ResumeJobRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -703,6 +738,60 @@ class TrainerService:
             '/tuneyard.v1.TrainerService/DeleteAdapter',
             tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.SerializeToString,
             tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/PauseJob',
+            tuneyard_dot_v1_dot_trainer__pb2.PauseJobRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/ResumeJob',
+            tuneyard_dot_v1_dot_trainer__pb2.ResumeJobRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
