@@ -355,3 +355,14 @@ def test_supervised_method_maps_to_the_spec_as_before(http, tiny_llama, tmp_path
     )
     assert conflict.status_code == 400
     assert conflict.json()["error"]["param"] == "method.supervised.hyperparameters.n_epochs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_dpo_on_quantized_lora(settings, tiny_llama, pairs_jsonl, quantization):
+    """QLoRA and 8-bit LoRA under DPO: the same worker path, one step on the tiny model."""
+    spec = dpo_spec(tiny_llama, pairs_jsonl, quantization=quantization, training={"max_steps": 1})
+    code, events, workdir = run_worker(settings, spec)
+    assert code == 0, (workdir / "worker.log").read_text()[-3000:]
+    manifest = AdapterStore(settings.resolved_adapters_dir).resolve("polite").manifest()
+    assert manifest.recipe == "dpo" and manifest.hyperparameters["quantization"] == quantization
