@@ -224,6 +224,18 @@ class JobSpec(_Strict):
             raise ValueError("recipe 'dpo' needs template.builtin 'chat'")
         return template
 
+    @field_validator("evaluation")
+    @classmethod
+    def _dpo_evaluates_a_file(cls, evaluation: dict | None, info: ValidationInfo) -> dict | None:
+        # Preference rows have no one reference answer to score: the eval split cannot serve.
+        has_file = evaluation and (evaluation.get("eval_file") or evaluation.get("eval_file_id"))
+        if info.data.get("recipe") == "dpo" and evaluation is not None and not has_file:
+            raise ValueError(
+                "recipe 'dpo' evaluates on a file of chat rows only: give evaluation.eval_file "
+                "or evaluation.eval_file_id (its eval split holds preference rows)"
+            )
+        return evaluation
+
     @model_validator(mode="after")
     def _check(self):
         check_name(self.adapter_name)

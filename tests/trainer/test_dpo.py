@@ -141,6 +141,13 @@ def test_dpo_needs_the_chat_template():
     )
 
 
+def test_dpo_evaluation_needs_a_file_of_chat_rows(pairs_jsonl):
+    with pytest.raises(InvalidArgument) as err:
+        dpo_spec("m", pairs_jsonl, evaluation={})
+    assert err.value.param == "evaluation" and "evaluation.eval_file" in err.value.message
+    assert dpo_spec("m", pairs_jsonl, evaluation={"eval_file": "chat.jsonl"}).evaluation
+
+
 def test_validation_counts_prompt_plus_each_answer(tiny_llama, tmp_path):
     long = broken(lambda r: r["preferred_output"][0].update(content="Thank you! " * 20))
     path = tmp_path / "pairs.jsonl"
