@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer_service import preference
 from trainer_service.files import FileStore
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneyard.jobspec import DataSpec
@@ -94,11 +95,20 @@ def check_file(path: str | Path, max_row_bytes: int, param: str = "file") -> int
     """What an uploaded file must pass before it is stored: it reads as training data
     (read_rows: a known format, UTF-8 text without NUL bytes, each JSONL line an object,
     CSV rows as wide as the header, a readable Parquet file), no row is bigger than
-    `max_row_bytes`, and it has at least one row. Returns the number of rows."""
+    `max_row_bytes`, it has at least one row, and a row in the preference format (`method:
+    dpo`) is a whole one. Returns the number of rows."""
     path = Path(path)
     rows = read_rows(path, {}, param, max_row_bytes)
     if not rows:
         raise InvalidArgument(f"{path.name} has no rows", param=param)
+    for row in rows:
+        if preference.is_preference(row.fields):
+            try:
+                preference.parse(row.fields, row.line)
+            except InvalidArgument as err:
+                raise RowError(
+                    "invalid_preference", f"{path.name} {err.message}", param=param, line=row.line
+                ) from err
     return len(rows)
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from jinja2 import nodes
 
+from trainer_service import preference
 from trainer_service.dataset import LoadedData, Row, RowError, load_data, split_rows
+from trainer_service.preference import Preference
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import BaseModelRef, load_tokenizer, resolve_base_model
@@ -71,11 +73,7 @@ def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
     loaded = _read(spec, files_root)
     rows = loaded.rows
     tokenizer = load_tokenizer(ref)
-    texts = _rendered(spec, rows, tokenizer)
-
-    # Counted exactly as the recipes encode: special tokens, then the EOS that ends a row.
-    eos = tokenizer.eos_token or ""
-    lengths = [len(ids) for ids in tokenizer([t + eos for t in texts])["input_ids"]]
+    lengths = _token_lengths(spec, rows, tokenizer)
     limit = spec.training.max_seq_length
     too_long = [row.line for row, n in zip(rows, lengths, strict=True) if n > limit]
     warnings = []
@@ -137,12 +135,55 @@ def check_data(spec: JobSpec, files_root: Path) -> int:
     if spec.data.dataset:
         return 0
     rows = _read(spec, files_root).rows
-    if spec.template.is_chat:
+    if spec.recipe == "dpo":
+        preferences(rows)
+    elif spec.template.is_chat:
         for row in rows:
             _check_fields(row, set(ChatTemplate.fields), spec.data.columns)
     else:
         _rendered(spec, rows, tokenizer=None)
     return len(rows)
+
+
+def _token_lengths(spec: JobSpec, rows: list[Row], tokenizer) -> list[int]:
+    """Each row's tokens, counted exactly as its recipe encodes it: the longer of prompt +
+    chosen and prompt + rejected for a preference row; otherwise the rendered text with
+    special tokens, then the EOS that ends a row."""
+    if spec.recipe == "dpo":
+        return _preference_lengths(spec, rows, tokenizer)
+    texts = _rendered(spec, rows, tokenizer)
+    eos = tokenizer.eos_token or ""
+    return [len(ids) for ids in tokenizer([t + eos for t in texts])["input_ids"]]
+
+
+def preferences(rows: list[Row]) -> list[Preference]:
+    """Each row read in the preference format (recipe dpo); JobValidationError naming the
+    line and the field (`preferred_output`...) otherwise."""
+    try:
+        return [preference.parse(row.fields, row.line) for row in rows]
+    except InvalidArgument as err:
+        raise JobValidationError(
+            "invalid_preference", err.message, param=err.param, line=err.line
+        ) from err
+
+
+def _preference_lengths(spec: JobSpec, rows: list[Row], tokenizer) -> list[int]:
+    try:
+        spec.template.build(tokenizer)  # the base model has a chat template
+    except InvalidArgument as err:
+        raise JobValidationError("template_error", err.message, param=err.param) from err
+    lengths = []
+    for row, pair in zip(rows, preferences(rows), strict=True):
+        try:
+            lengths.append(max(preference.token_lengths(pair, tokenizer)))
+        except Exception as err:  # the chat template's own checks (roles must alternate...)
+            raise JobValidationError(
+                "template_error",
+                f"line {row.line}: the chat template does not render: {type(err).__name__}: {err}",
+                param="template",
+                line=row.line,
+            ) from err
+    return lengths
 
 
 def _read(spec: JobSpec, files_root: Path) -> LoadedData:

@@ -14,7 +14,15 @@ from typing import Literal, get_args, get_origin
 
 import yaml
 from google.protobuf import json_format
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tuneyard.adapter_store import check_name
 from tuneyard.errors import InvalidArgument
@@ -66,8 +74,8 @@ class TemplateSpec(_Strict):
     """A built-in template (`alpaca`, `chat`) or a custom prompt/response pair."""
 
     builtin: Literal["", "alpaca", "chat"] = ""
-    """`alpaca`, or `chat` (the base model's chat template over a `messages` column; recipe
-    `sft`); empty for a custom pair."""
+    """`alpaca`, or `chat` (the base model's chat template over a `messages` column; recipes
+    `sft` and `dpo`); empty for a custom pair."""
     prompt: str = ""
     """A Jinja template over the row's fields: the text the model is given."""
     response: str = ""
@@ -168,6 +176,14 @@ class TrainingSpec(_Strict):
     """sft only: pack several rows into each sequence (TRL's bfd packing)."""
 
 
+class DpoSpec(_Strict):
+    """TRL's DPO settings (recipe `dpo`)."""
+
+    beta: float = Field(0.1, gt=0, le=100)
+    """How far the adapter may move from the base model: higher keeps it closer (the DPO
+    loss's temperature); recipe `dpo` only."""
+
+
 class JobSpec(_Strict):
     """A training job: which base model, which data through which template, how to train."""
 
@@ -175,9 +191,10 @@ class JobSpec(_Strict):
     """A hub id or a local model folder; empty: the service's base model."""
     adapter_name: str
     """The name the adapter is published under (`name@1`, `name@2`... per job)."""
-    recipe: Literal["causal_lm", "sft"] = "causal_lm"
+    recipe: Literal["causal_lm", "sft", "dpo"] = "causal_lm"
     """`causal_lm`: loss on the whole rendered text; `sft`: TRL's SFTTrainer (prompt and
-    completion)."""
+    completion); `dpo`: TRL's DPOTrainer on preference rows (`input`, `preferred_output`,
+    `non_preferred_output`), with template builtin `chat`."""
     data: DataSpec
     """Where the rows come from: exactly one of `path`, `dataset` or `file_id`."""
     template: TemplateSpec
@@ -196,6 +213,28 @@ class JobSpec(_Strict):
     evaluation: dict | None = None
     """EvaluationSpec fields (`proto/tuneyard/v1/evaluation.proto`): evaluate the adapter
     against the base model once published, on the eval split unless they name a file."""
+    dpo: DpoSpec = Field(default_factory=DpoSpec)
+    """Preference tuning's settings (recipe `dpo`)."""
+
+    @field_validator("template")
+    @classmethod
+    def _dpo_renders_chat(cls, template: TemplateSpec, info: ValidationInfo) -> TemplateSpec:
+        # A preference row is conversation turns, which only the model's chat template renders.
+        if info.data.get("recipe") == "dpo" and not template.is_chat:
+            raise ValueError("recipe 'dpo' needs template.builtin 'chat'")
+        return template
+
+    @field_validator("evaluation")
+    @classmethod
+    def _dpo_evaluates_a_file(cls, evaluation: dict | None, info: ValidationInfo) -> dict | None:
+        # Preference rows have no one reference answer to score: the eval split cannot serve.
+        has_file = evaluation and (evaluation.get("eval_file") or evaluation.get("eval_file_id"))
+        if info.data.get("recipe") == "dpo" and evaluation is not None and not has_file:
+            raise ValueError(
+                "recipe 'dpo' evaluates on a file of chat rows only: give evaluation.eval_file "
+                "or evaluation.eval_file_id (its eval split holds preference rows)"
+            )
+        return evaluation
 
     @model_validator(mode="after")
     def _check(self):
@@ -206,8 +245,8 @@ class JobSpec(_Strict):
             except json_format.ParseError as err:
                 raise ValueError(f"evaluation: {err}") from err
         self.template.build()
-        if self.template.is_chat and self.recipe != "sft":
-            raise ValueError("template.builtin 'chat' needs recipe 'sft'")
+        if self.template.is_chat and self.recipe not in ("sft", "dpo"):
+            raise ValueError("template.builtin 'chat' needs recipe 'sft' or 'dpo'")
         return self
 
     # --- conversions -------------------------------------------------------------------

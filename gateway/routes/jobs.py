@@ -1,7 +1,8 @@
 """Fine-tuning jobs in the shapes of OpenAI's fine-tuning API, backed by the trainer.
 
 A create request takes OpenAI's fields (`model`, `training_file` as an uploaded file id
-"file-..." or a server-side path, `suffix` as the adapter name, `hyperparameters`, `seed`)
+"file-..." or a server-side path, `suffix` as the adapter name, `hyperparameters`, `seed`,
+`method`: supervised, or dpo on preference rows)
 plus a `tuneyard` object with any JobSpec fields (recipe, template, lora, training,
 data.columns...), so a whole spec can be posted; an OpenAI field and the same field in
 `tuneyard` must agree. `/validate` takes the same body and answers the validation report.
@@ -51,6 +52,33 @@ class Hyperparameters(Body):
     learning_rate_multiplier: Annotated[float, Field(gt=0)] | Literal["auto"] | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] | None = None
+
+
+class Supervised(Body):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters | None = None
+
+
+class Dpo(Body):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
+
+
+class Method(Body):
+    """OpenAI's fine-tuning method: `supervised` (the spec's recipe, as without `method`)
+    or `dpo` (recipe dpo on preference rows, template builtin chat unless `tuneyard` says)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo"]
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+
+
 def _inline(schema, defs: dict):
     """`schema` with each `$ref` into `defs` replaced by the definition."""
     if isinstance(schema, dict):
@@ -72,7 +100,8 @@ def _tuneyard_schema() -> dict:
 
 def _tuneyard_required(schema: dict) -> None:
     # Without `tuneyard` the request is refused (no template): the schema says so, while the
-    # refusal itself names every JobSpec field that is missing.
+    # refusal itself names every JobSpec field that is missing. (`method` dpo is the
+    # exception the schema does not tell: it brings its template, builtin chat.)
     schema["required"] = [*schema.get("required", []), "tuneyard"]
 
 
@@ -83,6 +112,7 @@ class CreateJobBody(Body):
     training_file: str | None = Field(None, description="An uploaded file id or a server path.")
     suffix: str | None = Field(None, description="The adapter's name.")
     hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
     seed: int | None = Field(None, ge=0, le=UINT32_MAX)
     tuneyard: Annotated[dict, WithJsonSchema(_tuneyard_schema())] = Field(default_factory=dict)
 
@@ -119,18 +149,34 @@ def spec_from_body(body: CreateJobBody) -> JobSpec:
         _put(spec, ("data", "path"), body.training_file, "training_file")
     _put(spec, ("adapter_name",), body.suffix, "suffix")
     _put(spec, ("training", "seed"), body.seed, "seed")
-    hp = body.hyperparameters or Hyperparameters()
-    _put(spec, ("training", "epochs"), hp.n_epochs, "hyperparameters.n_epochs")
-    _put(spec, ("training", "batch_size"), hp.batch_size, "hyperparameters.batch_size")
+    _put_hyperparameters(spec, body.hyperparameters, "hyperparameters")
+    method = body.method
+    if method is not None:
+        if method.type == "dpo":
+            _put(spec, ("recipe",), "dpo", "method.type")
+            spec.setdefault("template", {"builtin": "chat"})
+        chosen = getattr(method, method.type)
+        hp = chosen.hyperparameters if chosen else None
+        _put_hyperparameters(spec, hp, f"method.{method.type}.hyperparameters")
+        if isinstance(hp, DpoHyperparameters):
+            _put(spec, ("dpo", "beta"), hp.beta, f"method.{method.type}.hyperparameters.beta")
+    # Strict, as the request body: the JSON types the schema of `tuneyard` says.
+    return JobSpec.parse(spec, strict=True)
+
+
+def _put_hyperparameters(spec: dict, hp: Hyperparameters | None, source: str) -> None:
+    """OpenAI's shared hyperparameters into the spec; "auto" leaves the spec's own."""
+    if hp is None:
+        return
+    _put(spec, ("training", "epochs"), hp.n_epochs, f"{source}.n_epochs")
+    _put(spec, ("training", "batch_size"), hp.batch_size, f"{source}.batch_size")
     if hp.learning_rate_multiplier not in (None, "auto"):
         _put(
             spec,
             ("training", "learning_rate"),
             hp.learning_rate_multiplier * LEARNING_RATE_UNIT,
-            "hyperparameters.learning_rate_multiplier",
+            f"{source}.learning_rate_multiplier",
         )
-    # Strict, as the request body: the JSON types the schema of `tuneyard` says.
-    return JobSpec.parse(spec, strict=True)
 
 
 def _optional(message, field: str):
@@ -140,6 +186,13 @@ def _optional(message, field: str):
 def job_json(job: trainer_pb2.Job) -> dict:
     spec, training = job.spec, job.spec.training
     learning_rate = _optional(training, "learning_rate")
+    hyperparameters = {
+        "n_epochs": _optional(training, "epochs") or "auto",
+        "batch_size": _optional(training, "batch_size") or "auto",
+        "learning_rate_multiplier": (
+            learning_rate / LEARNING_RATE_UNIT if learning_rate else "auto"
+        ),
+    }
     error = None
     if job.error.code or job.error.message:
         error = {
@@ -160,13 +213,8 @@ def job_json(job: trainer_pb2.Job) -> dict:
         "trained_tokens": job.trained_tokens or None,
         "estimated_finish": job.estimated_finish or None,
         "result_files": list(job.result_files),
-        "hyperparameters": {
-            "n_epochs": _optional(training, "epochs") or "auto",
-            "batch_size": _optional(training, "batch_size") or "auto",
-            "learning_rate_multiplier": (
-                learning_rate / LEARNING_RATE_UNIT if learning_rate else "auto"
-            ),
-        },
+        "hyperparameters": hyperparameters,
+        "method": method_json(spec, hyperparameters),
         "training_file": spec.data.file_id or spec.data.path or spec.data.dataset,
         "validation_file": None,
         "seed": _optional(training, "seed"),
@@ -177,6 +225,17 @@ def job_json(job: trainer_pb2.Job) -> dict:
             "started_at": job.started_at or None,
         },
     }
+
+
+def method_json(spec: trainer_pb2.JobSpec, hyperparameters: dict) -> dict:
+    """The job's method as OpenAI writes it: its type and that type's hyperparameters."""
+    if spec.recipe == "dpo":
+        beta = _optional(spec.dpo, "beta") if spec.HasField("dpo") else None
+        return {
+            "type": "dpo",
+            "dpo": {"hyperparameters": {**hyperparameters, "beta": beta or "auto"}},
+        }
+    return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
 
 
 def event_json(event: trainer_pb2.JobEvent) -> dict:

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.test_worker import run_worker
+from trainer_service.preference import parse
 from trainer_service.validation import validate
 from tuneyard.adapter_store import AdapterStore
 from tuneyard.jobspec import JobSpec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DOLLY_MINI = EXAMPLES / "data" / "dolly_mini"
+POLITE = EXAMPLES / "data" / "polite_replies" / "train.jsonl"
 NO_FILES = Path("/nonexistent-tuneyard-files")
 
 
@@ -63,6 +65,38 @@ def test_cpu_specs_validate_on_a_tiny_model(tiny_llama):
     assert (report.rows, report.train_rows, report.eval_rows) == (36, 32, 4)
     cpu = load("marketing_email_cpu.yaml")
     assert validate(stand_in(cpu, tiny_llama, max_seq_length=1024), NO_FILES).rows == 41
+
+
+def test_polite_pairs_are_whole_preference_rows():
+    rows = [json.loads(line) for line in POLITE.read_text().splitlines()]
+    assert 20 <= len(rows) <= 40
+    pairs = [parse(row, number) for number, row in enumerate(rows, start=1)]
+    assert len({p.messages[-1]["content"] for p in pairs}) == len(pairs)  # no repeated prompt
+
+
+def test_dpo_spec_validates_on_a_tiny_model(tiny_llama):
+    spec = load("polite_dpo_cpu.yaml")
+    assert spec.recipe == "dpo" and spec.template.builtin == "chat" and spec.base_model == ""
+    report = validate(stand_in(spec, tiny_llama, max_seq_length=1024), NO_FILES)
+    assert (report.rows, report.train_rows, report.eval_rows) == (30, 27, 3)
+
+
+@pytest.mark.slow
+def test_dpo_spec_dry_runs_on_a_stand_in(settings, tiny_llama):
+    spec = stand_in(
+        load("polite_dpo_cpu.yaml"),
+        tiny_llama,
+        max_steps=1,
+        eval_steps=1,
+        save_steps=1,
+        max_seq_length=1024,
+    )
+    code, events, workdir = run_worker(settings, spec)
+    assert code == 0, (workdir / "worker.log").read_text()[-3000:]
+    manifest = AdapterStore(settings.resolved_adapters_dir).resolve("polite-replies").manifest()
+    assert manifest.recipe == "dpo" and manifest.rows == {"total": 30, "train": 27, "eval": 3}
+    assert manifest.metrics["eval_loss"] > 0
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [1]
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ CANCELLED: JobStatus
 PAUSED: JobStatus
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation")
+    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation", "dpo")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class JobSpec(_message.Message):
     QUANTIZATION_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MERGE_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    DPO_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     adapter_name: str
     recipe: str
@@ -51,7 +52,14 @@ class JobSpec(_message.Message):
     quantization_options: QuantizationSpec
     merge: bool
     evaluation: _evaluation_pb2.EvaluationSpec
-    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ...) -> None: ...
+    dpo: DpoSpec
+    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ...) -> None: ...
+
+class DpoSpec(_message.Message):
+    __slots__ = ("beta",)
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    beta: float
+    def __init__(self, beta: _Optional[float] = ...) -> None: ...
 
 class QuantizationSpec(_message.Message):
     __slots__ = ("quant_type", "double_quant", "compute_dtype")

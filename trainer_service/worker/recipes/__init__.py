@@ -11,7 +11,7 @@ from trainer_service.dataset import Row
 from trainer_service.worker.progress import ProgressCallback
 from tuneyard.jobspec import JobSpec
 
-RECIPES = ("causal_lm", "sft")
+RECIPES = ("causal_lm", "sft", "dpo")
 
 
 @dataclass
