@@ -1,8 +1,8 @@
-"""Where a server-side path may point. A job's `data.path` (or a local `data.dataset`) and
-an evaluation's `eval_file` / `few_shot_file` are read by the trainer with its own rights,
-so they are allowed only under the configured data folders (TUNEYARD_DATA_DIRS; default:
-the uploads folder and the bundled examples), after resolving links. Uploaded file ids
-and hub ids are not paths and are not affected.
+"""Where a server-side path may point. A job's `data.path`, `data.eval_path` (or a local
+`data.dataset`) and an evaluation's `eval_file` / `few_shot_file` are read by the trainer
+with its own rights, so they are allowed only under the configured data folders
+(TUNEYARD_DATA_DIRS; default: the uploads folder and the bundled examples), after resolving
+links. Uploaded file ids and hub ids are not paths and are not affected.
 
 A refusal says the same whether the file exists or not, and does not name the folders."""
 
@@ -41,8 +41,9 @@ class DataRoots:
 
     def check_spec(self, spec: JobSpec) -> None:
         """The job's data source, where it is a server path."""
-        if spec.data.path:
-            self.check(spec.data.path, "data.path")
+        for name in ("path", "eval_path"):
+            if getattr(spec.data, name):
+                self.check(getattr(spec.data, name), f"data.{name}")
         if spec.data.dataset and _is_local(spec.data.dataset):
             self.check(spec.data.dataset, "data.dataset")
         for name in ("eval_file", "few_shot_file"):

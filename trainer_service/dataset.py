@@ -50,16 +50,33 @@ def load_data(data: DataSpec, files_root: Path) -> LoadedData:
     spec field and, for a bad row, its line."""
     if data.dataset:
         return _load_dataset(data)
-    if data.file_id:
+    return _load_file(data.file_id, data.path, data.columns, files_root, "data")
+
+
+def load_eval_data(data: DataSpec, files_root: Path) -> LoadedData | None:
+    """The rows of the spec's eval file (`data.eval_file_id` or `data.eval_path`), columns
+    mapped as the training rows'; None when the eval split comes from the training rows."""
+    if not data.has_eval_file:
+        return None
+    return _load_file(data.eval_file_id, data.eval_path, data.columns, files_root, "data.eval")
+
+
+def _load_file(
+    file_id: str, path: str, columns: dict[str, str], files_root: Path, prefix: str
+) -> LoadedData:
+    """An uploaded file's or a local file's rows; errors name `<prefix>_file_id` or
+    `<prefix>_path` (`data.file_id`, `data.eval_path`...)."""
+    sep = "." if prefix == "data" else "_"
+    if file_id:
+        param = f"{prefix}{sep}file_id"
         try:
-            path = FileStore(files_root).path(data.file_id)
+            located = FileStore(files_root).path(file_id)
         except NotFound as err:
-            raise InvalidArgument(err.message, param="data.file_id") from err
-        param = "data.file_id"
+            raise InvalidArgument(err.message, param=param) from err
     else:
-        path, param = Path(data.path), "data.path"
-    rows = read_rows(path, data.columns, param)
-    return LoadedData(rows, str(path.resolve()), file_sha256(path))
+        located, param = Path(path), f"{prefix}{sep}path"
+    rows = read_rows(located, columns, param)
+    return LoadedData(rows, str(located.resolve()), file_sha256(located))
 
 
 def read_rows(
@@ -313,12 +330,14 @@ class Split:
     source: str
 
 
-def save_split(folder: Path, split: Split, sha256: str) -> None:
-    """Record the split by row numbers and the data's hash: the evaluation of the job reads
-    the same rows again, or learns that the data changed since."""
+def save_split(folder: Path, split: Split, sha256: str, eval_sha256: str = "") -> None:
+    """Record the split by row numbers and the data's hash (and the eval file's, where the
+    eval rows come from one): the evaluation of the job reads the same rows again, or
+    learns that the data changed since."""
     record = {
         "source": split.source,
         "sha256": sha256,
+        "eval_sha256": eval_sha256,
         "train": [r.line for r in split.train],
         "eval": [r.line for r in split.eval],
     }
@@ -333,15 +352,21 @@ def load_split(folder: Path, data: DataSpec, files_root: Path) -> Split | None:
         return None
     record = json.loads(path.read_text())
     loaded = load_data(data, files_root)
-    if loaded.sha256 != record["sha256"]:
-        raise FailedPrecondition(
-            f"{loaded.source} changed since job {folder.name} trained on it, so its eval split "
-            "is gone; give eval_file",
-            param="eval_file",
-        )
+    # With an eval file, the eval rows' line numbers are that file's.
+    eval_loaded = load_eval_data(data, files_root) or loaded
+    for source, sha256 in ((loaded, record["sha256"]), (eval_loaded, record.get("eval_sha256"))):
+        if sha256 and source.sha256 != sha256:
+            raise FailedPrecondition(
+                f"{source.source} changed since job {folder.name} trained on it, so its eval "
+                "split is gone; give eval_file",
+                param="eval_file",
+            )
     by_line = {row.line: row for row in loaded.rows}
+    eval_by_line = {row.line: row for row in eval_loaded.rows}
     return Split(
-        [by_line[n] for n in record["train"]], [by_line[n] for n in record["eval"]], loaded.source
+        [by_line[n] for n in record["train"]],
+        [eval_by_line[n] for n in record["eval"]],
+        loaded.source,
     )
 
 

@@ -111,8 +111,10 @@ class JobScheduler:
         if Path(base).is_dir():
             base = str(Path(base).resolve())
         data = spec.data
-        if data.path and Path(data.path).exists():
-            data = data.model_copy(update={"path": str(Path(data.path).resolve())})
+        for name in ("path", "eval_path"):
+            value = getattr(data, name)
+            if value and Path(value).exists():
+                data = data.model_copy(update={name: str(Path(value).resolve())})
         return spec.model_copy(update={"base_model": base, "data": data})
 
     def create(self, spec: JobSpec) -> Job:

@@ -144,7 +144,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", param="spec")
         spec = self._spec(request.spec)
-        uses_file = bool(spec.data.file_id)
+        uses_file = bool(spec.data.file_id or spec.data.eval_file_id)
         with self._files_lock if uses_file else contextlib.nullcontext():
             check_data(spec, self.scheduler.files_root)
             return job_to_proto(self.scheduler.create(spec))
@@ -286,10 +286,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
 
 def _uses_file(spec: JobSpec, file_id: str) -> bool:
-    """As its training data, or as the eval rows of the evaluation that follows it."""
+    """As its training data, its validation file (the eval split), or as the eval rows of
+    the evaluation that follows it."""
     evaluation = spec.evaluation or {}
     return file_id in (
         spec.data.file_id,
+        spec.data.eval_file_id,
         evaluation.get("eval_file_id"),
         evaluation.get("evalFileId"),
     )

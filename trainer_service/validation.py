@@ -11,7 +11,14 @@ from pathlib import Path
 from jinja2 import nodes
 
 from trainer_service import preference
-from trainer_service.dataset import LoadedData, Row, RowError, load_data, split_rows
+from trainer_service.dataset import (
+    LoadedData,
+    Row,
+    RowError,
+    load_data,
+    load_eval_data,
+    split_rows,
+)
 from trainer_service.preference import Preference
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
@@ -63,6 +70,7 @@ class ValidationReport:
     eval: list[Row] = field(default_factory=list, repr=False)
     data_source: str = ""
     data_sha256: str = ""
+    eval_sha256: str = ""  # the eval file's, where the eval rows come from one
 
 
 def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
@@ -95,7 +103,12 @@ def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
                     param="training.max_seq_length",
                 )
 
-    train, held_out = split_rows(rows, spec.data.eval_fraction, spec.training.seed)
+    eval_loaded = None
+    if spec.data.has_eval_file:  # OpenAI's validation_file: train on every row
+        eval_loaded, held_out = _eval_rows(spec, files_root, tokenizer)
+        train = rows
+    else:
+        train, held_out = split_rows(rows, spec.data.eval_fraction, spec.training.seed)
     if spec.data.eval_fraction > 0 and not held_out:
         raise JobValidationError(
             "empty_eval_split",
@@ -122,7 +135,41 @@ def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
         held_out,
         loaded.source,
         loaded.sha256,
+        eval_loaded.sha256 if eval_loaded else "",
     )
+
+
+def _eval_param(spec: JobSpec) -> str:
+    return "data.eval_file_id" if spec.data.eval_file_id else "data.eval_path"
+
+
+def _eval_rows(spec: JobSpec, files_root: Path, tokenizer) -> tuple[LoadedData, list[Row]]:
+    """The eval file's rows, checked as the training rows are (a row too long for a recipe
+    that drops rows is dropped); every error names the eval file's field and the line."""
+    param = _eval_param(spec)
+    try:
+        loaded = load_eval_data(spec.data, files_root)
+        if not loaded.rows:
+            raise JobValidationError("no_rows", f"{loaded.source} has no rows", param=param)
+        lengths = _token_lengths(spec, loaded.rows, tokenizer)
+    except InvalidArgument as err:
+        raise _eval_error(err, param) from err
+    rows = loaded.rows
+    if spec.recipe != "causal_lm":
+        limit = spec.training.max_seq_length
+        rows = [r for r, n in zip(rows, lengths, strict=True) if n <= limit]
+        if not rows:
+            raise JobValidationError(
+                "no_rows",
+                f"validation file: every row is longer than {limit} tokens",
+                param=param,
+            )
+    return loaded, rows
+
+
+def _eval_error(err: InvalidArgument, param: str) -> JobValidationError:
+    reason = getattr(err, "reason", "invalid_file")
+    return JobValidationError(reason, f"validation file: {err.message}", param=param, line=err.line)
 
 
 def check_data(spec: JobSpec, files_root: Path) -> int:
@@ -132,9 +179,23 @@ def check_data(spec: JobSpec, files_root: Path) -> int:
     template needs the base model's tokenizer to render, so here its rows are only checked
     for their fields; a `data.dataset` source (a hub download, maybe) is not read at all.
     Token lengths and the split stay with `validate`."""
+    if spec.data.has_eval_file:
+        param = _eval_param(spec)
+        try:
+            eval_rows = load_eval_data(spec.data, files_root).rows
+            if not eval_rows:
+                raise JobValidationError("no_rows", "the file has no rows", param=param)
+            _check_rows(spec, eval_rows)
+        except InvalidArgument as err:
+            raise _eval_error(err, param) from err
     if spec.data.dataset:
         return 0
     rows = _read(spec, files_root).rows
+    _check_rows(spec, rows)
+    return len(rows)
+
+
+def _check_rows(spec: JobSpec, rows: list[Row]) -> None:
     if spec.recipe == "dpo":
         preferences(rows)
     elif spec.template.is_chat:
@@ -142,7 +203,6 @@ def check_data(spec: JobSpec, files_root: Path) -> int:
             _check_fields(row, set(ChatTemplate.fields), spec.data.columns)
     else:
         _rendered(spec, rows, tokenizer=None)
-    return len(rows)
 
 
 def _token_lengths(spec: JobSpec, rows: list[Row], tokenizer) -> list[int]:

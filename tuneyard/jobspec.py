@@ -56,6 +56,12 @@ class DataSpec(_Strict):
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction of the rows held out (seeded by `training.seed`) for eval loss and the
     evaluation; 0: none."""
+    eval_file_id: str = ""
+    """An uploaded file's id whose rows are the eval split instead of `eval_fraction` of the
+    training rows (OpenAI's `validation_file`)."""
+    eval_path: str = ""
+    """A local file on the trainer (under its data folders) whose rows are the eval split,
+    instead of `eval_file_id`."""
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -67,7 +73,15 @@ class DataSpec(_Strict):
             )
         if (self.config or self.split) and not self.dataset:
             raise ValueError("data.config and data.split apply to data.dataset only")
+        if self.eval_file_id and self.eval_path:
+            raise ValueError("give data.eval_file_id or data.eval_path, not both")
+        if self.has_eval_file and self.eval_fraction:
+            raise ValueError("give data.eval_fraction or an eval file, not both")
         return self
+
+    @property
+    def has_eval_file(self) -> bool:
+        return bool(self.eval_file_id or self.eval_path)
 
 
 class TemplateSpec(_Strict):

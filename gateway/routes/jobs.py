@@ -1,13 +1,14 @@
 """Fine-tuning jobs in the shapes of OpenAI's fine-tuning API, backed by the trainer.
 
-A create request takes OpenAI's fields (`model`, `training_file` as an uploaded file id
-"file-..." or a server-side path, `suffix` as the adapter name, `hyperparameters`, `seed`,
-`method`: supervised, or dpo on preference rows)
+A create request takes OpenAI's fields (`model`, `training_file` and `validation_file` as
+an uploaded file id "file-..." or a server-side path, `suffix` as the adapter name,
+`hyperparameters`, `seed`, `metadata`, `method`: supervised, or dpo on preference rows)
 plus a `tuneyard` object with any JobSpec fields (recipe, template, lora, training,
 data.columns...), so a whole spec can be posted; an OpenAI field and the same field in
 `tuneyard` must agree. `/validate` takes the same body and answers the validation report.
 """
 
+import contextlib
 import copy
 import math
 from typing import Annotated, Literal
@@ -19,7 +20,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema
 from gateway.auth import require_admin, require_key
 from gateway.openapi import ADMIN, TEMPLATE_REFUSED, TRAINER_ERRORS, Body, event_stream
 from gateway.sse import event_response
-from tuneyard.errors import InvalidArgument
+from tuneyard.errors import InvalidArgument, TuneyardError
 from tuneyard.jobspec import JobSpec
 from tuneyard.protos import UINT32_MAX
 from tuneyard.v1 import trainer_pb2
@@ -42,6 +43,7 @@ STATUS = {
 EVENT_ID_PREFIX = "ftevent-"
 CHECKPOINT_ID_PREFIX = "ftckpt-"
 FILE_ID_PREFIX = "file-"
+EVAL_FILE_PARAMS = ("data.eval_file_id", "data.eval_path")
 
 
 class Hyperparameters(Body):
@@ -110,6 +112,11 @@ class CreateJobBody(Body):
 
     model: str | None = None
     training_file: str | None = Field(None, description="An uploaded file id or a server path.")
+    validation_file: str | None = Field(
+        None,
+        description="An uploaded file id or a server path: its rows are the eval split "
+        "(eval loss in events and checkpoints) instead of a fraction of the training rows.",
+    )
     suffix: str | None = Field(None, description="The adapter's name.")
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
@@ -147,6 +154,10 @@ def spec_from_body(body: CreateJobBody) -> JobSpec:
         _put(spec, ("data", "file_id"), body.training_file, "training_file")
     else:
         _put(spec, ("data", "path"), body.training_file, "training_file")
+    if body.validation_file and body.validation_file.startswith(FILE_ID_PREFIX):
+        _put(spec, ("data", "eval_file_id"), body.validation_file, "validation_file")
+    else:
+        _put(spec, ("data", "eval_path"), body.validation_file, "validation_file")
     _put(spec, ("adapter_name",), body.suffix, "suffix")
     _put(spec, ("training", "seed"), body.seed, "seed")
     _put_hyperparameters(spec, body.hyperparameters, "hyperparameters")
@@ -216,7 +227,7 @@ def job_json(job: trainer_pb2.Job) -> dict:
         "hyperparameters": hyperparameters,
         "method": method_json(spec, hyperparameters),
         "training_file": spec.data.file_id or spec.data.path or spec.data.dataset,
-        "validation_file": None,
+        "validation_file": spec.data.eval_file_id or spec.data.eval_path or None,
         "seed": _optional(training, "seed"),
         "suffix": spec.adapter_name or None,
         "integrations": [],
@@ -267,9 +278,10 @@ def event_seq(event_id: str) -> int:
 @router.post("", dependencies=[Depends(require_admin)], responses=ADMIN | TEMPLATE_REFUSED)
 async def create_job(request: Request, body: CreateJobBody) -> dict:
     spec = spec_from_body(body)
-    job = await request.app.state.backends.trainer.call(
-        "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto())
-    )
+    with _openai_params(body):
+        job = await request.app.state.backends.trainer.call(
+            "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto())
+        )
     return job_json(job)
 
 
@@ -277,10 +289,24 @@ async def create_job(request: Request, body: CreateJobBody) -> dict:
 async def validate_job(request: Request, body: CreateJobBody) -> dict:
     """The validation a job would get, with token-length statistics, without a job."""
     spec = spec_from_body(body)
-    report = await request.app.state.backends.trainer.call(
-        "ValidateDataset", trainer_pb2.ValidateDatasetRequest(spec=spec.to_proto())
-    )
+    with _openai_params(body):
+        report = await request.app.state.backends.trainer.call(
+            "ValidateDataset", trainer_pb2.ValidateDatasetRequest(spec=spec.to_proto())
+        )
+    if body.validation_file and report.error.param in EVAL_FILE_PARAMS:
+        report.error.param = "validation_file"
     return validation_json(report)
+
+
+@contextlib.contextmanager
+def _openai_params(body: CreateJobBody):
+    """A trainer error about the eval file names the OpenAI field the client gave it as."""
+    try:
+        yield
+    except TuneyardError as err:
+        if body.validation_file and err.param in EVAL_FILE_PARAMS:
+            err.param = "validation_file"
+        raise
 
 
 def validation_json(report: trainer_pb2.ValidationReport) -> dict:

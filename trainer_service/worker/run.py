@@ -76,7 +76,12 @@ def run(
         spec = spec.model_copy(update={"base_model": settings.resolved_base_model})
     report = validate(spec, files_dir(settings))
     ref = report.base_model
-    save_split(workdir, Split(report.train, report.eval, report.data_source), report.data_sha256)
+    save_split(
+        workdir,
+        Split(report.train, report.eval, report.data_source),
+        report.data_sha256,
+        report.eval_sha256,
+    )
 
     # torch, transformers, peft: imported only once the cheap checks passed.
     from trainer_service.worker.model import lora_model, target_modules

@@ -72,7 +72,7 @@ class QuantizationSpec(_message.Message):
     def __init__(self, quant_type: _Optional[str] = ..., double_quant: _Optional[bool] = ..., compute_dtype: _Optional[str] = ...) -> None: ...
 
 class DataSpec(_message.Message):
-    __slots__ = ("path", "columns", "eval_fraction", "dataset", "config", "split", "file_id")
+    __slots__ = ("path", "columns", "eval_fraction", "dataset", "config", "split", "file_id", "eval_file_id", "eval_path")
     class ColumnsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,8 @@ class DataSpec(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    EVAL_PATH_FIELD_NUMBER: _ClassVar[int]
     path: str
     columns: _containers.ScalarMap[str, str]
     eval_fraction: float
@@ -94,7 +96,9 @@ class DataSpec(_message.Message):
     config: str
     split: str
     file_id: str
-    def __init__(self, path: _Optional[str] = ..., columns: _Optional[_Mapping[str, str]] = ..., eval_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., config: _Optional[str] = ..., split: _Optional[str] = ..., file_id: _Optional[str] = ...) -> None: ...
+    eval_file_id: str
+    eval_path: str
+    def __init__(self, path: _Optional[str] = ..., columns: _Optional[_Mapping[str, str]] = ..., eval_fraction: _Optional[float] = ..., dataset: _Optional[str] = ..., config: _Optional[str] = ..., split: _Optional[str] = ..., file_id: _Optional[str] = ..., eval_file_id: _Optional[str] = ..., eval_path: _Optional[str] = ...) -> None: ...
 
 class TemplateSpec(_message.Message):
     __slots__ = ("builtin", "prompt", "response")
