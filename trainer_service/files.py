@@ -19,7 +19,9 @@ from pathlib import Path
 from tuneyard.config import CommonSettings
 from tuneyard.errors import InvalidArgument, NotFound
 
-PURPOSES = ("fine-tune",)
+UPLOAD_PURPOSES = ("fine-tune",)  # what a client may upload
+RESULTS_PURPOSE = "fine-tune-results"  # a job's results CSV, written by the trainer only
+PURPOSES = (*UPLOAD_PURPOSES, RESULTS_PURPOSE)  # what a stored file may have
 MAX_BYTES = 60 * 1024 * 1024  # under the 64 MiB gRPC message limit
 CHUNK_BYTES = 1024 * 1024  # content is sent in pieces of this size, far under that limit
 _ID = re.compile(r"^file-[0-9a-f]{24}$")
@@ -48,9 +50,9 @@ class FileStore:
         name = Path(filename or "").name
         if not name or name in (".", "..") or name == _META:
             raise InvalidArgument(f"invalid file name {filename!r}", param="filename")
-        if purpose not in PURPOSES:
+        if purpose not in UPLOAD_PURPOSES:
             raise InvalidArgument(
-                f"unsupported purpose {purpose!r}; supported: {', '.join(PURPOSES)}",
+                f"unsupported purpose {purpose!r}; supported: {', '.join(UPLOAD_PURPOSES)}",
                 param="purpose",
             )
         if not content:
@@ -59,14 +61,21 @@ class FileStore:
             raise InvalidArgument(
                 f"the file has {len(content)} bytes; the limit is {MAX_BYTES}", param="file"
             )
+        return self._write(name, purpose, content, self.check)
+
+    def put_results(self, filename: str, content: bytes) -> FileInfo:
+        """A file the trainer made (a job's results CSV): no upload checks, its own purpose."""
+        return self._write(filename, RESULTS_PURPOSE, content, check=None)
+
+    def _write(self, name: str, purpose: str, content: bytes, check) -> FileInfo:
         info = FileInfo("file-" + secrets.token_hex(12), len(content), time.time(), name, purpose)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".staging-{info.id}"
         staging.mkdir()
         try:
             (staging / name).write_bytes(content)
-            if self.check is not None:
-                self.check(staging / name)
+            if check is not None:
+                check(staging / name)
             (staging / _META).write_text(json.dumps(asdict(info)))
             staging.rename(self.root / info.id)
         except BaseException:

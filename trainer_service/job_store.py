@@ -51,6 +51,7 @@ class Job:
     estimated_finish: float = 0.0
     result_files: list[str] = field(default_factory=list)
     resumes: int = 0  # times resumed from a checkpoint (a trainer restart, a worker death)
+    metadata: dict[str, str] = field(default_factory=dict)  # the client's (OpenAI's metadata)
 
     @property
     def terminal(self) -> bool:
@@ -81,7 +82,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     trained_tokens INTEGER NOT NULL DEFAULT 0,
     estimated_finish REAL NOT NULL DEFAULT 0,
     result_files TEXT NOT NULL DEFAULT '[]',
-    resumes INTEGER NOT NULL DEFAULT 0
+    resumes INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS events (
@@ -128,19 +130,35 @@ class JobStore:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
         if "resumes" not in columns:  # a store written before resumes existed
             self._db.execute("ALTER TABLE jobs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0")
+        if "metadata" not in columns:  # ... or before metadata did
+            self._db.execute("ALTER TABLE jobs ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     # --- jobs ----------------------------------------------------------------------------
-    def create_job(self, spec: JobSpec, status: str = VALIDATING_FILES) -> Job:
-        job = Job(id=new_job_id(), status=status, spec=spec, created_at=time.time())
+    def create_job(
+        self, spec: JobSpec, status: str = VALIDATING_FILES, metadata: dict | None = None
+    ) -> Job:
+        job = Job(
+            id=new_job_id(),
+            status=status,
+            spec=spec,
+            created_at=time.time(),
+            metadata=dict(metadata or {}),
+        )
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, rowid_order, status, spec, created_at) "
-                "VALUES (?, (SELECT COALESCE(MAX(rowid_order), 0) + 1 FROM jobs), ?, ?, ?)",
-                (job.id, job.status, spec.model_dump_json(), job.created_at),
+                "INSERT INTO jobs (id, rowid_order, status, spec, created_at, metadata) "
+                "VALUES (?, (SELECT COALESCE(MAX(rowid_order), 0) + 1 FROM jobs), ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.status,
+                    spec.model_dump_json(),
+                    job.created_at,
+                    json.dumps(job.metadata),
+                ),
             )
         return job
 
@@ -151,13 +169,24 @@ class JobStore:
             raise NotFound(f"job {job_id!r} not found", param="job_id")
         return _job(row)
 
-    def list_jobs(self, limit: int = 20, after: str = "") -> tuple[list[Job], bool]:
-        """Newest first; `after` is the id of the last job of the previous page."""
-        query, args = "SELECT * FROM jobs", []
+    def list_jobs(
+        self, limit: int = 20, after: str = "", metadata: dict | None = None
+    ) -> tuple[list[Job], bool]:
+        """Newest first; `after` is the id of the last job of the previous page; with
+        `metadata`, only jobs that have every one of its key/values."""
+        conditions, args = [], []
         if after:
-            query += " WHERE rowid_order < (SELECT rowid_order FROM jobs WHERE id = ?)"
+            conditions.append("rowid_order < (SELECT rowid_order FROM jobs WHERE id = ?)")
             args.append(after)
             self.get_job(after)
+        for key, value in (metadata or {}).items():
+            conditions.append(
+                "EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)"
+            )
+            args += [key, value]
+        query = "SELECT * FROM jobs"
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
         query += " ORDER BY rowid_order DESC LIMIT ?"
         args.append(limit + 1)
         with self._lock:
@@ -250,4 +279,5 @@ def _job(row: sqlite3.Row) -> Job:
         estimated_finish=row["estimated_finish"],
         result_files=json.loads(row["result_files"]),
         resumes=row["resumes"],
+        metadata=json.loads(row["metadata"]),
     )

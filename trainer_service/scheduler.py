@@ -18,9 +18,10 @@ from pathlib import Path
 from trainer_service.checkpoints import checkpoint_step, last_checkpoint
 from trainer_service.data_roots import DataRoots
 from trainer_service.executors.base import CANCELLED_EXIT, ExecutionHandle, Executor
-from trainer_service.files import files_dir
+from trainer_service.files import FileStore, files_dir
 from trainer_service.job_store import Job, JobError
 from trainer_service.journal import JobJournal
+from trainer_service.results import ResultsFiles
 from trainer_service.settings import TrainerSettings
 from trainer_service.validation import JobValidationError, validate
 from trainer_service.worker_events import WorkerEvents, WorkerRun
@@ -60,6 +61,7 @@ class JobScheduler:
         self.workdir = Path(settings.resolved_trainer_workdir)
         self.files_root = files_dir(settings)
         self.data_roots = DataRoots.of(settings)
+        self.results_files = ResultsFiles(self.store, FileStore(self.files_root))
         self._lock = threading.RLock()  # the queue, the running set, and status checks
         self._queue: deque[str] = deque()
         self._running: dict[str, ExecutionHandle | None] = {}
@@ -117,9 +119,9 @@ class JobScheduler:
                 data = data.model_copy(update={name: str(Path(value).resolve())})
         return spec.model_copy(update={"base_model": base, "data": data})
 
-    def create(self, spec: JobSpec) -> Job:
+    def create(self, spec: JobSpec, metadata: dict | None = None) -> Job:
         """Store the job and validate it in the background; returns it validating_files."""
-        job = self.store.create_job(self.resolve_spec(spec))
+        job = self.store.create_job(self.resolve_spec(spec), metadata=metadata)
         self.journal.event(job.id, "job created; validating data")
         self._spawn(self._validate, job.id)
         return job
@@ -367,7 +369,11 @@ class JobScheduler:
         self.journal.progress(
             job_id, fine_tuned_model=model, trained_tokens=int(result.get("trained_tokens", 0))
         )
-        self.journal.add_result_files(job_id, [str(f) for f in result.get("result_files", [])])
+        # The results CSV first, as OpenAI lists it, and before the job reads succeeded: a
+        # client that sees the status reads result_files[0] at once (after_success actions
+        # run only after the transition).
+        files = [self._results_file(job_id), *(str(f) for f in result.get("result_files", []))]
+        self.journal.add_result_files(job_id, [f for f in files if f])
         if self.on_published is not None:
             self.on_published(job_id, model)
         self.journal.follow(job_id)  # a watch stays open for what the actions report
@@ -377,6 +383,14 @@ class JobScheduler:
                 action(job)
         finally:
             self.journal.followed(job_id)
+
+    def _results_file(self, job_id: str) -> str:
+        try:
+            return self.results_files(job_id)
+        except Exception as err:  # the job trained and published: do not fail it for this
+            log.exception("results file of %s", job_id)
+            self.journal.event(job_id, f"could not write the results file: {err}", level="warn")
+            return ""
 
     def _fail(self, job_id: str, message: str, code: str) -> None:
         with self._lock:

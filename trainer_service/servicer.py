@@ -20,6 +20,7 @@ from tuneyard.adapter_store import AdapterStore
 from tuneyard.errors import FailedPrecondition, InvalidArgument, redact_paths
 from tuneyard.grpc_server import maps_errors, maps_stream_errors
 from tuneyard.jobspec import JobSpec
+from tuneyard.metadata import check_metadata
 from tuneyard.modeling import public_name
 from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -50,6 +51,7 @@ def job_to_proto(job: job_store.Job) -> trainer_pb2.Job:
         trained_tokens=job.trained_tokens,
         estimated_finish=int(job.estimated_finish),
         result_files=job.result_files,
+        metadata=job.metadata,
     )
     if job.error:
         message.error.CopyFrom(
@@ -144,10 +146,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", param="spec")
         spec = self._spec(request.spec)
+        metadata = check_metadata(request.metadata)
         uses_file = bool(spec.data.file_id or spec.data.eval_file_id)
         with self._files_lock if uses_file else contextlib.nullcontext():
             check_data(spec, self.scheduler.files_root)
-            return job_to_proto(self.scheduler.create(spec))
+            return job_to_proto(self.scheduler.create(spec, metadata))
 
     @maps_errors
     def GetJob(self, request, context):
@@ -156,7 +159,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     @maps_errors
     def ListJobs(self, request, context):
         limit = min(request.limit or 20, MAX_LIST)
-        jobs, has_more = self.store.list_jobs(limit=limit, after=request.after)
+        jobs, has_more = self.store.list_jobs(
+            limit=limit, after=request.after, metadata=dict(request.metadata)
+        )
         return trainer_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs], has_more=has_more)
 
     @maps_errors

@@ -22,6 +22,7 @@ from gateway.openapi import ADMIN, TEMPLATE_REFUSED, TRAINER_ERRORS, Body, event
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, TuneyardError
 from tuneyard.jobspec import JobSpec
+from tuneyard.metadata import check_metadata
 from tuneyard.protos import UINT32_MAX
 from tuneyard.v1 import trainer_pb2
 
@@ -121,6 +122,11 @@ class CreateJobBody(Body):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     seed: int | None = Field(None, ge=0, le=UINT32_MAX)
+    metadata: dict | None = Field(
+        None,
+        description="Up to 16 string key/values (keys up to 64 characters, values up to "
+        "512), stored with the job; `GET /v1/fine_tuning/jobs?metadata[k]=v` filters on them.",
+    )
     tuneyard: Annotated[dict, WithJsonSchema(_tuneyard_schema())] = Field(default_factory=dict)
 
 
@@ -228,9 +234,10 @@ def job_json(job: trainer_pb2.Job) -> dict:
         "method": method_json(spec, hyperparameters),
         "training_file": spec.data.file_id or spec.data.path or spec.data.dataset,
         "validation_file": spec.data.eval_file_id or spec.data.eval_path or None,
-        "seed": _optional(training, "seed"),
+        "seed": training.seed,  # the spec always has one (default 42)
         "suffix": spec.adapter_name or None,
         "integrations": [],
+        "metadata": dict(job.metadata) or None,  # as OpenAI: null when none was given
         "tuneyard": {
             "spec": json_format.MessageToDict(spec, preserving_proto_field_name=True),
             "started_at": job.started_at or None,
@@ -278,9 +285,10 @@ def event_seq(event_id: str) -> int:
 @router.post("", dependencies=[Depends(require_admin)], responses=ADMIN | TEMPLATE_REFUSED)
 async def create_job(request: Request, body: CreateJobBody) -> dict:
     spec = spec_from_body(body)
+    metadata = check_metadata(body.metadata)
     with _openai_params(body):
         job = await request.app.state.backends.trainer.call(
-            "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto())
+            "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto(), metadata=metadata)
         )
     return job_json(job)
 
@@ -343,10 +351,26 @@ def validation_json(report: trainer_pb2.ValidationReport) -> dict:
 async def list_jobs(
     request: Request, limit: int = Query(20, ge=1, le=100), after: str = ""
 ) -> dict:
+    """Newest first; `metadata[k]=v` (as OpenAI's client sends `metadata={"k": "v"}`), once
+    per key, keeps the jobs that have all of them."""
     reply = await request.app.state.backends.trainer.call(
-        "ListJobs", trainer_pb2.ListJobsRequest(limit=limit, after=after)
+        "ListJobs",
+        trainer_pb2.ListJobsRequest(
+            limit=limit, after=after, metadata=metadata_filter(request.query_params)
+        ),
     )
     return {"object": "list", "data": [job_json(j) for j in reply.jobs], "has_more": reply.has_more}
+
+
+def metadata_filter(params) -> dict[str, str]:
+    """`metadata[k]=v` query parameters as {k: v}."""
+    found = {}
+    for name, value in params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            found[name[len("metadata[") : -1]] = value
+        elif name == "metadata":
+            raise InvalidArgument("filter with metadata[key]=value", param="metadata")
+    return found
 
 
 @router.get("/{job_id}")
@@ -431,7 +455,9 @@ def checkpoint_json(checkpoint: trainer_pb2.Checkpoint) -> dict:
         "metrics": {
             "step": checkpoint.step,
             "train_loss": metrics.get("loss"),
+            "train_mean_token_accuracy": metrics.get("mean_token_accuracy"),
             "valid_loss": metrics.get("eval_loss"),
+            "valid_mean_token_accuracy": metrics.get("eval_mean_token_accuracy"),
             **metrics,
         },
     }

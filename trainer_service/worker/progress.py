@@ -10,7 +10,14 @@ from transformers import TrainerCallback
 
 from trainer_service.worker.events import EventWriter
 
-_LOGGED = ("loss", "eval_loss", "learning_rate", "grad_norm")
+_LOGGED = (
+    "loss",
+    "eval_loss",
+    "learning_rate",
+    "grad_norm",
+    "mean_token_accuracy",  # TRL's SFTTrainer logs these; other recipes do not
+    "eval_mean_token_accuracy",
+)
 
 
 def peak_memory_bytes(device: str) -> int:

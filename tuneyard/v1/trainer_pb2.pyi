@@ -173,7 +173,14 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ..., line: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "status", "spec", "created_at", "started_at", "finished_at", "fine_tuned_model", "error", "trained_tokens", "estimated_finish", "result_files")
+    __slots__ = ("id", "status", "spec", "created_at", "started_at", "finished_at", "fine_tuned_model", "error", "trained_tokens", "estimated_finish", "result_files", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +192,7 @@ class Job(_message.Message):
     TRAINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FINISH_FIELD_NUMBER: _ClassVar[int]
     RESULT_FILES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: JobStatus
     spec: JobSpec
@@ -196,10 +204,11 @@ class Job(_message.Message):
     trained_tokens: int
     estimated_finish: int
     result_files: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[int] = ..., started_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., fine_tuned_model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., estimated_finish: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[int] = ..., started_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., fine_tuned_model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., estimated_finish: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "eta_seconds", "peak_memory_bytes")
+    __slots__ = ("step", "total_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "eta_seconds", "peak_memory_bytes", "mean_token_accuracy", "eval_mean_token_accuracy")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +220,8 @@ class Metrics(_message.Message):
     TRAINED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     epoch: float
@@ -222,7 +233,9 @@ class Metrics(_message.Message):
     trained_tokens: int
     eta_seconds: float
     peak_memory_bytes: int
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ...) -> None: ...
+    mean_token_accuracy: float
+    eval_mean_token_accuracy: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., mean_token_accuracy: _Optional[float] = ..., eval_mean_token_accuracy: _Optional[float] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "job_id", "created_at", "level", "message", "metrics")
@@ -359,10 +372,19 @@ class ListFilesResponse(_message.Message):
     def __init__(self, files: _Optional[_Iterable[_Union[File, _Mapping]]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     spec: JobSpec
-    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -371,12 +393,21 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("limit", "after")
+    __slots__ = ("limit", "after", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     limit: int
     after: str
-    def __init__(self, limit: _Optional[int] = ..., after: _Optional[str] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, limit: _Optional[int] = ..., after: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "has_more")
