@@ -407,3 +407,109 @@ def test_a_job_without_checkpoints_cannot_be_paused_and_a_paused_one_can_be_canc
     cancelled = http.post(f"/v1/fine_tuning/jobs/{saved['id']}/cancel").json()
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"]
     assert events_of(http, saved["id"])[0] == "cancelled while paused"  # newest first
+
+
+def test_an_openai_pipeline_with_validation_file_metadata_and_results_csv(
+    gateway, http, tiny_llama, email_jsonl, tmp_path
+):
+    """A job as an OpenAI pipeline creates it: validation_file becomes the eval split (eval
+    loss in events and checkpoints), metadata is returned and filters the list, and the
+    first result file is the CSV of its step metrics."""
+    oai = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    training_file = oai.files.create(file=email_jsonl.open("rb"), purpose="fine-tune").id
+    valid = tmp_path / "valid.jsonl"
+    valid.write_bytes(jsonl(*EMAIL_ROWS[:3]))
+    validation_file = oai.files.create(file=valid.open("rb"), purpose="fine-tune").id
+    training = {**TUNEYARD["training"], "eval_steps": 2, "logging_steps": 1}
+    job = oai.fine_tuning.jobs.create(
+        model=str(tiny_llama),
+        training_file=training_file,
+        validation_file=validation_file,
+        suffix="pipeline",
+        seed=7,
+        metadata={"team": "mail", "run": "1"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 2}}},
+        extra_body={"tuneyard": {**TUNEYARD, "training": training}},
+    )
+    assert job.validation_file == validation_file and job.metadata == {"team": "mail", "run": "1"}
+    assert job.seed == 7 and job.training_file == training_file
+    # An unended job's validation file cannot be deleted.
+    deleted = http.delete(f"/v1/files/{validation_file}")
+    assert deleted.status_code == 400 and job.id in deleted.text, deleted.text
+    wait_job(http, job.id, lambda j: j["status"] in ("succeeded", "failed", "cancelled"))
+
+    job = oai.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.object == "fine_tuning.job" and job.error is None and job.finished_at
+    assert job.fine_tuned_model == "pipeline@1" and job.trained_tokens
+    assert job.model and job.organization_id and job.integrations == []
+    assert job.method.type == "supervised" and job.hyperparameters.batch_size == 2
+    assert job.validation_file == validation_file and job.seed == 7
+    assert job.estimated_finish is None and job.created_at <= job.finished_at
+    assert job.model_extra.keys() <= {"suffix", "tuneyard"}  # no field the SDK does not know
+
+    events = list(oai.fine_tuning.jobs.list_events(job.id, limit=1000))
+    assert any("validated 12 rows (12 train, 3 eval" in e.message for e in events)
+    eval_losses = [
+        e.data["eval_loss"] for e in events if e.type == "metrics" and e.data.get("eval_loss")
+    ]
+    assert len(eval_losses) == 2  # steps 2 and 4
+    checkpoints = list(oai.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == [4, 2]
+    assert all(c.metrics.valid_loss > 0 for c in checkpoints)
+
+    assert [j.id for j in oai.fine_tuning.jobs.list(metadata={"team": "mail"})] == [job.id]
+    both = oai.fine_tuning.jobs.list(metadata={"team": "mail", "run": "1"})
+    assert [j.id for j in both] == [job.id]
+    assert list(oai.fine_tuning.jobs.list(metadata={"team": "mail", "run": "2"})) == []
+
+    results = oai.files.retrieve(job.result_files[0])
+    assert results.purpose == "fine-tune-results"
+    rows = list(csv.DictReader(io.StringIO(oai.files.content(job.result_files[0]).text)))
+    assert list(rows[0]) == [
+        "step",
+        "train_loss",
+        "train_accuracy",
+        "valid_loss",
+        "valid_mean_token_accuracy",
+    ]
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]  # logging_steps 1
+    assert all(float(r["train_loss"]) > 0 for r in rows)
+    assert [bool(r["valid_loss"]) for r in rows] == [False, True, False, True]
+    # The validation file is free again once the job ended.
+    assert oai.files.delete(validation_file).deleted
+
+
+def test_bad_metadata_and_validation_file_are_refused_naming_the_field(
+    http, tiny_llama, email_jsonl
+):
+    body = {
+        "model": str(tiny_llama),
+        "training_file": str(email_jsonl),
+        "suffix": "bad",
+        "tuneyard": TUNEYARD,
+    }
+    for metadata in (
+        {f"k{i}": "v" for i in range(17)},
+        {"k" * 65: "v"},
+        {"k": "v" * 513},
+        {"k": 1},
+    ):
+        response = http.post("/v1/fine_tuning/jobs", json={**body, "metadata": metadata})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "metadata"
+    for validation_file in ("file-0123456789abcdef01234567", "/etc/passwd"):
+        response = http.post(
+            "/v1/fine_tuning/jobs", json={**body, "validation_file": validation_file}
+        )
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["error"]["param"] == "validation_file", response.text
+    bad_row = http.post(
+        "/v1/files",
+        files={"file": ("v.jsonl", jsonl(ROW, {"product": "a", "description": "b"}))},
+        data={"purpose": "fine-tune"},
+    ).json()["id"]
+    response = http.post("/v1/fine_tuning/jobs", json={**body, "validation_file": bad_row})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "validation_file" and "line 2" in error["message"], error
