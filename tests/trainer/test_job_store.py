@@ -72,3 +72,29 @@ def test_unknown_job_is_not_found(tmp_path):
         store.list_jobs(after="ftjob-nope")
     with pytest.raises(ValueError, match="spec"):
         store.update(store.create_job(SPEC).id, spec={})
+
+
+def test_metadata_is_stored_and_filters_the_list(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    tagged = store.create_job(SPEC, metadata={"team": "mail", "run": "1"})
+    other = store.create_job(SPEC, metadata={"team": "mail", "run": "2"})
+    plain = store.create_job(SPEC)
+    assert store.get_job(tagged.id).metadata == {"team": "mail", "run": "1"}
+    assert store.get_job(plain.id).metadata == {}
+    ids = lambda **m: [j.id for j in store.list_jobs(metadata=m)[0]]  # noqa: E731
+    assert ids(team="mail") == [other.id, tagged.id]
+    assert ids(team="mail", run="1") == [tagged.id]  # every key must match
+    assert ids(team="x") == [] and len(ids()) == 3
+
+
+def test_a_store_from_before_metadata_is_upgraded(tmp_path):
+    import sqlite3
+
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.create_job(SPEC)
+    store.close()
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    db.execute("ALTER TABLE jobs DROP COLUMN metadata")
+    db.commit()
+    db.close()
+    assert JobStore(tmp_path / "jobs.db").get_job(job.id).metadata == {}
