@@ -284,8 +284,8 @@ def event_seq(event_id: str) -> int:
 
 @router.post("", dependencies=[Depends(require_admin)], responses=ADMIN | TEMPLATE_REFUSED)
 async def create_job(request: Request, body: CreateJobBody) -> dict:
-    spec = spec_from_body(body)
     metadata = check_metadata(body.metadata)
+    spec = spec_from_body(body)
     with _openai_params(body):
         job = await request.app.state.backends.trainer.call(
             "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto(), metadata=metadata)

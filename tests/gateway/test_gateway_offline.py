@@ -144,11 +144,17 @@ def test_job_create_bad_spec_names_the_field(http, email_jsonl):
     )
     assert error["param"].startswith("hyperparameters.n_epochs")
     error = _openai_error(
-        http.post("/v1/fine_tuning/jobs", json={"training_file": "x", "validation_file": "y"}),
+        http.post("/v1/fine_tuning/jobs", json={"training_file": "x", "integrations": []}),
         400,
         "invalid_request_error",
     )
-    assert error["param"] == "validation_file"
+    assert error["param"] == "integrations"  # an OpenAI field tuneyard does not take
+    error = _openai_error(
+        http.post("/v1/fine_tuning/jobs", json={"training_file": "x", "metadata": {"k": 1}}),
+        400,
+        "invalid_request_error",
+    )
+    assert error["param"] == "metadata"
     error = _openai_error(
         http.get("/v1/fine_tuning/jobs/x/events", params={"after": "zz"}),
         400,
