@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from text_generation import Client
 
@@ -14,6 +15,7 @@ from tuneyard.client import GatewayClient, GatewayError
 from tuneyard.jobspec import JobSpec
 from tuneyard.local_stack import LocalStack
 from tuneyard.progress import follow_job
+from tuneyard.statuses import TERMINAL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -108,6 +110,55 @@ def test_adapter_is_hot_loaded_and_answers(trained, stack):
     assert [t["logprob"] for t in tuned["details"]["tokens"]] != [
         t["logprob"] for t in base["details"]["tokens"]
     ]
+
+
+def test_an_openai_fine_tuning_pipeline_runs_unchanged(stack, data_file, tmp_path):
+    """The calls a pipeline written for OpenAI's fine-tuning API makes, through the openai
+    client: upload, create (validation file, metadata), wait, read the results file, chat
+    with the fine-tuned model, delete it; afterwards it is 404, never the base model."""
+    client = openai.OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="unused", max_retries=0)
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps(r) + "\n" for r in EMAIL_ROWS[:3]))
+    training_file = client.files.create(file=data_file.open("rb"), purpose="fine-tune")
+    validation_file = client.files.create(file=validation.open("rb"), purpose="fine-tune")
+    base = client.models.list().data[0].id
+    job = client.fine_tuning.jobs.create(
+        model=base,
+        training_file=training_file.id,
+        validation_file=validation_file.id,
+        suffix="pipeline",
+        metadata={"team": "growth"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+        extra_body={
+            "tuneyard": {
+                "template": EMAIL_TEMPLATE,
+                "training": {"max_steps": 3, "batch_size": 2, "max_seq_length": 128},
+            }
+        },
+    )
+    deadline = time.monotonic() + 300
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in TERMINAL:
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+    assert job.status == "succeeded", job.error
+    assert job.validation_file == validation_file.id and job.metadata == {"team": "growth"}
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "growth"})] == [job.id]
+    results = client.files.content(job.result_files[0]).text.splitlines()
+    assert results[0].startswith("step,train_loss") and len(results) > 1
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any("eval_loss" in m for m in events)
+
+    answer = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert answer.model == job.fine_tuned_model and answer.usage.completion_tokens > 0
+    assert client.models.delete(job.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError) as gone:
+        client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+    assert gone.value.body["param"] == "model"
+    assert job.fine_tuned_model.split("@")[0] not in [m.id for m in client.models.list()]
 
 
 def test_text_generation_client_against_the_gateway(stack):
