@@ -18,6 +18,7 @@ from trainer_service import preference
 from trainer_service.files import FileStore
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneyard.jobspec import DataSpec
+from tuneyard.templates import ChatTemplate, chat_messages
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SPLIT_FILE = "split.json"  # in a job's folder: which rows its worker trained on and held out
@@ -113,7 +114,8 @@ def check_file(path: str | Path, max_row_bytes: int, param: str = "file") -> int
     (read_rows: a known format, UTF-8 text without NUL bytes, each JSONL line an object,
     CSV rows as wide as the header, a readable Parquet file), no row is bigger than
     `max_row_bytes`, it has at least one row, and a row in the preference format (`method:
-    dpo`) is a whole one. Returns the number of rows."""
+    dpo`) or in OpenAI's chat format (`messages`, with `tools` and assistant `weight`s) is
+    a whole one. Returns the number of rows."""
     path = Path(path)
     rows = read_rows(path, {}, param, max_row_bytes)
     if not rows:
@@ -125,6 +127,16 @@ def check_file(path: str | Path, max_row_bytes: int, param: str = "file") -> int
             except InvalidArgument as err:
                 raise RowError(
                     "invalid_preference", f"{path.name} {err.message}", param=param, line=row.line
+                ) from err
+        elif isinstance(row.fields.get(ChatTemplate.MESSAGES), list):
+            try:
+                chat_messages(row.fields)
+            except InvalidArgument as err:
+                raise RowError(
+                    "invalid_chat_row",
+                    f"{path.name} line {row.line}: {err.message}",
+                    param=param,
+                    line=row.line,
                 ) from err
     return len(rows)
 

@@ -88,8 +88,9 @@ class TemplateSpec(_Strict):
     """A built-in template (`alpaca`, `chat`) or a custom prompt/response pair."""
 
     builtin: Literal["", "alpaca", "chat"] = ""
-    """`alpaca`, or `chat` (the base model's chat template over a `messages` column; recipes
-    `sft` and `dpo`); empty for a custom pair."""
+    """`alpaca`, or `chat` (the base model's chat template over OpenAI's chat format: a
+    `messages` column, a row's `tools`, and each assistant turn trained on unless its
+    `weight` is 0; recipes `sft` and `dpo`); empty for a custom pair."""
     prompt: str = ""
     """A Jinja template over the row's fields: the text the model is given."""
     response: str = ""

@@ -358,10 +358,56 @@ class PromptTemplate:
         return render_bounded(self._compiled["response"], "response", row)
 
 
+def chat_messages(row: dict) -> list[dict]:
+    """A chat row's `messages`, checked without a tokenizer (so an upload can be): each a
+    string `role` and `content`, the last the assistant's; `weight` (OpenAI's: 0 or 1, on
+    assistant turns only; 0 keeps a turn out of the loss) leaves at least one turn to
+    train on; `tools`, if given, a list of objects."""
+    messages = row.get(ChatTemplate.MESSAGES)
+    if not isinstance(messages, list) or not messages:
+        raise InvalidArgument("'messages' must be a non-empty list", param="fields")
+    for turn in messages:
+        if not (
+            isinstance(turn, dict)
+            and isinstance(turn.get("role"), str)
+            and isinstance(turn.get("content"), str)
+        ):
+            raise InvalidArgument(
+                "each message needs a string 'role' and 'content'", param="fields"
+            )
+        if "weight" in turn:
+            if turn["role"] != "assistant":
+                raise InvalidArgument(
+                    f"'weight' is for assistant messages only (found on a {turn['role']!r} one)",
+                    param="fields",
+                )
+            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
+                raise InvalidArgument(
+                    f"an assistant message's 'weight' is 0 or 1 (got {turn['weight']!r})",
+                    param="fields",
+                )
+    if messages[-1]["role"] != "assistant":
+        raise InvalidArgument(
+            f"the last message must be the assistant's (got {messages[-1]['role']!r})",
+            param="fields",
+        )
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
+        raise InvalidArgument(
+            "every assistant message has weight 0: nothing to train on", param="fields"
+        )
+    tools = row.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+    ):
+        raise InvalidArgument("'tools' must be a list of objects", param="fields")
+    return messages
+
+
 class ChatTemplate:
     """The `chat` built-in: the tokenizer's own chat template over a row's `messages`
-    (a list of {role, content} ending with the assistant's turn, which is trained on).
-    The manifest keeps the chat template's source as the prompt text."""
+    (see chat_messages) and its `tools`. Each assistant turn is trained on unless its
+    `weight` is 0, as in OpenAI's chat format; `render_prompt`/`render_response` are the
+    last turn's. The manifest keeps the chat template's source as the prompt text."""
 
     MESSAGES = "messages"
 
@@ -385,33 +431,39 @@ class ChatTemplate:
 
     def render_prompt(self, row: dict) -> str:
         """Every turn but the last, then the assistant's generation prompt."""
-        return self.tokenizer.apply_chat_template(
-            self._messages(row)[:-1], tokenize=False, add_generation_prompt=True
-        )
+        return self._prompt(row, len(self._messages(row)) - 1)
 
     def render_response(self, row: dict) -> str:
         """The assistant's last turn as the template writes it (end-of-turn marker too)."""
+        return self._completion(row, len(self._messages(row)) - 1)
+
+    def trained_turns(self, row: dict) -> list[tuple[str, str]]:
+        """(prompt, completion) for each assistant turn the loss counts: the conversation
+        up to it, then the turn as the template writes it."""
         messages = self._messages(row)
-        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        prompt = self.render_prompt(row)
-        return full[len(prompt) :] if full.startswith(prompt) else messages[-1]["content"]
+        return [
+            (self._prompt(row, i), self._completion(row, i))
+            for i, m in enumerate(messages)
+            if m["role"] == "assistant" and m.get("weight", 1)
+        ]
+
+    def _prompt(self, row: dict, turn: int) -> str:
+        return self._render(row, self._messages(row)[:turn], add_generation_prompt=True)
+
+    def _completion(self, row: dict, turn: int) -> str:
+        messages = self._messages(row)
+        full = self._render(row, messages[: turn + 1])
+        prompt = self._prompt(row, turn)
+        return full[len(prompt) :] if full.startswith(prompt) else messages[turn]["content"]
+
+    def _render(self, row: dict, messages: list[dict], add_generation_prompt=False) -> str:
+        turns = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+        return self.tokenizer.apply_chat_template(
+            turns,
+            tools=row.get("tools") or None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
 
     def _messages(self, row: dict) -> list[dict]:
-        messages = row.get(self.MESSAGES)
-        if not isinstance(messages, list) or not messages:
-            raise InvalidArgument("'messages' must be a non-empty list", param="fields")
-        for turn in messages:
-            if not (
-                isinstance(turn, dict)
-                and isinstance(turn.get("role"), str)
-                and isinstance(turn.get("content"), str)
-            ):
-                raise InvalidArgument(
-                    "each message needs a string 'role' and 'content'", param="fields"
-                )
-        if messages[-1]["role"] != "assistant":
-            raise InvalidArgument(
-                f"the last message must be the assistant's (got {messages[-1]['role']!r})",
-                param="fields",
-            )
-        return messages
+        return chat_messages(row)

@@ -152,3 +152,47 @@ def test_what_templates_do_use_still_renders():
     assert template.render_prompt(row) == (
         "1. USER: hi\n2. ASSISTANT: yo\na, b banana banana!bononoen 6"
     )
+
+
+CONVERSATION = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello there", "weight": 0},
+    {"role": "user", "content": "Order today"},
+    {"role": "assistant", "content": "Best regards"},
+]
+
+
+def test_a_chat_row_trains_each_assistant_turn_unless_its_weight_is_0():
+    from tests.conftest import make_tokenizer
+    from tuneyard.templates import ChatTemplate
+
+    chat = ChatTemplate(make_tokenizer())
+    [(prompt, completion)] = chat.trained_turns({"messages": CONVERSATION})
+    assert "Hello there" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert completion == "Best regards<|im_end|>\n"
+    assert "weight" not in prompt  # the key is OpenAI's, never the template's
+    both = [{**m, "weight": 1} if m["role"] == "assistant" else m for m in CONVERSATION]
+    turns = chat.trained_turns({"messages": both})
+    assert [c for _, c in turns] == ["Hello there<|im_end|>\n", "Best regards<|im_end|>\n"]
+    assert turns[0][0] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    # The last turn is still what render_prompt / render_response give (evaluation).
+    assert chat.render_response({"messages": both}) == "Best regards<|im_end|>\n"
+    tools = [{"type": "function", "function": {"name": "order"}}]
+    [(with_tools, _)] = chat.trained_turns({"messages": CONVERSATION, "tools": tools})
+    assert with_tools.startswith("<|im_start|>system\nTools: ") and '"order"' in with_tools
+
+
+@pytest.mark.parametrize(
+    "messages, tools, needle",
+    [
+        ([{"role": "user", "content": "a", "weight": 1}, *CONVERSATION[1:]], None, "assistant"),
+        ([*CONVERSATION[:3], {**CONVERSATION[3], "weight": 2}], None, "0 or 1"),
+        ([*CONVERSATION[:3], {**CONVERSATION[3], "weight": True}], None, "0 or 1"),
+        ([*CONVERSATION[:3], {**CONVERSATION[3], "weight": 0}], None, "nothing to train on"),
+        (CONVERSATION, {"type": "function"}, "'tools' must be a list"),
+    ],
+)
+def test_a_bad_chat_row_is_refused_with_the_reason(messages, tools, needle):
+    row = {"messages": messages, **({"tools": tools} if tools is not None else {})}
+    with pytest.raises(InvalidArgument, match=needle):
+        templates.chat_messages(row)

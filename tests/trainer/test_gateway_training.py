@@ -135,6 +135,19 @@ def test_upload_with_a_json_array_line_is_refused(http):
     assert "line 2: a JSON array, expected an object" in message, message
 
 
+def test_upload_of_chat_rows_checks_openai_s_chat_format(http):
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    weighted = [chat[0], {**chat[1], "weight": 0}, chat[0], {**chat[1], "weight": 1}]
+    tools = [{"type": "function", "function": {"name": "order"}}]
+    good = jsonl({"messages": chat}, {"messages": weighted, "tools": tools})
+    assert upload(http, "chat.jsonl", good).status_code == 200
+    bad_weight = [chat[0], {**chat[1], "weight": 0.5}]
+    message = refused(http, "chat.jsonl", jsonl({"messages": chat}, {"messages": bad_weight}))
+    assert message.startswith("chat.jsonl line 2: ") and "weight" in message, message
+    message = refused(http, "chat.jsonl", jsonl({"messages": [chat[0]]}))
+    assert "line 1: the last message must be the assistant's" in message, message
+
+
 def test_empty_upload_is_refused(http):
     assert "empty" in refused(http, "d.jsonl", b"")
 

@@ -6,18 +6,20 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from trainer_service.worker.recipes import RecipeContext, run_trainer, training_arguments
+from tuneyard.templates import ChatTemplate
 
 
 def prompt_completion(ctx: RecipeContext, rows) -> Dataset:
-    return Dataset.from_list(
-        [
-            {
-                "prompt": ctx.template.render_prompt(r.fields),
-                "completion": ctx.template.render_response(r.fields),
-            }
+    """One example per row; a chat row gives one per assistant turn it trains on (each with
+    the conversation before it as its prompt), so weight-0 turns stay out of the loss."""
+    if isinstance(ctx.template, ChatTemplate):
+        pairs = [pair for r in rows for pair in ctx.template.trained_turns(r.fields)]
+    else:
+        pairs = [
+            (ctx.template.render_prompt(r.fields), ctx.template.render_response(r.fields))
             for r in rows
         ]
-    )
+    return Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
 
 
 def config(ctx: RecipeContext) -> SFTConfig:
