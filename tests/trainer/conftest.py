@@ -3,9 +3,13 @@
 import copy
 import time
 
+import httpx
+import openai
 import pytest
 
 from tests.conftest import EMAIL_TEMPLATE
+from tests.gateway.conftest import start_gateway
+from trainer_service.server import serve
 from trainer_service.settings import TrainerSettings
 from tuneyard.jobspec import JobSpec
 
@@ -42,3 +46,27 @@ def wait_until(predicate, timeout: float = 120.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+# --- a gateway in front of a real trainer (module-scoped: one per test file) ------------------
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    trainer = serve(
+        TrainerSettings(home=home, trainer_port=0, trainer_metrics_port=0, trainer_device="cpu")
+    )
+    gateway = start_gateway(trainer_addr=f"127.0.0.1:{trainer.port}")
+    yield gateway
+    gateway.stop()
+    trainer.stop(grace=1)
+
+
+@pytest.fixture
+def http(gateway):
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def oai(gateway):
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)

@@ -7,16 +7,14 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.gateway.conftest import start_gateway
 from tests.trainer.conftest import make_spec
-from tests.trainer.test_gateway_training import jsonl, refused, serve_trainer
+from tests.trainer.test_gateway_training import jsonl, refused
 from tests.trainer.test_worker import run_worker
 from trainer_service.dataset import check_file
 from trainer_service.preference import parse
@@ -246,26 +244,6 @@ def test_dpo_job_resumes_from_its_checkpoint(settings, tiny_llama, pairs_jsonl):
 
 
 # --- through the gateway -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    trainer = serve_trainer(tmp_path_factory.mktemp("home"))
-    gateway = start_gateway(trainer_addr=f"127.0.0.1:{trainer.port}")
-    yield gateway
-    gateway.stop()
-    trainer.stop(grace=1)
-
-
-@pytest.fixture
-def http(gateway):
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
-def oai(gateway):
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
-
-
 def test_unknown_method_type_is_refused_naming_method_type(oai, http, tiny_llama, pairs_jsonl):
     before = http.get("/v1/fine_tuning/jobs").json()["data"]
     with pytest.raises(openai.BadRequestError) as err:

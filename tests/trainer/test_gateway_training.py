@@ -16,8 +16,6 @@ import pytest
 import yaml
 
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
-from tests.gateway.conftest import start_gateway
-from trainer_service.server import serve
 from tuneyard.cli import main as cli
 
 TUNEYARD = {
@@ -25,29 +23,6 @@ TUNEYARD = {
     "lora": {"r": 4, "alpha": 8},
     "training": {"max_steps": 4, "save_steps": 2, "batch_size": 2, "max_seq_length": 128},
 }
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    trainer = serve_trainer(tmp_path_factory.mktemp("home"))
-    gateway = start_gateway(trainer_addr=f"127.0.0.1:{trainer.port}")
-    yield gateway
-    gateway.stop()
-    trainer.stop(grace=1)
-
-
-def serve_trainer(home):
-    from trainer_service.settings import TrainerSettings
-
-    return serve(
-        TrainerSettings(home=home, trainer_port=0, trainer_metrics_port=0, trainer_device="cpu")
-    )
-
-
-@pytest.fixture
-def http(gateway):
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        yield client
 
 
 def test_files_api_with_the_openai_client(gateway, http, email_jsonl):
