@@ -5,6 +5,8 @@ touch a model hub."""
 import json
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 
 CORPUS = [
@@ -130,3 +132,15 @@ def data_dirs_cover_test_files(tmp_path_factory):
         os.environ.pop("TUNEYARD_DATA_DIRS", None)
     else:
         os.environ["TUNEYARD_DATA_DIRS"] = previous
+
+
+# Clients of the `gateway` fixture a test package defines (a gateway over its backends).
+@pytest.fixture
+def http(gateway):
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def oai(gateway):
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)

@@ -51,7 +51,9 @@ def load_data(data: DataSpec, files_root: Path) -> LoadedData:
     spec field and, for a bad row, its line."""
     if data.dataset:
         return _load_dataset(data)
-    return _load_file(data.file_id, data.path, data.columns, files_root, "data")
+    return _load_file(
+        (data.file_id, "data.file_id"), (data.path, "data.path"), data.columns, files_root
+    )
 
 
 def load_eval_data(data: DataSpec, files_root: Path) -> LoadedData | None:
@@ -59,23 +61,28 @@ def load_eval_data(data: DataSpec, files_root: Path) -> LoadedData | None:
     mapped as the training rows'; None when the eval split comes from the training rows."""
     if not data.has_eval_file:
         return None
-    return _load_file(data.eval_file_id, data.eval_path, data.columns, files_root, "data.eval")
+    return _load_file(
+        (data.eval_file_id, "data.eval_file_id"),
+        (data.eval_path, "data.eval_path"),
+        data.columns,
+        files_root,
+    )
 
 
 def _load_file(
-    file_id: str, path: str, columns: dict[str, str], files_root: Path, prefix: str
+    file_id: tuple[str, str], path: tuple[str, str], columns: dict[str, str], files_root: Path
 ) -> LoadedData:
-    """An uploaded file's or a local file's rows; errors name `<prefix>_file_id` or
-    `<prefix>_path` (`data.file_id`, `data.eval_path`...)."""
-    sep = "." if prefix == "data" else "_"
+    """An uploaded file's or a local file's rows: (value, the spec field errors name) of
+    each source, the file id first."""
+    (file_id, file_param), (path, path_param) = file_id, path
     if file_id:
-        param = f"{prefix}{sep}file_id"
+        param = file_param
         try:
             located = FileStore(files_root).path(file_id)
         except NotFound as err:
             raise InvalidArgument(err.message, param=param) from err
     else:
-        located, param = Path(path), f"{prefix}{sep}path"
+        located, param = Path(path), path_param
     rows = read_rows(located, columns, param)
     return LoadedData(rows, str(located.resolve()), file_sha256(located))
 

@@ -7,8 +7,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import httpx
-import openai
 import pytest
 import uvicorn
 
@@ -114,14 +112,3 @@ def gateway(inference):
     running = gateway_before(inference.port)
     yield running
     running.stop()
-
-
-@pytest.fixture
-def http(gateway):
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
-def oai(gateway):
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)

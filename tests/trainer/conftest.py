@@ -3,8 +3,6 @@
 import copy
 import time
 
-import httpx
-import openai
 import pytest
 
 from tests.conftest import EMAIL_TEMPLATE
@@ -59,14 +57,3 @@ def gateway(tmp_path_factory):
     yield gateway
     gateway.stop()
     trainer.stop(grace=1)
-
-
-@pytest.fixture
-def http(gateway):
-    with httpx.Client(base_url=gateway.url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture
-def oai(gateway):
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
