@@ -13,6 +13,8 @@ from tuneyard.errors import FailedPrecondition, NotFound
 CHECKPOINTS = "trainer"  # the Trainer's output_dir inside the job folder
 MANIFEST_DRAFT = "manifest.json"  # written by the worker: the manifest without metrics
 PUBLISHED = "tuneyard_published"  # inside a checkpoint: the adapter id it was published as
+MODEL = "tuneyard_model"  # inside a checkpoint: the model it is served as
+CHECKPOINT_MODELS = 3  # as OpenAI's: a succeeded job's last three checkpoints are models
 _COMPLETE = ("trainer_state.json", "adapter_model.safetensors", "adapter_config.json")
 _LOGGED = {
     "loss": "loss",
@@ -30,6 +32,7 @@ class Checkpoint:
     path: Path
     metrics: dict
     published_as: str = ""
+    model: str = ""
 
 
 def checkpoint_dirs(workdir: Path) -> list[Path]:
@@ -81,6 +84,34 @@ def publish_checkpoint(
     return _read(job_id, checkpoint.path), True
 
 
+def checkpoint_model_name(job_id: str, step: int) -> str:
+    """A checkpoint's own model: named after its job, so that it never takes a version of
+    the job's adapter (`name@N` stays the Nth job's) and never collides with another's."""
+    return f"{job_id}-ckpt-step-{step}"
+
+
+def publish_checkpoint_models(store: AdapterStore, workdir: Path, manifest: Manifest) -> list[str]:
+    """Publish the job's last CHECKPOINT_MODELS checkpoints, each as the one version of its
+    own model (`<job id>-ckpt-step-<n>`), as OpenAI makes a checkpoint usable as a `model`;
+    a checkpoint published before (a worker resumed after publishing) is not again."""
+    from trainer_service.worker.publish import publish_checkpoint as publish_folder
+
+    models = []
+    for path in checkpoint_dirs(workdir)[-CHECKPOINT_MODELS:]:
+        checkpoint = _read(manifest.job_id, path)
+        if not checkpoint.model:
+            own = manifest.model_copy(
+                update={
+                    "name": checkpoint_model_name(manifest.job_id, checkpoint.step),
+                    "metrics": {**checkpoint.metrics, "checkpoint_step": checkpoint.step},
+                    "created_at": time.time(),
+                }
+            )
+            (path / MODEL).write_text(publish_folder(store, path, own).id)
+        models.append(_read(manifest.job_id, path).model)
+    return models
+
+
 def checkpoint_step(path: Path) -> int:
     return int(path.name.removeprefix("checkpoint-"))
 
@@ -97,12 +128,16 @@ def _read(job_id: str, path: Path) -> Checkpoint:
                 metrics[name] = entry[key]
     if state.get("num_input_tokens_seen"):
         metrics["trained_tokens"] = state["num_input_tokens_seen"]
-    published = path / PUBLISHED
     return Checkpoint(
         job_id,
         step,
         (path / "trainer_state.json").stat().st_mtime,
         path,
         metrics,
-        published.read_text().strip() if published.is_file() else "",
+        _marker(path / PUBLISHED),
+        _marker(path / MODEL),
     )
+
+
+def _marker(path: Path) -> str:
+    return path.read_text().strip() if path.is_file() else ""

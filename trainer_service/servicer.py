@@ -110,6 +110,7 @@ def checkpoint_to_proto(checkpoint: checkpoints.Checkpoint) -> trainer_pb2.Check
         created_at=int(checkpoint.created_at),
         metrics=metrics_to_proto(checkpoint.metrics),
         published_as=checkpoint.published_as,
+        model=checkpoint.model,
     )
 
 

@@ -5,12 +5,15 @@ an uploaded file id "file-..." or a server-side path, `suffix` as the adapter na
 `hyperparameters`, `seed`, `metadata`, `method`: supervised, or dpo on preference rows)
 plus a `tuneyard` object with any JobSpec fields (recipe, template, lora, training,
 data.columns...), so a whole spec can be posted; an OpenAI field and the same field in
-`tuneyard` must agree. `/validate` takes the same body and answers the validation report.
+`tuneyard` must agree. Without `tuneyard` a request is read as OpenAI's would be: chat rows
+(template builtin chat, recipe sft), the adapter named by `suffix` or else `ft-<random>`.
+`/validate` takes the same body and answers the validation report.
 """
 
 import contextlib
 import copy
 import math
+import secrets
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -94,22 +97,17 @@ def _inline(schema, defs: dict):
 
 
 def _tuneyard_schema() -> dict:
-    """JobSpec's fields, as `tuneyard` takes them: the OpenAI fields may give base_model,
-    data and adapter_name; the template has no OpenAI field, so it is required here."""
+    """JobSpec's fields, as `tuneyard` takes them: none is required, since the OpenAI fields
+    give base_model, data and adapter_name, and the template defaults to chat."""
     schema = JobSpec.model_json_schema()
-    schema = _inline({k: v for k, v in schema.items() if k != "$defs"}, schema["$defs"])
-    return {**schema, "title": "Tuneyard", "required": ["template"]}
-
-
-def _tuneyard_required(schema: dict) -> None:
-    # Without `tuneyard` the request is refused (no template): the schema says so, while the
-    # refusal itself names every JobSpec field that is missing. (`method` dpo is the
-    # exception the schema does not tell: it brings its template, builtin chat.)
-    schema["required"] = [*schema.get("required", []), "tuneyard"]
+    schema = _inline(
+        {k: v for k, v in schema.items() if k not in ("$defs", "required")}, schema["$defs"]
+    )
+    return {**schema, "title": "Tuneyard"}
 
 
 class CreateJobBody(Body):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_tuneyard_required)
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     training_file: str | None = Field(None, description="An uploaded file id or a server path.")
@@ -165,18 +163,22 @@ def spec_from_body(body: CreateJobBody) -> JobSpec:
     else:
         _put(spec, ("data", "eval_path"), body.validation_file, "validation_file")
     _put(spec, ("adapter_name",), body.suffix, "suffix")
+    if "adapter_name" not in spec:  # OpenAI's suffix is optional; a name is not
+        spec["adapter_name"] = "ft-" + secrets.token_hex(4)
     _put(spec, ("training", "seed"), body.seed, "seed")
     _put_hyperparameters(spec, body.hyperparameters, "hyperparameters")
     method = body.method
     if method is not None:
         if method.type == "dpo":
             _put(spec, ("recipe",), "dpo", "method.type")
-            spec.setdefault("template", {"builtin": "chat"})
         chosen = getattr(method, method.type)
         hp = chosen.hyperparameters if chosen else None
         _put_hyperparameters(spec, hp, f"method.{method.type}.hyperparameters")
         if isinstance(hp, DpoHyperparameters):
             _put(spec, ("dpo", "beta"), hp.beta, f"method.{method.type}.hyperparameters.beta")
+    if "template" not in spec:  # OpenAI's training files are chat rows
+        spec["template"] = {"builtin": "chat"}
+        spec.setdefault("recipe", "sft")
     # Strict, as the request body: the JSON types the schema of `tuneyard` says.
     return JobSpec.parse(spec, strict=True)
 
@@ -212,10 +214,12 @@ def job_json(job: trainer_pb2.Job) -> dict:
     }
     error = None
     if job.error.code or job.error.message:
+        param = job.error.param
         error = {
             "code": job.error.code,
             "message": job.error.message,
-            "param": job.error.param or None,
+            # The job object names its eval file `validation_file`: so does its error.
+            "param": ("validation_file" if param in EVAL_FILE_PARAMS else param) or None,
         }
     return {
         "object": "fine_tuning.job",
@@ -448,7 +452,7 @@ def checkpoint_json(checkpoint: trainer_pb2.Checkpoint) -> dict:
         "object": "fine_tuning.job.checkpoint",
         "id": f"{CHECKPOINT_ID_PREFIX}{checkpoint.job_id.removeprefix('ftjob-')}-{checkpoint.step}",
         "created_at": checkpoint.created_at,
-        "fine_tuned_model_checkpoint": checkpoint.published_as or None,
+        "fine_tuned_model_checkpoint": checkpoint.model or checkpoint.published_as or None,
         "fine_tuning_job_id": checkpoint.job_id,
         "step_number": checkpoint.step,
         # OpenAI's names, then every metric the trainer has.
@@ -460,6 +464,7 @@ def checkpoint_json(checkpoint: trainer_pb2.Checkpoint) -> dict:
             "valid_mean_token_accuracy": metrics.get("eval_mean_token_accuracy"),
             **metrics,
         },
+        "tuneyard": {"published_as": checkpoint.published_as or None},
     }
 
 

@@ -187,5 +187,7 @@ def test_job_errors(oai, http):
     response = http.get("/v1/fine_tuning/jobs/ftjob-nope/events", params={"stream": "true"})
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
-    with pytest.raises(openai.BadRequestError, match="template"):
-        oai.fine_tuning.jobs.create(model="m", training_file="/x.jsonl", suffix="s")
+    with pytest.raises(openai.BadRequestError, match="template needs builtin"):
+        oai.fine_tuning.jobs.create(
+            model="m", training_file="/x.jsonl", extra_body={"tuneyard": {"template": {}}}
+        )

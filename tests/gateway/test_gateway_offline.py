@@ -116,12 +116,11 @@ def test_openai_validation_errors(http):
 
 def test_job_create_bad_spec_names_the_field(http, email_jsonl):
     error = _openai_error(
-        http.post("/v1/fine_tuning/jobs", json={"training_file": str(email_jsonl)}),
+        http.post("/v1/fine_tuning/jobs", json={"model": "m"}),
         400,
         "invalid_request_error",
     )
-    assert "adapter_name: Field required" in error["message"] and "template" in error["message"]
-    assert error["param"] == "adapter_name"
+    assert "data: Field required" in error["message"] and error["param"] == "data"
     error = _openai_error(
         http.post(
             "/v1/fine_tuning/jobs",

@@ -174,6 +174,23 @@ def test_job_body_maps_to_spec(email_jsonl):
     assert spec.training.seed == 3 and spec.training.max_steps == 2
 
 
+def test_job_body_without_tuneyard_is_read_as_openai_would():
+    """OpenAI's create takes chat rows and needs no suffix: nor does tuneyard's."""
+    spec = jobs.spec_from_body(_body(model="/models/base", training_file="file-abc"))
+    assert spec.template.builtin == "chat" and spec.recipe == "sft"
+    assert spec.data.file_id == "file-abc"
+    assert spec.adapter_name.startswith("ft-") and len(spec.adapter_name) == len("ft-") + 8
+    other = jobs.spec_from_body(_body(model="/models/base", training_file="file-abc"))
+    assert other.adapter_name != spec.adapter_name
+    # A spec's own template and recipe stay as given.
+    spec = jobs.spec_from_body(
+        _body(training_file="/d.jsonl", suffix="s", tuneyard={"template": EMAIL_TEMPLATE})
+    )
+    assert spec.template.prompt == EMAIL_TEMPLATE["prompt"] and spec.recipe == "causal_lm"
+    spec = jobs.spec_from_body(_body(training_file="/d.jsonl", method={"type": "dpo"}))
+    assert spec.recipe == "dpo" and spec.template.builtin == "chat"
+
+
 def test_job_body_conflict_and_bad_spec_name_the_field(email_jsonl):
     with pytest.raises(InvalidArgument, match="suffix='a' conflicts with tuneyard.adapter_name"):
         jobs.spec_from_body(_body(suffix="a", tuneyard={"adapter_name": "b"}))
@@ -229,6 +246,11 @@ def test_job_json_shape():
     assert body["fine_tuned_model"] is None and body["trained_tokens"] is None
     assert body["training_file"] == "/d.jsonl" and body["suffix"] == "emails"
     assert body["seed"] == 1 and body["finished_at"] == 20
+    # An error about the eval file, found before or after the job was stored, names the
+    # field the job object shows it in.
+    for param in ("data.eval_file_id", "data.eval_path"):
+        job.error.param = param
+        assert jobs.job_json(job)["error"]["param"] == "validation_file"
     event = jobs.event_json(
         trainer_pb2.JobEvent(
             seq=4,

@@ -112,36 +112,52 @@ def test_adapter_is_hot_loaded_and_answers(trained, stack):
     ]
 
 
-def test_an_openai_fine_tuning_pipeline_runs_unchanged(stack, data_file, tmp_path):
+CHAT_ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Write an email about {r['product']}."},
+            {"role": "assistant", "content": r["email"]},
+        ]
+    }
+    for r in EMAIL_ROWS
+]
+
+
+def _wait(client: openai.OpenAI, job):
+    deadline = time.monotonic() + 300
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in TERMINAL:
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+    assert job.status == "succeeded", job.error
+    return job
+
+
+def _chat_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_an_openai_fine_tuning_pipeline_runs_unchanged(stack, tmp_path):
     """The calls a pipeline written for OpenAI's fine-tuning API makes, through the openai
-    client: upload, create (validation file, metadata), wait, read the results file, chat
-    with the fine-tuned model, delete it; afterwards it is 404, never the base model."""
+    client and nothing tuneyard's: upload chat rows, create (validation file, metadata, no
+    suffix), wait, read the results file, chat with the fine-tuned model, delete it;
+    afterwards it is 404, never the base model."""
     client = openai.OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="unused", max_retries=0)
-    validation = tmp_path / "validation.jsonl"
-    validation.write_text("".join(json.dumps(r) + "\n" for r in EMAIL_ROWS[:3]))
-    training_file = client.files.create(file=data_file.open("rb"), purpose="fine-tune")
+    training = _chat_rows(tmp_path / "train.jsonl", CHAT_ROWS)
+    validation = _chat_rows(tmp_path / "validation.jsonl", CHAT_ROWS[:3])
+    training_file = client.files.create(file=training.open("rb"), purpose="fine-tune")
     validation_file = client.files.create(file=validation.open("rb"), purpose="fine-tune")
     base = client.models.list().data[0].id
     job = client.fine_tuning.jobs.create(
         model=base,
         training_file=training_file.id,
         validation_file=validation_file.id,
-        suffix="pipeline",
         metadata={"team": "growth"},
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
-        extra_body={
-            "tuneyard": {
-                "template": EMAIL_TEMPLATE,
-                "training": {"max_steps": 3, "batch_size": 2, "max_seq_length": 128},
-            }
-        },
     )
-    deadline = time.monotonic() + 300
-    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in TERMINAL:
-        assert time.monotonic() < deadline, job
-        time.sleep(1)
-    assert job.status == "succeeded", job.error
+    job = _wait(client, job)
     assert job.validation_file == validation_file.id and job.metadata == {"team": "growth"}
+    assert job.fine_tuned_model.startswith("ft-") and job.method.type == "supervised"
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "growth"})] == [job.id]
     results = client.files.content(job.result_files[0]).text.splitlines()
     assert results[0].startswith("step,train_loss") and len(results) > 1
@@ -159,6 +175,38 @@ def test_an_openai_fine_tuning_pipeline_runs_unchanged(stack, data_file, tmp_pat
         )
     assert gone.value.body["param"] == "model"
     assert job.fine_tuned_model.split("@")[0] not in [m.id for m in client.models.list()]
+
+
+def test_a_checkpoint_answers_as_a_model_of_its_own(stack, tmp_path):
+    """As OpenAI's: each of a succeeded job's last three checkpoints is a `model`, and
+    serving them takes no version of the job's adapter."""
+    client = openai.OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="unused", max_retries=0)
+    training = _chat_rows(tmp_path / "train.jsonl", CHAT_ROWS)
+    job = client.fine_tuning.jobs.create(
+        model=client.models.list().data[0].id,
+        training_file=client.files.create(file=training.open("rb"), purpose="fine-tune").id,
+        suffix="steps",
+        extra_body={"tuneyard": {"training": {"max_steps": 4, "save_steps": 1}}},
+    )
+    job = _wait(client, job)
+    assert job.fine_tuned_model == "steps@1"
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == [4, 3, 2, 1]  # newest first
+    models = [c.fine_tuned_model_checkpoint for c in checkpoints]
+    assert models[:3] == [f"{job.id}-ckpt-step-{n}@1" for n in (4, 3, 2)]
+    assert models[3] is None  # older than the last three: not a model
+    replies = [
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, logprobs=True
+        )
+        for model in models[:3]
+    ]
+    assert [r.model for r in replies] == models[:3]
+    assert all(r.usage.completion_tokens > 0 for r in replies)
+    listed = [m.id for m in client.models.list()]
+    assert f"{job.id}-ckpt-step-4" in listed and "steps" in listed
+    adapters = httpx.get(f"{stack.gateway_url}/v1/adapters", timeout=30).json()["data"]
+    assert [a["id"] for a in adapters if a["id"].startswith("steps@")] == ["steps@1"]
 
 
 def test_text_generation_client_against_the_gateway(stack):

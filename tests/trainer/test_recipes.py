@@ -47,6 +47,18 @@ def test_sft_packing_eval_steps_and_checkpoints(settings, tiny_llama, email_json
     checkpoints = list_checkpoints(workdir, "ftjob-test")
     assert [c.step for c in checkpoints] == [2, 4]
     assert checkpoints[0].metrics["loss"] > 0 and checkpoints[0].metrics["eval_loss"] > 0
+    # Each checkpoint is a model of its own, which takes no version of the job's adapter.
+    assert [c.model for c in checkpoints] == [
+        "ftjob-test-ckpt-step-2@1",
+        "ftjob-test-ckpt-step-4@1",
+    ]
+    own = AdapterStore(settings.resolved_adapters_dir).resolve("ftjob-test-ckpt-step-2")
+    assert own.manifest().metrics["checkpoint_step"] == 2 and own.manifest().job_id == "ftjob-test"
+    assert own.manifest().template_sha256 == manifest.template_sha256
+    assert not list(own.path.glob("tuneyard_*")) and not (own.path / "optimizer.pt").exists()
+    assert [v.id for v in AdapterStore(settings.resolved_adapters_dir).versions("emails")] == [
+        "emails@1"
+    ]
     published, _ = publish_checkpoint(
         AdapterStore(settings.resolved_adapters_dir), workdir, "ftjob-test", 2
     )

@@ -101,7 +101,7 @@ def publish_checkpoint(store: AdapterStore, checkpoint: Path, manifest: Manifest
             if (
                 item.is_file()
                 and item.name not in _CHECKPOINT_ONLY
-                and not item.name.startswith("rng_state")
+                and not item.name.startswith(("rng_state", "tuneyard_"))  # tuneyard's marks
             ):
                 shutil.copy2(item, staging / item.name)
         if not (staging / "adapter_config.json").is_file():

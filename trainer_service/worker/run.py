@@ -10,7 +10,12 @@ import threading
 import traceback
 from pathlib import Path
 
-from trainer_service.checkpoints import CHECKPOINTS, MANIFEST_DRAFT, last_checkpoint
+from trainer_service.checkpoints import (
+    CHECKPOINTS,
+    MANIFEST_DRAFT,
+    last_checkpoint,
+    publish_checkpoint_models,
+)
 from trainer_service.dataset import Split, save_split
 from trainer_service.executors.base import CANCELLED_EXIT
 from trainer_service.files import files_dir
@@ -163,8 +168,9 @@ def run(
     check_stop()
     if spec.merge:
         events.message("merging the adapter into an unquantized copy of the base")
+    store = AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode)
     version = publish(
-        AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode),
+        store,
         model,
         tokenizer,
         manifest,
@@ -172,6 +178,8 @@ def run(
         merge_with=(ref, device) if spec.merge else None,
     )
     events.message(f"published {version.id} to {version.path}")
+    if checkpoint_models := publish_checkpoint_models(store, workdir, manifest):
+        events.message(f"checkpoints served as models: {', '.join(checkpoint_models)}")
     files = [str(loss_curve), str(version.path / LOSS_CURVE)]
     if spec.merge:
         files.append(str(version.path / "merged"))

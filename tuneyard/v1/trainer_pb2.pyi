@@ -298,18 +298,20 @@ class ValidationReport(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., base_model: _Optional[str] = ..., rows: _Optional[int] = ..., train_rows: _Optional[int] = ..., eval_rows: _Optional[int] = ..., too_long: _Optional[int] = ..., too_long_lines: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Union[TokenStats, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("job_id", "step", "created_at", "metrics", "published_as")
+    __slots__ = ("job_id", "step", "created_at", "metrics", "published_as", "model")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     step: int
     created_at: int
     metrics: Metrics
     published_as: str
-    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., created_at: _Optional[int] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., published_as: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., created_at: _Optional[int] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., published_as: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ListCheckpointsRequest(_message.Message):
     __slots__ = ("job_id",)
