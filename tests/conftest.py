@@ -16,9 +16,11 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog 0123456789 !?.,:;'\"()[]{}<>-_/@#",
     "Best regards, The Team. Order today and save 20 percent on your first purchase.",
 ]
-CHAT_TEMPLATE = (
+CHAT_TEMPLATE = (  # writes tool calls, as function-calling models' templates do
     "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for call in m.get('tool_calls', []) %}<call>{{ call['function']['name'] }}"
+    "{{ call['function']['arguments'] | tojson }}</call>{% endfor %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 

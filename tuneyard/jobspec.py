@@ -89,8 +89,9 @@ class TemplateSpec(_Strict):
 
     builtin: Literal["", "alpaca", "chat"] = ""
     """`alpaca`, or `chat` (the base model's chat template over OpenAI's chat format: a
-    `messages` column, a row's `tools`, and each assistant turn trained on unless its
-    `weight` is 0; recipes `sft` and `dpo`); empty for a custom pair."""
+    `messages` column, text or text parts, assistant `tool_calls` and tool results, a
+    row's `tools`, and each assistant turn trained on unless its `weight` is 0; recipes
+    `sft` and `dpo`); empty for a custom pair."""
     prompt: str = ""
     """A Jinja template over the row's fields: the text the model is given."""
     response: str = ""

@@ -9,6 +9,7 @@ and filter that could grow or spin checks before it does the work."""
 
 import contextvars
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -359,39 +360,23 @@ class PromptTemplate:
 
 
 def chat_messages(row: dict) -> list[dict]:
-    """A chat row's `messages`, checked without a tokenizer (so an upload can be): each a
-    string `role` and `content`, the last the assistant's; `weight` (OpenAI's: 0 or 1, on
-    assistant turns only; 0 keeps a turn out of the loss) leaves at least one turn to
-    train on; `tools`, if given, a list of objects."""
+    """A chat row's `messages` in OpenAI's chat format, checked without a tokenizer (so an
+    upload can be) and returned as a chat template takes them. Each turn has a string
+    `role`; its `content` is a string or a list of text parts (joined), or null on an
+    assistant turn that makes `tool_calls` (or the legacy `function_call`), whose JSON-text
+    `arguments` become objects. The last turn is the assistant's; `weight` (0 or 1, on
+    assistant turns only; 0 keeps a turn out of the loss) leaves at least one to train on;
+    `tools`, if given, is a list of objects."""
     messages = row.get(ChatTemplate.MESSAGES)
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("'messages' must be a non-empty list", param="fields")
-    for turn in messages:
-        if not (
-            isinstance(turn, dict)
-            and isinstance(turn.get("role"), str)
-            and isinstance(turn.get("content"), str)
-        ):
-            raise InvalidArgument(
-                "each message needs a string 'role' and 'content'", param="fields"
-            )
-        if "weight" in turn:
-            if turn["role"] != "assistant":
-                raise InvalidArgument(
-                    f"'weight' is for assistant messages only (found on a {turn['role']!r} one)",
-                    param="fields",
-                )
-            if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
-                raise InvalidArgument(
-                    f"an assistant message's 'weight' is 0 or 1 (got {turn['weight']!r})",
-                    param="fields",
-                )
-    if messages[-1]["role"] != "assistant":
+    turns = [_chat_turn(turn, f"messages[{i}]") for i, turn in enumerate(messages)]
+    if turns[-1]["role"] != "assistant":
         raise InvalidArgument(
-            f"the last message must be the assistant's (got {messages[-1]['role']!r})",
+            f"the last message must be the assistant's (got {turns[-1]['role']!r})",
             param="fields",
         )
-    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in turns):
         raise InvalidArgument(
             "every assistant message has weight 0: nothing to train on", param="fields"
         )
@@ -400,7 +385,94 @@ def chat_messages(row: dict) -> list[dict]:
         isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
     ):
         raise InvalidArgument("'tools' must be a list of objects", param="fields")
-    return messages
+    return turns
+
+
+def _chat_turn(turn, where: str) -> dict:
+    if not (isinstance(turn, dict) and isinstance(turn.get("role"), str)):
+        raise InvalidArgument(f"{where} needs a string 'role'", param="fields")
+    role = turn["role"]
+    calls = turn.get("tool_calls")
+    if "function_call" in turn:  # OpenAI's legacy form of one tool call
+        calls = [{"type": "function", "function": turn["function_call"]}]
+    if calls is not None and (role != "assistant" or not isinstance(calls, list) or not calls):
+        raise InvalidArgument(
+            f"{where}.tool_calls: a non-empty list, on assistant messages only", param="fields"
+        )
+    out = {k: v for k, v in turn.items() if k not in ("function_call", "tool_calls")}
+    out["content"] = _content(turn.get("content"), f"{where}.content", calls is not None)
+    if calls is not None:
+        out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]
+    if role == "function":  # the legacy function result: a tool's, for chat templates
+        out["role"] = "tool"
+    if "weight" in turn:
+        if role != "assistant":
+            raise InvalidArgument(
+                f"{where}.weight: for assistant messages only (this one is {role!r})",
+                param="fields",
+            )
+        if turn["weight"] not in (0, 1) or isinstance(turn["weight"], bool):
+            raise InvalidArgument(
+                f"{where}.weight must be 0 or 1 (got {turn['weight']!r})",
+                param="fields",
+            )
+    return out
+
+
+def _content(content, where: str, calls: bool) -> str:
+    """A turn's text: a string, or text parts joined; null only beside tool calls."""
+    if isinstance(content, str):
+        return content
+    if content is None and calls:
+        return ""
+    if isinstance(content, list) and content:
+        for j, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text"):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise InvalidArgument(
+                    f"{where}[{j}] must be a text part to train on (got {kind!r})",
+                    param="fields",
+                )
+            if not isinstance(part.get("text"), str):
+                raise InvalidArgument(f"{where}[{j}] needs a string 'text'", param="fields")
+        return "".join(part["text"] for part in content)
+    raise InvalidArgument(
+        f"{where} must be a string or a list of text parts"
+        + (" (null only on an assistant message with tool_calls)" if content is None else ""),
+        param="fields",
+    )
+
+
+def _tool_call(call, where: str) -> dict:
+    """OpenAI's tool call as chat templates take it: `arguments` an object, not JSON text."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (
+        isinstance(function, dict)
+        and call.get("type", "function") == "function"
+        and isinstance(function.get("name"), str)
+        and function["name"]
+    ):
+        raise InvalidArgument(
+            f"{where} needs type 'function' and a 'function' with a string 'name'",
+            param="fields",
+        )
+    arguments = function.get("arguments", "{}")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            arguments = None
+    if not isinstance(arguments, dict):
+        raise InvalidArgument(
+            f"{where}.function.arguments must be a JSON object (as text)",
+            param="fields",
+        )
+    extra = {"id": call["id"]} if "id" in call else {}
+    return {
+        **extra,
+        "type": "function",
+        "function": {"name": function["name"], "arguments": arguments},
+    }
 
 
 class ChatTemplate:
@@ -458,6 +530,19 @@ class ChatTemplate:
 
     def _render(self, row: dict, messages: list[dict], add_generation_prompt=False) -> str:
         turns = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+        text = self._apply(row, turns, add_generation_prompt)
+        if any("tool_calls" in m for m in turns):
+            # A chat template that ignores tool calls would train an empty turn in silence.
+            plain = [{k: v for k, v in m.items() if k != "tool_calls"} for m in turns]
+            if self._apply(row, plain, add_generation_prompt) == text:
+                raise InvalidArgument(
+                    "this base model's chat template does not write an assistant message's "
+                    "tool_calls: a row with them cannot be trained on this model",
+                    param="template.builtin",
+                )
+        return text
+
+    def _apply(self, row: dict, turns: list[dict], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
             turns,
             tools=row.get("tools") or None,

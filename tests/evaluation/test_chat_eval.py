@@ -208,9 +208,9 @@ def test_generated_tokens_spell_the_text(make_service, chat_adapter, tokenizer):
         ),
         (
             {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 3}]},
-            "each message needs a string 'role' and 'content'",
+            "messages[1].content must be a string or a list of text parts",
         ),
-        ({"messages": [{"content": "Hi"}]}, "each message needs a string 'role' and 'content'"),
+        ({"messages": [{"content": "Hi"}]}, "messages[0] needs a string 'role'"),
     ],
 )
 @pytest.mark.parametrize("file", ["eval_file", "few_shot_file"])

@@ -1,3 +1,4 @@
+import copy
 import time
 
 import pytest
@@ -182,10 +183,99 @@ def test_a_chat_row_trains_each_assistant_turn_unless_its_weight_is_0():
     assert with_tools.startswith("<|im_start|>system\nTools: ") and '"order"' in with_tools
 
 
+# A chat template that ignores tool calls, as many small models' do.
+TEXT_ONLY_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CALL = {"id": "c1", "type": "function", "function": {"name": "order", "arguments": '{"n": 2}'}}
+TOOL_ROW = {
+    "messages": [
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}],
+        },
+        {"role": "user", "content": "Two lamps"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ordered"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+    ],
+    "tools": [{"type": "function", "function": {"name": "order"}}],
+}
+
+
+def test_a_chat_row_with_tool_calls_and_text_parts_trains_every_assistant_turn():
+    from tests.conftest import make_tokenizer
+    from tuneyard.templates import ChatTemplate
+
+    chat = ChatTemplate(make_tokenizer())  # the fixtures' template writes tool calls
+    (call_prompt, call), (answer_prompt, answer) = chat.trained_turns(TOOL_ROW)
+    assert call_prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+    assert call == '<call>order{"n": 2}</call><|im_end|>\n'  # arguments as an object
+    assert "<|im_start|>tool\nordered<|im_end|>" in answer_prompt and answer == "Done.<|im_end|>\n"
+    # The legacy function_call and function role read as a tool call and a tool result.
+    legacy = copy.deepcopy(TOOL_ROW)
+    legacy["messages"][2] = {
+        "role": "assistant",
+        "content": None,
+        "function_call": CALL["function"],
+    }
+    legacy["messages"][3] = {"role": "function", "name": "order", "content": "ordered"}
+    assert [c for _, c in chat.trained_turns(legacy)] == [call, answer]
+
+
+def test_a_chat_template_that_drops_tool_calls_is_refused_not_trained_empty():
+    from tests.conftest import make_tokenizer
+    from tuneyard.templates import ChatTemplate
+
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = TEXT_ONLY_TEMPLATE
+    chat = ChatTemplate(tokenizer)
+    with pytest.raises(
+        InvalidArgument, match="does not write an assistant message's tool_calls"
+    ) as err:
+        chat.trained_turns(TOOL_ROW)
+    assert err.value.param == "template.builtin"
+
+
 @pytest.mark.parametrize(
     "messages, tools, needle",
     [
         ([{"role": "user", "content": "a", "weight": 1}, *CONVERSATION[1:]], None, "assistant"),
+        (
+            [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {}}]},
+                *CONVERSATION[1:],
+            ],
+            None,
+            "messages.0..content.0. must be a text part to train on \\(got 'image_url'\\)",
+        ),
+        ([{"role": "user", "content": None}, *CONVERSATION[1:]], None, "string or a list of text"),
+        (
+            [{"role": "user", "content": "a", "tool_calls": [CALL]}, *CONVERSATION[1:]],
+            None,
+            "assistant messages only",
+        ),
+        (
+            [
+                *CONVERSATION,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{**CALL, "function": {"name": "o", "arguments": "{"}}],
+                },
+            ],
+            None,
+            "tool_calls.0..function.arguments must be a JSON object",
+        ),
+        (
+            [
+                *CONVERSATION,
+                {"role": "assistant", "content": None, "tool_calls": [{"type": "function"}]},
+            ],
+            None,
+            "string 'name'",
+        ),
         ([*CONVERSATION[:3], {**CONVERSATION[3], "weight": 2}], None, "0 or 1"),
         ([*CONVERSATION[:3], {**CONVERSATION[3], "weight": True}], None, "0 or 1"),
         ([*CONVERSATION[:3], {**CONVERSATION[3], "weight": 0}], None, "nothing to train on"),

@@ -121,6 +121,20 @@ def test_upload_of_chat_rows_checks_openai_s_chat_format(http):
     assert message.startswith("chat.jsonl line 2: ") and "weight" in message, message
     message = refused(http, "chat.jsonl", jsonl({"messages": [chat[0]]}))
     assert "line 1: the last message must be the assistant's" in message, message
+    # Function calling: an assistant turn of tool calls, the tool's answer, text parts.
+    call = {"id": "c1", "type": "function", "function": {"name": "order", "arguments": "{}"}}
+    calling = [
+        chat[0],
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Ordered."}]},
+    ]
+    assert (
+        upload(http, "calls.jsonl", jsonl({"messages": calling, "tools": tools})).status_code == 200
+    )
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    message = refused(http, "img.jsonl", jsonl({"messages": chat}, {"messages": [*image, chat[1]]}))
+    assert "img.jsonl line 2: messages[0].content[0] must be a text part" in message, message
 
 
 def test_empty_upload_is_refused(http):

@@ -165,3 +165,47 @@ def test_bloom_8bit_all_linear_bias_and_merge(settings, tiny_bloom, email_jsonl)
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, tuned(ids).logits, atol=1e-3)
     assert str(version.path / "merged") in events[-1]["result_files"]
+
+
+CHAT = {"builtin": "chat", "prompt": "", "response": ""}  # over make_spec's email template
+TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "order", "arguments": "{}"}}
+TOOL_ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Order {i} lamps"},
+            {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ordered"},
+            {"role": "assistant", "content": [{"type": "text", "text": f"{i} lamps ordered."}]},
+        ],
+        "tools": [{"type": "function", "function": {"name": "order", "parameters": {}}}],
+    }
+    for i in range(6)
+]
+
+
+def test_sft_trains_on_openai_function_calling_rows(settings, tiny_llama, tmp_path):
+    """Assistant tool-call turns are trained on, as OpenAI's function-calling fine-tuning;
+    on a model whose chat template drops tool calls, the row is refused before compute."""
+    from trainer_service.validation import JobValidationError, validate
+    from tuneyard.modeling import load_tokenizer, resolve_base_model
+
+    path = tmp_path / "calls.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in TOOL_ROWS))
+    # The tiny tokenizer spends many tokens on the tools' JSON.
+    spec = make_spec(
+        tiny_llama, path, recipe="sft", template=CHAT, training={"max_seq_length": 512}
+    )
+    code, events, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    assert "on 6 rows" in next(e["message"] for e in events if "LoRA r=" in e.get("message", ""))
+    assert _metrics(events)[-1]["loss"] > 0
+
+    no_calls = tmp_path / "no-calls-model"
+    tokenizer = load_tokenizer(resolve_base_model(str(tiny_llama)))
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    AutoModelForCausalLM.from_pretrained(tiny_llama).save_pretrained(no_calls)
+    tokenizer.save_pretrained(no_calls)
+    with pytest.raises(JobValidationError) as caught:
+        validate(make_spec(no_calls, path, recipe="sft", template=CHAT), tmp_path)
+    assert caught.value.line == 1 and caught.value.param == "template.builtin"
+    assert "does not write an assistant message's tool_calls" in caught.value.message

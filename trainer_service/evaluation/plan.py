@@ -24,7 +24,7 @@ from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import load_tokenizer, resolve_base_model
 from tuneyard.statuses import SUCCEEDED
-from tuneyard.templates import ChatTemplate, PromptTemplate
+from tuneyard.templates import ChatTemplate, PromptTemplate, chat_messages
 from tuneyard.v1 import evaluation_pb2
 
 ZERO_SHOT, FEW_SHOT, ADAPTER = "zero_shot", "few_shot", "adapter"
@@ -340,7 +340,7 @@ def _case(template: PromptTemplate | ChatTemplate, row: Row, param: str) -> Case
             line=row.line,
         ) from err
     if isinstance(template, ChatTemplate):
-        messages = tuple(row.fields[ChatTemplate.MESSAGES])
+        messages = tuple(chat_messages(row.fields))  # text parts joined, as rendered
         return Case(row.line, prompt, reference, messages[-1]["content"], messages)
     return Case(row.line, prompt, reference, reference)
 
