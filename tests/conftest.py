@@ -19,7 +19,7 @@ CORPUS = [
 CHAT_TEMPLATE = (  # writes tool calls, as function-calling models' templates do
     "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-    "{% for call in m.get('tool_calls', []) %}<call>{{ call['function']['name'] }}"
+    "{% for call in m.get('tool_calls') or [] %}<call>{{ call['function']['name'] }}"
     "{{ call['function']['arguments'] | tojson }}</call>{% endfor %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
