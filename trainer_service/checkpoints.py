@@ -16,11 +16,21 @@ PUBLISHED = "tuneyard_published"  # inside a checkpoint: the adapter id it was p
 MODEL = "tuneyard_model"  # inside a checkpoint: the model it is served as
 CHECKPOINT_MODELS = 3  # as OpenAI's: a succeeded job's last three checkpoints are models
 _COMPLETE = ("trainer_state.json", "adapter_model.safetensors", "adapter_config.json")
-_LOGGED = {
+# The Trainer's log keys that metrics events and checkpoints report, by their names in
+# the Metrics message: TRL's SFTTrainer adds token accuracy, its DPOTrainer rewards.
+LOGGED = {
     "loss": "loss",
     "eval_loss": "eval_loss",
     "learning_rate": "learning_rate",
     "grad_norm": "grad_norm",
+    "mean_token_accuracy": "mean_token_accuracy",
+    "eval_mean_token_accuracy": "eval_mean_token_accuracy",
+    "rewards/chosen": "rewards_chosen",
+    "rewards/rejected": "rewards_rejected",
+    "rewards/margins": "rewards_margin",
+    "rewards/accuracies": "rewards_accuracy",
+    "eval_rewards/margins": "eval_rewards_margin",
+    "eval_rewards/accuracies": "eval_rewards_accuracy",
 }
 
 
@@ -123,7 +133,7 @@ def _read(job_id: str, path: Path) -> Checkpoint:
     if state.get("epoch") is not None:
         metrics["epoch"] = state["epoch"]
     for entry in state.get("log_history", []):  # the latest value of each, up to this step
-        for key, name in _LOGGED.items():
+        for key, name in LOGGED.items():
             if key in entry:
                 metrics[name] = entry[key]
     if state.get("num_input_tokens_seen"):

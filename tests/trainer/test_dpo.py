@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.trainer.conftest import make_spec
 from tests.trainer.test_gateway_training import jsonl, refused
 from tests.trainer.test_worker import run_worker
+from trainer_service.checkpoints import list_checkpoints
 from trainer_service.dataset import check_file
 from trainer_service.preference import parse
 from trainer_service.validation import JobValidationError, check_data, validate
@@ -206,6 +207,13 @@ def test_dpo_job_makes_the_adapter_prefer_the_preferred_answers(settings, tiny_l
     assert [m["step"] for m in steps] == [1, 2, 3, 4, 5, 6]
     assert all(m["loss"] > 0 for m in steps) and steps[-1]["loss"] < steps[0]["loss"]
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [3, 6]
+    # TRL's implicit rewards reach the events: the margin is chosen - rejected, and grows.
+    for m in steps:
+        assert m["rewards_margin"] == pytest.approx(m["rewards_chosen"] - m["rewards_rejected"])
+        assert 0 <= m["rewards_accuracy"] <= 1
+    assert steps[-1]["rewards_margin"] > steps[0]["rewards_margin"]
+    checkpoint = list_checkpoints(workdir, "ftjob-test")[-1]
+    assert checkpoint.metrics["rewards_margin"] == steps[-1]["rewards_margin"]
 
     version = AdapterStore(settings.resolved_adapters_dir).resolve("polite")
     manifest = version.manifest()

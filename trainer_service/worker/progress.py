@@ -8,16 +8,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from trainer_service.checkpoints import LOGGED
 from trainer_service.worker.events import EventWriter
-
-_LOGGED = (
-    "loss",
-    "eval_loss",
-    "learning_rate",
-    "grad_norm",
-    "mean_token_accuracy",  # TRL's SFTTrainer logs these; other recipes do not
-    "eval_mean_token_accuracy",
-)
 
 
 def peak_memory_bytes(device: str) -> int:
@@ -59,7 +51,7 @@ class ProgressCallback(TrainerCallback):
         step = state.global_step
         elapsed = max(time.monotonic() - self._start, 1e-6)
         metrics = {"step": step, "total_steps": state.max_steps, "epoch": state.epoch}
-        metrics.update({k: float(logs[k]) for k in _LOGGED if logs.get(k) is not None})
+        metrics.update({n: float(logs[k]) for k, n in LOGGED.items() if logs.get(k) is not None})
         metrics["trained_tokens"] = int(state.num_input_tokens_seen)
         metrics["tokens_per_second"] = (
             state.num_input_tokens_seen - self._tokens_at_start

@@ -208,7 +208,7 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[int] = ..., started_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., fine_tuned_model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., estimated_finish: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("step", "total_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "eta_seconds", "peak_memory_bytes", "mean_token_accuracy", "eval_mean_token_accuracy")
+    __slots__ = ("step", "total_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "eta_seconds", "peak_memory_bytes", "mean_token_accuracy", "eval_mean_token_accuracy", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy", "eval_rewards_margin", "eval_rewards_accuracy")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,12 @@ class Metrics(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     EVAL_MEAN_TOKEN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_REWARDS_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    EVAL_REWARDS_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     step: int
     total_steps: int
     epoch: float
@@ -235,7 +241,13 @@ class Metrics(_message.Message):
     peak_memory_bytes: int
     mean_token_accuracy: float
     eval_mean_token_accuracy: float
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., mean_token_accuracy: _Optional[float] = ..., eval_mean_token_accuracy: _Optional[float] = ...) -> None: ...
+    rewards_chosen: float
+    rewards_rejected: float
+    rewards_margin: float
+    rewards_accuracy: float
+    eval_rewards_margin: float
+    eval_rewards_accuracy: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., eval_loss: _Optional[float] = ..., learning_rate: _Optional[float] = ..., grad_norm: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., trained_tokens: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., mean_token_accuracy: _Optional[float] = ..., eval_mean_token_accuracy: _Optional[float] = ..., rewards_chosen: _Optional[float] = ..., rewards_rejected: _Optional[float] = ..., rewards_margin: _Optional[float] = ..., rewards_accuracy: _Optional[float] = ..., eval_rewards_margin: _Optional[float] = ..., eval_rewards_accuracy: _Optional[float] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "job_id", "created_at", "level", "message", "metrics")
