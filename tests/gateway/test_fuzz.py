@@ -332,7 +332,7 @@ def test_the_happy_path_through_files_jobs_and_evaluations(stack, api, tally):
         "happy publish a checkpoint",
         path_parameters={**ids, "step": 1},
     )
-    assert published.json()["fine_tuned_model_checkpoint"] == "happy@2", published.text
+    assert published.json()["tuneyard"]["published_as"] == "happy@2", published.text
     assert send("GET", "/v1/fine_tuning/jobs", "happy list jobs").json()["data"]
 
     adapter = {"adapter_id": "happy@2"}

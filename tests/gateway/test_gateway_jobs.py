@@ -121,7 +121,9 @@ def test_job_lifecycle_then_generate(oai, http, tiny_llama, email_jsonl):
     assert [c["step_number"] for c in checkpoints] == [2, 1]
     published = http.post(f"/v1/fine_tuning/jobs/{job.id}/checkpoints/1/publish")
     assert published.status_code == 200, published.text
-    assert published.json()["fine_tuned_model_checkpoint"] == "emails@2"
+    assert published.json()["tuneyard"]["published_as"] == "emails@2"
+    # Its own model stays what it was: the checkpoint's, which took no version of emails.
+    assert published.json()["fine_tuned_model_checkpoint"] == f"{job.id}-ckpt-step-1@1"
     adapters = {a["id"]: a for a in http.get("/v1/adapters").json()["data"]}
     assert adapters["emails@2"]["loaded"], adapters
     events = oai.fine_tuning.jobs.list_events(job.id, limit=5).data

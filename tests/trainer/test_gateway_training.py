@@ -251,9 +251,10 @@ def test_job_on_an_uploaded_file_with_checkpoints(http, tiny_llama, email_jsonl)
     assert [c["step_number"] for c in checkpoints["data"]] == [4, 2]  # newest first
     first = checkpoints["data"][1]
     assert first["object"] == "fine_tuning.job.checkpoint" and first["metrics"]["train_loss"] > 0
-    assert first["fine_tuned_model_checkpoint"] is None
+    assert first["fine_tuned_model_checkpoint"] == f"{job['id']}-ckpt-step-2@1"
+    assert first["tuneyard"]["published_as"] is None
     published = http.post(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints/2/publish").json()
-    assert published["fine_tuned_model_checkpoint"] == "uploaded@2"
+    assert published["tuneyard"]["published_as"] == "uploaded@2"
     missing = http.post(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints/3/publish")
     assert missing.status_code == 404
 
