@@ -210,7 +210,8 @@ def test_a_chat_row_with_tool_calls_and_text_parts_trains_every_assistant_turn()
 
     chat = ChatTemplate(make_tokenizer())  # the fixtures' template writes tool calls
     (call_prompt, call), (answer_prompt, answer) = chat.trained_turns(TOOL_ROW)
-    assert call_prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+    assert call_prompt.startswith('<|im_start|>system\nTools: [{"type": "function"')
+    assert "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n" in call_prompt
     assert call == '<call>order{"n": 2}</call><|im_end|>\n'  # arguments as an object
     assert "<|im_start|>tool\nordered<|im_end|>" in answer_prompt and answer == "Done.<|im_end|>\n"
     # The legacy function_call and function role read as a tool call and a tool result.
