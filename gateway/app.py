@@ -11,7 +11,7 @@ from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.openapi import install as install_openapi
 from gateway.request_guard import RequestGuard
-from gateway.routes import adapters, evaluations, files, jobs, openai, tgi
+from gateway.routes import adapters, evaluations, files, jobs, openai, permissions, tgi
 from gateway.settings import GatewaySettings
 
 
@@ -31,7 +31,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     install_error_handlers(app)
     install_openapi(app)
-    for module in (tgi, openai, jobs, files, adapters, evaluations):
+    for module in (tgi, openai, jobs, files, adapters, evaluations, permissions):
         for router in module.routers:
             app.include_router(router)
     # The guard sits inside the metrics, so a refused or failed request is still counted.
