@@ -24,7 +24,7 @@ from tuneyard.modeling import BaseModelRef, public_name
 from tuneyard.templates import PromptTemplate, parse
 
 from .lora import MultiLora
-from .peft_files import LoraWeights, read_adapter
+from .peft_files import LoraWeights, configured_lora, read_adapter
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +271,10 @@ class AdapterCache:
             info.created_at = manifest.created_at
             info.size_bytes = version.size_bytes()
             info.template_fields = template_fields(manifest)
+            if not loaded:
+                info.rank, info.target_modules = configured_lora(version.path)
         except (OSError, ValueError, jinja2.TemplateSyntaxError) as err:
-            info.state, info.error = "failed", f"unreadable manifest: {err}"
+            info.state, info.error = "failed", f"unreadable manifest or adapter config: {err}"
         if loaded:
             info.state = "loaded"
             info.rank = loaded.weights.rank

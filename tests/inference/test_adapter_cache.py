@@ -180,7 +180,10 @@ def test_load_unload_list(small_engine, tiny_llama, adapters_dir):
     assert info.size_bytes > 0 and info.base_model == tiny_llama.name
     assert info.target_modules == ["q_proj", "v_proj"]
     assert info.template_fields == ["description", "product"]  # the email template's
-    assert cache.unload("admin@1").state == "available"
+    unloaded = cache.unload("admin@1")
+    assert unloaded.state == "available"
+    # Not loaded, it still says what it is (from its adapter_config.json).
+    assert (unloaded.rank, unloaded.target_modules) == (8, ["q_proj", "v_proj"])
     with pytest.raises(NotFound):
         cache.unload("never-there")
 
