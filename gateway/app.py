@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Response
 
+from gateway import console
 from gateway.auth import ApiKeys
 from gateway.backends import Backends
 from gateway.errors import install_error_handlers
@@ -41,6 +42,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics_route() -> Response:
         return Response(metrics.exposition(), media_type=GatewayMetrics.CONTENT_TYPE)
+
+    if settings.console:
+        console.install(app)
 
     return app
 
