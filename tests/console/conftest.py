@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.gateway.conftest import make_gateway, serve_inference, start_gateway
+from tests.gateway.conftest import (
+    make_gateway,  # noqa: F401 (a fixture, used here too)
+    serve_inference,
+    start_gateway,
+)
 from tests.inference.conftest import make_adapter
 from trainer_service.server import serve as serve_trainer
 from trainer_service.settings import TrainerSettings
@@ -27,7 +31,6 @@ CHROMIUM_ARGS = [
 PLAIN_KEY = "plain-key"
 ADMIN_KEY = "admin-key"
 TIMEOUT_MS = 30_000
-__all__ = ["make_gateway"]  # a fixture of the gateway tests, used here too
 
 
 @pytest.fixture(scope="module")

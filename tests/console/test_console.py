@@ -104,7 +104,11 @@ def test_upload_validate_start_and_watch_a_job_to_its_evaluation(console, tmp_pa
     points = [c["points"] for c in changes]
     assert points == sorted(points) and len(set(points)) > 2, "the chart did not grow step by step"
     assert page.locator("#events li").count() > 2
-    expect(page.locator("#result-files li").first).to_contain_text("file-")
+    # The results CSV, downloaded with the key (a plain link could not send it).
+    with page.expect_download() as download:
+        page.locator("#result-files a[href='#']").first.click()
+    assert download.value.suggested_filename.endswith(".csv")
+    assert download.value.path().read_text().startswith("step,train_loss")
     console.shot("job")
 
     # The spec's evaluation runs after training; its table and report are a click away.
