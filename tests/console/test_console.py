@@ -6,7 +6,7 @@ import re
 import httpx
 from playwright.sync_api import expect
 
-from tests.conftest import EMAIL_ROWS
+from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
 
 from .conftest import ADMIN_KEY, PLAIN_KEY
 
@@ -66,7 +66,13 @@ def test_upload_validate_start_and_watch_a_job_to_its_evaluation(console, tmp_pa
         adapter_name="console-emails",
         data={"eval_fraction": 0.25},
         lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        training={"max_steps": STEPS, "batch_size": 2, "max_seq_length": 128, "eval_steps": 4},
+        training={
+            "max_steps": STEPS,
+            "batch_size": 2,
+            "max_seq_length": 128,
+            "eval_steps": 4,
+            "save_steps": 4,
+        },
         evaluation={"max_new_tokens": 4, "checks": [{"type": "contains", "value": "Subject"}]},
     )
     wrong = {**spec, "template": {**spec["template"], "response": "{{ letter }}"}}
@@ -110,6 +116,11 @@ def test_upload_validate_start_and_watch_a_job_to_its_evaluation(console, tmp_pa
     assert download.value.suggested_filename.endswith(".csv")
     assert download.value.path().read_text().startswith("step,train_loss")
     console.shot("job")
+
+    # A checkpoint published from its row becomes the adapter's next version.
+    checkpoint = page.locator("#checkpoints tr[data-step='4']")
+    checkpoint.get_by_role("button", name="Publish").click()
+    expect(page.locator("#checkpoints tr[data-step='4']")).to_contain_text("console-emails@2")
 
     # The spec's evaluation runs after training; its table and report are a click away.
     evaluation = page.locator("a[href^='#/evaluations/']")
@@ -222,3 +233,37 @@ def test_adapters_load_and_unload_for_admins_only(console, stack):
         timeout=30,
     )
     assert admin.status_code == 200 and admin.json()["loaded"] is False
+
+
+def test_admins_cancel_a_job_plain_keys_cannot(console, stack, tmp_path):
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    data = tmp_path / "emails.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in EMAIL_ROWS))
+    upload = httpx.post(
+        f"{stack.url}/v1/files",
+        files={"file": ("emails.jsonl", data.read_bytes())},
+        data={"purpose": "fine-tune"},
+        headers=admin,
+        timeout=30,
+    ).json()
+    job = httpx.post(
+        f"{stack.url}/v1/fine_tuning/jobs",
+        json={
+            "training_file": upload["id"],
+            "suffix": "long-run",
+            "tuneyard": {"template": EMAIL_TEMPLATE, "training": {"max_steps": 10_000}},
+        },
+        headers=admin,
+        timeout=30,
+    ).json()
+
+    page = console.open(f"/jobs/{job['id']}", key=PLAIN_KEY)
+    expect(page.locator("h1 [data-status]")).not_to_have_text("cancelled")
+    expect(page.locator("#cancel-job")).to_have_count(0)
+    page.click("#forget-key")
+    page.fill("#key", ADMIN_KEY)
+    page.click("#key-form button[type=submit]")
+    page.click("#cancel-job")
+    expect(page.locator("h1 [data-status]")).to_have_text("cancelled")
+    expect(page.locator("#cancel-job")).to_have_count(0)
+    console.shot("job-cancelled")

@@ -199,7 +199,7 @@ async function drawCheckpoints(ctx, element, jobId, refresh) {
     return;
   }
   const rows = list.map((c) =>
-    h("tr", {},
+    h("tr", { dataset: { step: c.step_number } },
       h("td", {}, c.step_number),
       h("td", {}, number(c.metrics.train_loss)),
       h("td", {}, number(c.metrics.valid_loss)),
@@ -218,7 +218,7 @@ async function drawCheckpoints(ctx, element, jobId, refresh) {
             }, "Publish")
           : "—"))),
   );
-  replace(element, table(["Step", "Train loss", "Valid loss", "Published as"], rows));
+  replace(element, table(["Step", "Train loss", "Valid loss", "Published as"], rows, { id: "checkpoints" }));
 }
 
 async function download(fileId) {
