@@ -8,7 +8,7 @@ import { bytes, errorBox, h, number, replace, table, when } from "./dom.js";
 const BASE_LABEL = "(base)";
 
 // {adapter label: {requests, tokensPerSecond, firstTokenS}} from the gateway's metrics.
-export function servingFigures(exposition) {
+function servingFigures(exposition) {
   const figures = {};
   const of = (label) => (figures[label] ??= {});
   const sums = {};

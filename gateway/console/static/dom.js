@@ -35,6 +35,11 @@ export function table(columns, rows, attrs = {}) {
   );
 }
 
+// A job's or an evaluation's status; tests find it by data-status.
+export function statusBadge(status) {
+  return h("span", { class: `status ${status}`, "data-status": status }, status);
+}
+
 export function errorBox(error) {
   return h("p", { class: "error", role: "alert" }, error.message || String(error));
 }

@@ -2,13 +2,9 @@
 // with its HTML report, which is shown in a sandboxed frame (no scripts, no same origin).
 
 import { get, text } from "./api.js";
-import { duration, errorBox, h, number, replace, table, when } from "./dom.js";
+import { duration, errorBox, h, number, replace, statusBadge, table, when } from "./dom.js";
 
 const RUNNING = new Set(["queued", "running"]);
-
-function statusBadge(status) {
-  return h("span", { class: `status ${status}`, "data-status": status }, status);
-}
 
 export async function evaluationsPage(ctx) {
   const list = (await get("/v1/evaluations?limit=100")).data;

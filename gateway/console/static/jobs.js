@@ -3,14 +3,10 @@
 
 import { events, get, post, request } from "./api.js";
 import { LineChart } from "./chart.js";
-import { bytes, duration, errorBox, h, number, replace, table, when } from "./dom.js";
+import { bytes, duration, errorBox, h, number, replace, statusBadge, table, when } from "./dom.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const REFRESH_MS = 3000;
-
-function statusBadge(status) {
-  return h("span", { class: `status ${status}`, "data-status": status }, status);
-}
 
 function jobDuration(job) {
   const start = job.tuneyard?.started_at || job.created_at;
