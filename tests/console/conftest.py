@@ -62,8 +62,10 @@ def stack(tiny_llama, tmp_path_factory):
     inference.stop(grace=0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Module-scoped: Playwright's sync API runs an event loop in this thread while it is
+    started, and later tests that call asyncio.run() must not find it running."""
     # The browser must be there: `make test` installs it (the Makefile's `browser`).
     assert CHROMIUM.is_file(), f"no browser at {CHROMIUM}: `make browser` installs it"
     with sync_playwright() as playwright:

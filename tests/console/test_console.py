@@ -117,10 +117,12 @@ def test_upload_validate_start_and_watch_a_job_to_its_evaluation(console, tmp_pa
     assert download.value.path().read_text().startswith("step,train_loss")
     console.shot("job")
 
-    # A checkpoint published from its row becomes the adapter's next version.
+    # A succeeded job's checkpoints are models of their own; one published from its row
+    # becomes the adapter's next version.
     checkpoint = page.locator("#checkpoints tr[data-step='4']")
+    expect(checkpoint).to_contain_text("-ckpt-step-4@1")
     checkpoint.get_by_role("button", name="Publish").click()
-    expect(page.locator("#checkpoints tr[data-step='4']")).to_contain_text("console-emails@2")
+    expect(checkpoint.locator(".published")).to_have_text("console-emails@2")
 
     # The spec's evaluation runs after training; its table and report are a click away.
     evaluation = page.locator("a[href^='#/evaluations/']")

@@ -194,27 +194,32 @@ async function drawCheckpoints(ctx, element, jobId, refresh) {
     replace(element, h("p", { class: "muted" }, "None saved."));
     return;
   }
+  const publish = (c) =>
+    h("button", {
+      onclick: async (event) => {
+        event.target.disabled = true;
+        try {
+          await post(`/v1/fine_tuning/jobs/${jobId}/checkpoints/${c.step_number}/publish`);
+          await refresh();
+        } catch (error) {
+          element.append(errorBox(error));
+        }
+      },
+    }, "Publish");
+  // A succeeded job's last checkpoints are models of their own; publishing one makes it
+  // the adapter's next version.
   const rows = list.map((c) =>
     h("tr", { dataset: { step: c.step_number } },
       h("td", {}, c.step_number),
       h("td", {}, number(c.metrics.train_loss)),
       h("td", {}, number(c.metrics.valid_loss)),
-      h("td", {}, c.fine_tuned_model_checkpoint ||
-        (ctx.admin
-          ? h("button", {
-              onclick: async (event) => {
-                event.target.disabled = true;
-                try {
-                  await post(`/v1/fine_tuning/jobs/${jobId}/checkpoints/${c.step_number}/publish`);
-                  await refresh();
-                } catch (error) {
-                  element.append(errorBox(error));
-                }
-              },
-            }, "Publish")
-          : "—"))),
+      h("td", {}, c.fine_tuned_model_checkpoint || "—"),
+      h("td", { class: "published" }, c.tuneyard.published_as || (ctx.admin ? publish(c) : "—"))),
   );
-  replace(element, table(["Step", "Train loss", "Valid loss", "Published as"], rows, { id: "checkpoints" }));
+  replace(
+    element,
+    table(["Step", "Train loss", "Valid loss", "Model", "Published as"], rows, { id: "checkpoints" }),
+  );
 }
 
 async function download(fileId) {
