@@ -7,6 +7,7 @@ import httpx
 from playwright.sync_api import expect
 
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
+from tests.gateway.conftest import start_gateway
 
 from .conftest import ADMIN_KEY, PLAIN_KEY
 
@@ -43,6 +44,22 @@ def test_asks_for_a_key_then_lists_jobs_from_the_gateway_alone(console, stack):
     console.shot("jobs")
     foreign = [url for url in console.requests if not url.startswith(stack.url)]
     assert not foreign, f"the console fetched from elsewhere: {foreign}"
+
+
+def test_without_keys_configured_everything_is_offered(console, stack):
+    """A gateway with no keys over the same services: no key asked, admin actions shown."""
+    settings = stack.app.state.settings
+    open_gateway = start_gateway(
+        inference_addr=settings.inference_addr, trainer_addr=settings.trainer_addr
+    )
+    try:
+        console.url = open_gateway.url
+        page = console.open("/adapters", key=None)
+        expect(page.locator("#role")).to_have_text("open")
+        expect(_adapter_row(page).locator(".load-adapter, .unload-adapter")).to_have_count(1)
+        console.shot("adapters-no-keys")
+    finally:
+        open_gateway.stop()
 
 
 def _spec(page) -> dict:
