@@ -29,6 +29,11 @@ def test_the_console_is_served_without_a_key_and_with_its_policy(make_gateway):
             assert answer.headers["content-security-policy"] == policy
         # The API behind it still needs a key.
         assert http.get("/v1/models").status_code == 401
+        # Counted in the request metrics under the console's path.
+        metrics = http.get("/metrics").text
+        assert (
+            'tuneyard_gateway_requests_total{method="GET",route="/console",status="200"}' in metrics
+        )
         # Not part of the API's description.
         assert not any(p.startswith("/console") for p in http.get("/openapi.json").json()["paths"])
 
