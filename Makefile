@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 VLLM_VENV := .venv-vllm
 export TUNEYARD_HOME ?= $(CURDIR)/.tuneyard
 
-.PHONY: help venv vllm model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
+.PHONY: help venv vllm browser model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,13 @@ $(VLLM_VENV)/.installed: constraints-vllm.txt
 
 vllm: $(VLLM_VENV)/.installed ## vLLM's CPU build in its own environment (the vllm engine)
 
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright,
+# which never downloads a browser of its own: installed from apt when missing, with sudo
+# unless root, as .ci/run installs its tools.
+browser: ## Debian's chromium, for the console's browser tests
+	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
+
 model: venv ## prepare the embedded base model (SmolLM2-135M-Instruct) once
 	$(PY) -m tuneyard.embedded_model
 
@@ -43,7 +50,7 @@ proto: venv ## regenerate the gRPC stubs from proto/
 demo: model ## start the stack, train the example adapter, compare base and tuned output
 	$(PY) -m tuneyard.demo
 
-test: venv vllm ## the whole suite
+test: venv vllm browser ## the whole suite
 	$(PY) -m pytest -q
 
 lint: venv ## ruff check and format check

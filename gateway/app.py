@@ -5,13 +5,14 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Response
 
+from gateway import console
 from gateway.auth import ApiKeys
 from gateway.backends import Backends
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.openapi import install as install_openapi
 from gateway.request_guard import RequestGuard
-from gateway.routes import adapters, evaluations, files, jobs, openai, tgi
+from gateway.routes import adapters, evaluations, files, jobs, openai, permissions, tgi
 from gateway.settings import GatewaySettings
 
 
@@ -31,7 +32,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     install_error_handlers(app)
     install_openapi(app)
-    for module in (tgi, openai, jobs, files, adapters, evaluations):
+    for module in (tgi, openai, jobs, files, adapters, evaluations, permissions):
         for router in module.routers:
             app.include_router(router)
     # The guard sits inside the metrics, so a refused or failed request is still counted.
@@ -41,6 +42,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics_route() -> Response:
         return Response(metrics.exposition(), media_type=GatewayMetrics.CONTENT_TYPE)
+
+    if settings.console:
+        console.install(app)
 
     return app
 

@@ -31,6 +31,14 @@ class ApiKeys:
         if admin and not _matches(token, self.admin_keys):
             raise PermissionDenied("this operation needs an admin API key")
 
+    def is_admin(self, authorization: str | None) -> bool:
+        """Whether a caller that passed `check` may also use the admin routes."""
+        try:
+            self.check(authorization, admin=True)
+        except PermissionDenied:
+            return False
+        return True
+
 
 def _matches(token: str, keys: list[str]) -> bool:
     # Compare against every key in constant time, so timing tells nothing about the keys.

@@ -49,6 +49,12 @@ class GatewayMetrics:
             buckets=_TOKEN_BUCKETS,
             registry=self.registry,
         )
+        self.generations = Counter(
+            prefix + "generations",
+            "Answered generations (each prompt and choice of a request).",
+            ["adapter"],
+            registry=self.registry,
+        )
         self.generated_tokens = Counter(
             prefix + "generated_tokens",
             "Tokens generated for answered requests.",
@@ -105,6 +111,7 @@ class GatewayMetrics:
     ):
         """One finished generation; the timings are given for streams only."""
         adapter = self.adapter_label(adapter_id)
+        self.generations.labels(adapter).inc()
         self.generated_tokens.labels(adapter).inc(generated_tokens)
         self.prompt_tokens.labels(adapter).inc(prompt_tokens)
         if first_token_s is not None:

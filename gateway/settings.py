@@ -47,6 +47,11 @@ class GatewaySettings(CommonSettings):
         description="Calls in flight a replica with the adapter loaded may have beyond the "
         "least busy replica and still be preferred.",
     )
+    console: bool = Field(
+        True,
+        description="Serve the web console at /console (static files that call this "
+        "gateway's API from the browser).",
+    )
     max_adapter_label_values: int = Field(
         20,
         ge=1,

@@ -16,13 +16,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import jinja2.meta
+
 from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest, parse_adapter_id
 from tuneyard.errors import FailedPrecondition, NotFound, ResourceExhausted, TuneyardError
 from tuneyard.modeling import BaseModelRef, public_name
-from tuneyard.templates import PromptTemplate
+from tuneyard.templates import PromptTemplate, parse
 
 from .lora import MultiLora
-from .peft_files import LoraWeights, read_adapter
+from .peft_files import LoraWeights, configured_lora, read_adapter
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,21 @@ class AdapterInfo:
     base_model: str = ""
     created_at: float = 0.0
     recipe: str = ""
+    template_fields: list[str] = field(default_factory=list)
     error: str = ""
 
     @property
     def loaded(self) -> bool:
         return self.state == "loaded"
+
+
+def template_fields(manifest: Manifest) -> list[str]:
+    """What a request's `fields` fill in the adapter's prompt template, so a client (the
+    console) can ask for them; none for a chat adapter, whose manifest has no response
+    template (it takes `messages`)."""
+    if not manifest.template_response:
+        return []
+    return sorted(jinja2.meta.find_undeclared_variables(parse(manifest.template_prompt)))
 
 
 class AdapterCache:
@@ -258,8 +270,11 @@ class AdapterCache:
             )
             info.created_at = manifest.created_at
             info.size_bytes = version.size_bytes()
-        except (OSError, ValueError) as err:
-            info.state, info.error = "failed", f"unreadable manifest: {err}"
+            info.template_fields = template_fields(manifest)
+            if not loaded:
+                info.rank, info.target_modules = configured_lora(version.path)
+        except (OSError, ValueError, jinja2.TemplateSyntaxError) as err:
+            info.state, info.error = "failed", f"unreadable manifest or adapter config: {err}"
         if loaded:
             info.state = "loaded"
             info.rank = loaded.weights.rank

@@ -26,6 +26,14 @@ class LoraWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def configured_lora(folder: Path) -> tuple[int, list[str]]:
+    """Rank and target modules as the folder's adapter_config.json says, without reading
+    the weights: what a listing shows of a version that is not loaded."""
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    targets = config.get("target_modules") or []
+    return int(config.get("r") or 0), sorted(targets) if isinstance(targets, list) else [targets]
+
+
 def read_adapter(folder: Path, max_rank: int) -> LoraWeights:
     """Read and check a PEFT LoRA adapter; unsupported configurations are refused with the
     reason (FailedPrecondition)."""

@@ -150,4 +150,5 @@ def to_adapter(info: AdapterInfo) -> pb.Adapter:
         created_at=int(info.created_at),
         state=info.state,
         recipe=info.recipe,
+        template_fields=info.template_fields,
     )

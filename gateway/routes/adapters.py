@@ -28,6 +28,7 @@ def adapter_json(adapter: inference_pb2.Adapter, replicas: list[str] | None = No
         "size": adapter.size_bytes,
         "base_model": adapter.base_model,
         "recipe": adapter.recipe,
+        "template_fields": list(adapter.template_fields),
         "created_at": adapter.created_at or None,
         "last_used_at": adapter.last_used_at or None,
         **({} if replicas is None else {"replicas": replicas}),

@@ -148,6 +148,7 @@ def test_metrics_registry_per_instance():
     one.observe_generation("x@1", 4, 2, first_token_s=0.1, total_s=0.4)
     text = one.exposition().decode()
     assert 'tuneyard_gateway_generated_tokens_total{adapter="x"} 4.0' in text
+    assert 'tuneyard_gateway_generations_total{adapter="x"} 1.0' in text
     assert "tuneyard_gateway_time_per_output_token_seconds_count" in text
     assert 'adapter="x"' not in two.exposition().decode()
 

@@ -26,6 +26,8 @@ def test_adapters_list_load_unload(http):
     assert entry["loaded"] and entry["size"] > 0 and entry["version"] == "1"
     assert entry["state"] == "loaded"
     assert entry["base_model"] == "tiny-llama"  # the served name, not the folder's path
+    # What a request's `fields` fill in its template (the console asks for them).
+    assert entry["template_fields"] == ["description", "product"]
     response = http.post("/v1/adapters/ghost/load")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"

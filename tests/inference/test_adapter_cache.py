@@ -2,7 +2,9 @@
 
 import pytest
 
+from inference_service.adapter_cache import template_fields
 from inference_service.params import GenerateInput, Parameters
+from tuneyard.adapter_store import Manifest
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 from .conftest import edit_adapter_config, make_adapter, make_engine
@@ -177,7 +179,11 @@ def test_load_unload_list(small_engine, tiny_llama, adapters_dir):
     assert (info.id, info.state, info.rank, info.version) == ("admin@1", "loaded", 8, "1")
     assert info.size_bytes > 0 and info.base_model == tiny_llama.name
     assert info.target_modules == ["q_proj", "v_proj"]
-    assert cache.unload("admin@1").state == "available"
+    assert info.template_fields == ["description", "product"]  # the email template's
+    unloaded = cache.unload("admin@1")
+    assert unloaded.state == "available"
+    # Not loaded, it still says what it is (from its adapter_config.json).
+    assert (unloaded.rank, unloaded.target_modules) == (8, ["q_proj", "v_proj"])
     with pytest.raises(NotFound):
         cache.unload("never-there")
 
@@ -219,3 +225,19 @@ def test_a_deleted_version_is_never_served_and_unloads_once_released(
     assert "gone" not in {a.name for a in cache.list()}
     with pytest.raises(NotFound):  # nothing left to unload
         cache.unload("gone@1")
+
+
+def test_template_fields_are_the_prompts_and_none_for_chat():
+    def manifest(prompt: str, response: str) -> Manifest:
+        return Manifest(
+            name="a",
+            base_model="b",
+            recipe="sft",
+            template_prompt=prompt,
+            template_response=response,
+            template_sha256="x",
+        )
+
+    fields = template_fields(manifest("{{ q }}{% if ctx %}{{ ctx }}{% endif %}", "{{ a }}"))
+    assert fields == ["ctx", "q"]  # sorted, the response's own left out
+    assert template_fields(manifest("{% for m in messages %}{% endfor %}", "")) == []
