@@ -1,9 +1,11 @@
-"""A succeeded job's results file as OpenAI's: a CSV of its step metrics, stored in the
-FileStore (purpose `fine-tune-results`) so `GET /v1/files/{id}/content` returns it."""
+"""A succeeded job's result files as OpenAI's: file ids (purpose `fine-tune-results`) that
+`GET /v1/files/{id}/content` returns, never server paths. The first is a CSV of its step
+metrics; then its loss curve and its evaluation's reports."""
 
 import csv
 import io
 from collections.abc import Iterable
+from pathlib import Path
 
 from trainer_service.files import FileStore
 from trainer_service.job_store import Event, JobStore
@@ -48,3 +50,13 @@ class ResultsFiles:
     def __call__(self, job_id: str) -> str:
         content = results_csv(self.store.events(job_id))
         return self.files.put_results(f"{job_id}-results.csv", content).id
+
+
+def store_result_files(files: FileStore, paths: Iterable[str]) -> list[str]:
+    """A copy of each output file (a loss curve, an evaluation's reports) in the FileStore;
+    their ids. A folder (merged weights: the adapter's version holds them) is not a file."""
+    return [
+        files.put_results(path.name, path.read_bytes()).id
+        for path in map(Path, paths)
+        if path.is_file()
+    ]

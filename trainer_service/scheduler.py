@@ -21,7 +21,7 @@ from trainer_service.executors.base import CANCELLED_EXIT, ExecutionHandle, Exec
 from trainer_service.files import FileStore, files_dir
 from trainer_service.job_store import Job, JobError
 from trainer_service.journal import JobJournal
-from trainer_service.results import ResultsFiles
+from trainer_service.results import ResultsFiles, store_result_files
 from trainer_service.settings import TrainerSettings
 from trainer_service.validation import JobValidationError, validate
 from trainer_service.worker_events import WorkerEvents, WorkerRun
@@ -61,7 +61,8 @@ class JobScheduler:
         self.workdir = Path(settings.resolved_trainer_workdir)
         self.files_root = files_dir(settings)
         self.data_roots = DataRoots.of(settings)
-        self.results_files = ResultsFiles(self.store, FileStore(self.files_root))
+        self.files = FileStore(self.files_root)
+        self.results_files = ResultsFiles(self.store, self.files)
         self._lock = threading.RLock()  # the queue, the running set, and status checks
         self._queue: deque[str] = deque()
         self._running: dict[str, ExecutionHandle | None] = {}
@@ -372,7 +373,7 @@ class JobScheduler:
         # The results CSV first, as OpenAI lists it, and before the job reads succeeded: a
         # client that sees the status reads result_files[0] at once (after_success actions
         # run only after the transition).
-        files = [self._results_file(job_id), *(str(f) for f in result.get("result_files", []))]
+        files = [self._results_file(job_id), *self._output_files(job_id, result)]
         self.journal.add_result_files(job_id, [f for f in files if f])
         if self.on_published is not None:
             self.on_published(job_id, model)
@@ -391,6 +392,14 @@ class JobScheduler:
             log.exception("results file of %s", job_id)
             self.journal.event(job_id, f"could not write the results file: {err}", level="warn")
             return ""
+
+    def _output_files(self, job_id: str, result: dict) -> list[str]:
+        try:
+            return store_result_files(self.files, result.get("result_files", []))
+        except Exception as err:  # as for the results file: the job trained and published
+            log.exception("result files of %s", job_id)
+            self.journal.event(job_id, f"could not store the result files: {err}", level="warn")
+            return []
 
     def _fail(self, job_id: str, message: str, code: str) -> None:
         with self._lock:

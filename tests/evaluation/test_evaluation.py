@@ -333,7 +333,8 @@ def test_job_output_is_evaluated_on_its_eval_split_and_linked(
         if len(files) == 3:
             break
         time.sleep(0.1)
-    assert files == ["/x/loss_curve.png", evaluation.report_html, evaluation.report_markdown]
+    assert files[0] == "/x/loss_curve.png"
+    _assert_copies(service, files[1:], [evaluation.report_html, evaluation.report_markdown])
     messages = [e.message for e in service.jobs.events(job.id)]
     assert any(m.startswith(f"evaluation {evaluation.id}:\narm") for m in messages)
 
@@ -468,7 +469,17 @@ def test_a_job_evaluation_left_queued_by_a_restart_still_reaches_the_job(
             break
         time.sleep(0.1)
     done = second.get(evaluation.id)
-    assert second.jobs.get_job(job.id).result_files == [done.report_html, done.report_markdown]
+    files = second.jobs.get_job(job.id).result_files
+    _assert_copies(second, files, [done.report_html, done.report_markdown])
+
+
+def _assert_copies(service, file_ids: list[str], reports: list[str]) -> None:
+    """A job's result files are file ids (as OpenAI's), here copies of the reports."""
+    assert len(file_ids) == len(reports) and all(f.startswith("file-") for f in file_ids)
+    for file_id, report in zip(file_ids, reports, strict=True):
+        info = service.files.get(file_id)
+        assert info.purpose == "fine-tune-results" and info.filename == Path(report).name
+        assert service.files.path(file_id).read_bytes() == Path(report).read_bytes()
 
 
 def test_report_formats(finished):

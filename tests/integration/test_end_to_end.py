@@ -75,12 +75,14 @@ def test_the_spec_asked_evaluation_runs_by_itself_and_is_linked(trained, stack):
     job, _ = trained
     client = GatewayClient(stack.gateway_url)
     deadline = time.monotonic() + 180
-    while not any(f.endswith("report.html") for f in job["result_files"]):
+    files = openai.OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="unused").files
+    while len(job["result_files"]) < 4:  # results CSV, loss curve, then the two reports
         assert time.monotonic() < deadline, f"no evaluation report linked: {job}"
         time.sleep(1)
         job = client.get_job(job["id"])
-    report = next(f for f in job["result_files"] if f.endswith("report.html"))
-    assert "zero_shot" in Path(report).read_text()
+    names = [files.retrieve(f).filename for f in job["result_files"]]
+    assert names[1:] == ["loss_curve.png", "report.html", "report.md"], names
+    assert "zero_shot" in files.content(job["result_files"][2]).text
     evaluations = client.list_evaluations()
     assert any(e["spec"].get("job_id") == job["id"] for e in evaluations)
 

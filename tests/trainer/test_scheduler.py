@@ -79,7 +79,11 @@ def test_job_runs_to_succeeded(make_scheduler, settings, tiny_llama, email_jsonl
     assert done.fine_tuned_model == "emails@1" and published(settings)[0].id == "emails@1"
     assert done.trained_tokens > 0 and done.started_at >= done.created_at
     assert done.finished_at >= done.started_at and done.error is None
-    assert any(f.endswith("loss_curve.png") for f in done.result_files)
+    # Result files are file ids, as OpenAI's: the results CSV, then the loss curve's copy.
+    csv_file, curve = done.result_files
+    assert scheduler.files.get(csv_file).filename.endswith("-results.csv")
+    assert scheduler.files.get(curve).filename == "loss_curve.png"
+    assert scheduler.files.path(curve).read_bytes()[:4] == b"\x89PNG"
 
     messages = [e.message for e in scheduler.store.events(job.id)]
     assert messages[0].startswith("job created")

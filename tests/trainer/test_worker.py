@@ -44,7 +44,7 @@ def check_published(settings, model_path, events, workdir, expected_targets):
 
     for png in (workdir / "loss_curve.png", version.path / "loss_curve.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert str(workdir / "loss_curve.png") in result["result_files"]
+    assert result["result_files"] == [str(version.path / "loss_curve.png")]
     assert json.loads((version.path / "adapter_config.json").read_text())["r"] == 4
     assert (version.path / "adapter_model.safetensors").is_file()
     assert (version.path / "tokenizer.json").is_file()

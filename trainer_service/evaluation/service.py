@@ -22,9 +22,10 @@ from trainer_service.evaluation.report import write_reports
 from trainer_service.evaluation.runner import EvaluationCancelled, Runner
 from trainer_service.evaluation.settings import EvaluationSettings
 from trainer_service.evaluation.store import Evaluation, EvaluationStore
-from trainer_service.files import files_dir
+from trainer_service.files import FileStore, files_dir
 from trainer_service.job_store import Job
 from trainer_service.journal import JobJournal
+from trainer_service.results import store_result_files
 from tuneyard.adapter_store import LOSS_CURVE, AdapterStore
 from tuneyard.errors import InvalidArgument, TuneyardError
 from tuneyard.eval_table import format_table
@@ -51,6 +52,7 @@ class EvaluationService:
         self.store = EvaluationStore(self.folder / "evaluations.db")
         self.adapters = AdapterStore(settings.resolved_adapters_dir)
         self.files_root = files_dir(settings)
+        self.files = FileStore(self.files_root)  # a job's reports are its result files
         self.data_roots = DataRoots.of(settings)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._plans: dict[str, Plan] = {}
@@ -242,4 +244,5 @@ class EvaluationService:
         # The table first: whoever sees the reports linked can already read it.
         table = format_table(evaluation.result)
         self.journal.event(job_id, f"evaluation {evaluation.id}:\n{table}")
-        self.journal.add_result_files(job_id, [evaluation.report_html, evaluation.report_markdown])
+        reports = [evaluation.report_html, evaluation.report_markdown]
+        self.journal.add_result_files(job_id, store_result_files(self.files, reports))

@@ -180,7 +180,7 @@ def run(
     events.message(f"published {version.id} to {version.path}")
     if checkpoint_models := publish_checkpoint_models(store, workdir, manifest):
         events.message(f"checkpoints served as models: {', '.join(checkpoint_models)}")
-    files = [str(loss_curve), str(version.path / LOSS_CURVE)]
+    files = [str(version.path / LOSS_CURVE)]
     if spec.merge:
         files.append(str(version.path / "merged"))
     events.result(version.id, files, metrics["trained_tokens"], version.manifest().metrics)

@@ -222,28 +222,29 @@ async function drawCheckpoints(ctx, element, jobId, refresh) {
   );
 }
 
-async function download(fileId) {
-  const info = await get(`/v1/files/${fileId}`);
-  const blob = await (await request("GET", `/v1/files/${fileId}/content`)).blob();
+async function download(info) {
+  const blob = await (await request("GET", `/v1/files/${info.id}/content`)).blob();
   const link = h("a", { href: URL.createObjectURL(blob), download: info.filename });
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
-function drawResults(element, job) {
+async function drawResults(element, job) {
   if (!job.result_files.length) {
     replace(element, h("p", { class: "muted" }, "None yet."));
     return;
   }
+  // File ids, as OpenAI's: each downloads with the key (a plain link could not send it).
+  const files = await Promise.all(job.result_files.map((id) => get(`/v1/files/${id}`)));
   replace(
     element,
     h("ul", { id: "result-files" },
-      job.result_files.map((name) =>
+      files.map((info) =>
         h("li", {},
-          name.startsWith("file-")
-            ? h("a", { href: "#", onclick: (e) => { e.preventDefault(); download(name); } }, name)
-            : name.split("/").at(-1)),
-      )),
+          h("a", { href: "#", onclick: (e) => { e.preventDefault(); download(info); } },
+            info.filename),
+          " ", h("span", { class: "muted" }, bytes(info.bytes)))),
+    ),
   );
 }
 
