@@ -72,7 +72,7 @@ class VllmEngine(EngineBase):
             metrics=metrics,
         )
         self.device, self.dtype = device, dtype
-        self.loras = VllmLoras(MultiLora(structure, 1))
+        self.loras = VllmLoras(MultiLora(structure, 1), merged=bool(settings.merged_adapter))
         self.adapters = self._adapter_cache(self.loras, threading.Lock())
         model_path = base.path
         if settings.merged_adapter:
@@ -225,8 +225,9 @@ class VllmLoras:
     loaded into vLLM under its "name@version"; after vLLM restarts, it is loaded again on
     its next use."""
 
-    def __init__(self, shapes: MultiLora):
+    def __init__(self, shapes: MultiLora, merged: bool = False):
         self.shapes = shapes
+        self.merged = merged  # the one adapter is served merged into the weights (by PEFT)
         self.store: AdapterStore | None = None
         self.server: VllmServer | None = None
         self.admin: httpx.Client | None = None
@@ -238,6 +239,11 @@ class VllmLoras:
 
     def check(self, weights: LoraWeights) -> None:
         self.shapes.check(weights)
+        if weights.dora and not self.merged:
+            raise FailedPrecondition(
+                "vLLM does not serve DoRA adapters unmerged: serve it with the native engine "
+                "(TUNEYARD_ENGINE=native), or merged (TUNEYARD_MERGED_ADAPTER)"
+            )
 
     def add(self, key: str, weights: LoraWeights) -> None:
         """Checked already (AdapterCache.read); vLLM reads the version's own folder."""

@@ -100,7 +100,7 @@ def test_pickle_weights_refused(small_engine, tiny_llama, adapters_dir):
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"use_dora": True}, "DoRA"),
+        ({"use_dora": True}, "use_dora, but .* has no DoRA magnitude vector"),
         ({"bias": "all"}, "bias 'all'"),
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
     ],
