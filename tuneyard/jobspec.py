@@ -123,7 +123,8 @@ class LoraSpec(_Strict):
     r: int = Field(16, ge=1, le=1024)
     """The adapter's rank."""
     alpha: float = Field(32.0, gt=0)
-    """The scaling numerator: updates are scaled by alpha / r."""
+    """The scaling numerator: updates are scaled by alpha / r (alpha / sqrt(r) with
+    `use_rslora`)."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter's input while training."""
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -131,6 +132,13 @@ class LoraSpec(_Strict):
     target_modules: list[str] = Field(default_factory=list)
     """Module names to adapt; empty: the architecture's default; `["all-linear"]`: every
     linear layer but the output."""
+    use_dora: bool = False
+    """DoRA (PEFT's `use_dora`): each adapted layer also learns a magnitude per output
+    feature, the low-rank update setting only the weights' direction; the native engine
+    serves it unmerged in mixed batches or merged, vLLM only merged."""
+    use_rslora: bool = False
+    """rsLoRA (PEFT's `use_rslora`): updates scaled by alpha / sqrt(r) instead of alpha / r,
+    which keeps higher ranks learning."""
 
     @model_validator(mode="after")
     def _all_linear_alone(self):

@@ -153,3 +153,65 @@ def test_bloom_8bit_all_linear_bias_and_merge(settings, tiny_bloom, email_jsonl)
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, tuned(ids).logits, atol=1e-3)
     assert str(version.path / "merged") in events[-1]["result_files"]
+
+
+@pytest.mark.parametrize(
+    "recipe, quantization, dora",
+    [
+        ("causal_lm", "none", True),
+        ("sft", "none", True),
+        ("dpo", "none", True),
+        ("causal_lm", "8bit", False),  # DoRA on 8-bit trains on GPUs only (next test)
+        ("sft", "4bit", True),
+        ("dpo", "4bit", True),
+    ],
+)
+def test_dora_and_rslora_jobs_are_trained_and_served(
+    settings, tiny_llama, email_jsonl, tmp_path, recipe, quantization, dora
+):
+    """`lora.use_dora` and `lora.use_rslora` reach PEFT in every recipe and quantization
+    mode; the published adapter is a DoRA / rsLoRA one, and the native engine serves it
+    with PEFT's greedy tokens."""
+    from tests.inference.conftest import make_engine
+    from tests.inference.test_engine import greedy, peft_greedy
+    from tests.trainer.test_dpo import PAIRS, dpo_spec
+    from tests.trainer.test_gateway_training import jsonl
+
+    knobs = {"lora": {"r": 4, "alpha": 8, "use_dora": dora, "use_rslora": True}}
+    if recipe == "dpo":
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_bytes(jsonl(*PAIRS))
+        spec = dpo_spec(
+            tiny_llama, pairs, quantization=quantization, training={"max_steps": 2}, **knobs
+        )
+    else:
+        spec = make_spec(tiny_llama, email_jsonl, recipe=recipe, quantization=quantization, **knobs)
+    code, events, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    version = AdapterStore(settings.resolved_adapters_dir).resolve(spec.adapter_name)
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    assert config["use_dora"] is dora and config["use_rslora"] is True
+    lora = version.manifest().hyperparameters["lora"]
+    assert lora["use_dora"] is dora and lora["use_rslora"] is True
+
+    engine = make_engine(tiny_llama, settings.resolved_adapters_dir)
+    try:
+        prompt = "Hi there, our new product"
+        got = greedy(engine, prompt, spec.adapter_name)
+        assert got == peft_greedy(tiny_llama, version, prompt, 8)
+        adapter = engine.adapters.acquire(spec.adapter_name)
+        assert adapter.weights.dora is dora and adapter.weights.scaling == 8 / 4**0.5
+        engine.adapters.release(adapter)
+    finally:
+        engine.stop()
+
+
+def test_dora_on_an_8bit_base_is_refused_on_a_cpu(tiny_llama, email_jsonl):
+    """PEFT's DoRA re-reads the int8 weights every step, which on a CPU drops their scales
+    (the next forward fails deep in bitsandbytes): the job says so before loading."""
+    from trainer_service.worker.model import lora_model
+    from tuneyard.modeling import resolve_base_model
+
+    spec = make_spec(tiny_llama, email_jsonl, quantization="8bit", lora={"use_dora": True})
+    with pytest.raises(ValueError, match="use_dora on an 8-bit base does not train on a CPU"):
+        lora_model(spec, resolve_base_model(str(tiny_llama)), "cpu", torch.float32)

@@ -8,6 +8,15 @@ from tuneyard.modeling import BaseModelRef, default_target_modules, load_model, 
 
 def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
     """Load the base (8-bit/4-bit through bitsandbytes if asked) and wrap it in LoRA."""
+    if spec.lora.use_dora and spec.quantization == "8bit" and device == "cpu":
+        # PEFT's DoRA dequantizes the base weight at every forward, and on a CPU it then
+        # puts back a copy of the int8 weight without bitsandbytes' scales (peft 0.21,
+        # bitsandbytes 0.50): the next step fails inside bitsandbytes.
+        raise ValueError(
+            "lora.use_dora on an 8-bit base does not train on a CPU (PEFT's DoRA drops "
+            "bitsandbytes' int8 scales there); train it on a GPU, or with quantization "
+            "'4bit' or 'none'"
+        )
     q = spec.quantization_options
     model = load_model(
         ref,
@@ -29,6 +38,8 @@ def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
         bias=spec.lora.bias,
+        use_dora=spec.lora.use_dora,
+        use_rslora=spec.lora.use_rslora,
         target_modules=target_modules(spec, ref),
         task_type="CAUSAL_LM",
     )

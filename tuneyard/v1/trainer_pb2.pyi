@@ -111,18 +111,22 @@ class TemplateSpec(_message.Message):
     def __init__(self, builtin: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
 
 class LoraSpec(_message.Message):
-    __slots__ = ("r", "alpha", "dropout", "target_modules", "bias")
+    __slots__ = ("r", "alpha", "dropout", "target_modules", "bias", "use_dora", "use_rslora")
     R_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     BIAS_FIELD_NUMBER: _ClassVar[int]
+    USE_DORA_FIELD_NUMBER: _ClassVar[int]
+    USE_RSLORA_FIELD_NUMBER: _ClassVar[int]
     r: int
     alpha: float
     dropout: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     bias: str
-    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., bias: _Optional[str] = ...) -> None: ...
+    use_dora: bool
+    use_rslora: bool
+    def __init__(self, r: _Optional[int] = ..., alpha: _Optional[float] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., bias: _Optional[str] = ..., use_dora: _Optional[bool] = ..., use_rslora: _Optional[bool] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
     __slots__ = ("max_steps", "epochs", "learning_rate", "batch_size", "gradient_accumulation_steps", "max_seq_length", "seed", "warmup_steps", "lr_scheduler", "logging_steps", "optimizer", "gradient_checkpointing", "eval_steps", "save_steps", "completion_only_loss", "packing")
