@@ -16,7 +16,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest, parse_adapter_id
+from tuneyard.adapter_store import (
+    AdapterStore,
+    AdapterVersion,
+    BaseQuantization,
+    Manifest,
+    parse_adapter_id,
+)
 from tuneyard.errors import FailedPrecondition, NotFound, ResourceExhausted, TuneyardError
 from tuneyard.modeling import BaseModelRef, public_name
 from tuneyard.templates import PromptTemplate
@@ -33,6 +39,7 @@ class LoadedAdapter:
     manifest: Manifest
     weights: LoraWeights
     size_bytes: int
+    faithful: bool | None = None  # served on the base as it trained; None: not recorded
     last_used_at: float = 0.0
     in_use: int = 0
 
@@ -62,6 +69,9 @@ class AdapterInfo:
     created_at: float = 0.0
     recipe: str = ""
     error: str = ""
+    trained_on: str = ""  # the base's quantization while it trained ("unknown": not recorded)
+    served_on: str = ""  # the base's quantization on this service
+    faithful: bool | None = None  # the two hold the same weights; None: not known
 
     @property
     def loaded(self) -> bool:
@@ -70,7 +80,11 @@ class AdapterInfo:
 
 class AdapterCache:
     """`model_lock` is held by the engine around each forward; adding or removing an
-    adapter's layers takes it too, so a forward never sees half an adapter."""
+    adapter's layers takes it too, so a forward never sees half an adapter.
+
+    `served_on` is how the engine holds the base; an adapter whose manifest says it trained
+    on a base held otherwise (QLoRA's 4 bit served on 16 bit...) is unfaithful, and
+    `quant_mismatch` says what then: allow, warn (a log line at load) or refuse."""
 
     def __init__(
         self,
@@ -82,6 +96,8 @@ class AdapterCache:
         max_loaded: int,
         max_rank: int,
         model_lock: threading.Lock,
+        served_on: BaseQuantization,
+        quant_mismatch: str = "warn",
         on_change: Callable[[int], None] = lambda num_loaded: None,
         on_evict: Callable[[], None] = lambda: None,
         on_load: Callable[[str, float], None] = lambda key, seconds: None,
@@ -93,6 +109,8 @@ class AdapterCache:
         self.max_loaded = max_loaded
         self.max_rank = max_rank
         self.model_lock = model_lock
+        self.served_on = served_on
+        self.quant_mismatch = quant_mismatch
         self.on_change = on_change
         self.on_evict = on_evict
         self.on_load = on_load
@@ -195,9 +213,33 @@ class AdapterCache:
                 f"(revision {manifest.base_model_revision or '?'}), but this service serves "
                 f"{self.base_name!r} (revision {self.base.revision})"
             )
+        trained_on, faithful = self._quantization(manifest)
+        if faithful is False:
+            reason = (
+                f"adapter {version.id} was trained on a {trained_on} base, but this service "
+                f"serves it on {self.served_on.describe()}"
+            )
+            if self.quant_mismatch == "refuse":
+                raise FailedPrecondition(
+                    f"{reason} (TUNEYARD_ADAPTER_QUANT_MISMATCH=refuse): serve the base as it "
+                    "was trained (TUNEYARD_QUANTIZATION, TUNEYARD_QUANT_TYPE, "
+                    "TUNEYARD_DOUBLE_QUANT), or allow the mismatch"
+                )
+            if self.quant_mismatch == "warn":
+                log.warning("%s: its outputs may differ from those it was evaluated on", reason)
         weights = read_adapter(version.path, self.max_rank)
         self.lora.check(weights)
-        return LoadedAdapter(version, manifest, weights, size_bytes=version.size_bytes())
+        return LoadedAdapter(
+            version, manifest, weights, size_bytes=version.size_bytes(), faithful=faithful
+        )
+
+    def _quantization(self, manifest: Manifest) -> tuple[str, bool | None]:
+        """(how the base was held while the adapter trained, whether this service holds it
+        the same way); ('unknown', None) when its manifest does not say."""
+        trained = manifest.base_quantization()
+        if trained is None:
+            return "unknown", None
+        return trained.describe(), trained.same_weights(self.served_on)
 
     def _load(self, version: AdapterVersion) -> LoadedAdapter:
         if version.id in self._loaded:
@@ -258,6 +300,8 @@ class AdapterCache:
             )
             info.created_at = manifest.created_at
             info.size_bytes = version.size_bytes()
+            info.trained_on, info.faithful = self._quantization(manifest)
+            info.served_on = self.served_on.describe()
         except (OSError, ValueError) as err:
             info.state, info.error = "failed", f"unreadable manifest: {err}"
         if loaded:

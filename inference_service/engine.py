@@ -5,6 +5,7 @@ queues it; the caller waits on the sequence (`result()` or `stream()`) and may `
 import logging
 import threading
 
+from tuneyard.adapter_store import BaseQuantization
 from tuneyard.errors import FailedPrecondition
 from tuneyard.modeling import (
     BaseModelRef,
@@ -55,7 +56,13 @@ class Engine(EngineBase):
         )
         self.lora = MultiLora(model, settings.max_loaded_adapters)
         model_lock = threading.Lock()
-        self.adapters = self._adapter_cache(self.lora, model_lock)
+        served_on = BaseQuantization.of(
+            settings.quantization,
+            settings.quant_type,
+            settings.double_quant,
+            str(model.dtype).removeprefix("torch."),
+        )
+        self.adapters = self._adapter_cache(self.lora, model_lock, served_on)
         if settings.merged_adapter:
             self.merged = self.adapters.read(self.adapters.store.resolve(settings.merged_adapter))
             self.lora.merge(self.merged.weights)
@@ -101,7 +108,14 @@ class Engine(EngineBase):
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
         log.info("loading %s on %s (%s)", base.id, device, dtype)
-        model = load_model(base, device=device, dtype=dtype, quantization=settings.quantization)
+        model = load_model(
+            base,
+            device=device,
+            dtype=dtype,
+            quantization=settings.quantization,
+            quant_type=settings.quant_type,
+            double_quant=settings.double_quant,
+        )
         return cls(settings, base, model, load_tokenizer(base), metrics)
 
     def stop(self) -> None:

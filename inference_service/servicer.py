@@ -150,4 +150,7 @@ def to_adapter(info: AdapterInfo) -> pb.Adapter:
         created_at=int(info.created_at),
         state=info.state,
         recipe=info.recipe,
+        trained_on=info.trained_on,
+        served_on=info.served_on,
+        faithful=info.faithful,
     )

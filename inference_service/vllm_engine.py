@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from tuneyard.adapter_store import AdapterStore
+from tuneyard.adapter_store import AdapterStore, BaseQuantization
 from tuneyard.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -73,7 +73,11 @@ class VllmEngine(EngineBase):
         )
         self.device, self.dtype = device, dtype
         self.loras = VllmLoras(MultiLora(structure, 1), merged=bool(settings.merged_adapter))
-        self.adapters = self._adapter_cache(self.loras, threading.Lock())
+        # vLLM's in-flight 4 bit is NF4 with double quantization (server_args checks).
+        served_on = BaseQuantization.of(
+            settings.quantization, "nf4", True, str(dtype).removeprefix("torch.")
+        )
+        self.adapters = self._adapter_cache(self.loras, threading.Lock(), served_on)
         model_path = base.path
         if settings.merged_adapter:
             # Checked against the base's structure like any adapter, then served as weights.

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -32,6 +33,44 @@ DEFAULT_MODE = 0o755
 _DELETED = ".deleted-"
 _TRASH = ".trash-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class BaseQuantization(BaseModel):
+    """How a base model's weights are held: what an adapter was trained against (its
+    manifest), and what a server serves it on. Two bases hold the same weights when mode,
+    and for 4 bit the data type and double quantization, agree; the dtypes only round."""
+
+    mode: Literal["none", "8bit", "4bit"] = "none"
+    quant_type: Literal["", "nf4", "fp4"] = ""
+    """4 bit: the data type."""
+    double_quant: bool = False
+    """4 bit: the quantization constants quantized too."""
+    dtype: str = ""
+    """The weights' dtype (mode none), or the dtype the 8-/4-bit matmuls compute in; ''
+    when not known."""
+
+    @classmethod
+    def of(
+        cls, mode: str, quant_type: str = "nf4", double_quant: bool = True, dtype: str = ""
+    ) -> "BaseQuantization":
+        """A job's or a server's settings; the 4-bit ones count in mode 4bit only."""
+        if mode != "4bit":
+            return cls(mode=mode, dtype=dtype)
+        return cls(mode=mode, quant_type=quant_type, double_quant=double_quant, dtype=dtype)
+
+    def same_weights(self, other: "BaseQuantization") -> bool:
+        return (self.mode, self.quant_type, self.double_quant) == (
+            other.mode,
+            other.quant_type,
+            other.double_quant,
+        )
+
+    def describe(self) -> str:
+        """e.g. '4bit nf4 double-quant (bfloat16)', '8bit', 'none (float32)'."""
+        words = [self.mode]
+        if self.mode == "4bit":
+            words += [self.quant_type] + (["double-quant"] if self.double_quant else [])
+        return " ".join(words) + (f" ({self.dtype})" if self.dtype else "")
 
 
 class Manifest(BaseModel):
@@ -54,6 +93,21 @@ class Manifest(BaseModel):
     metrics: dict = Field(default_factory=dict)
     job_id: str = ""
     created_at: float = Field(default_factory=time.time)
+    trained_on: BaseQuantization | None = None
+    """How the base was quantized while the adapter trained; None: not recorded."""
+
+    def base_quantization(self) -> BaseQuantization | None:
+        """`trained_on`, or for versions published before it was recorded, what their
+        job's hyperparameters say (without the compute dtype, which was not resolved)."""
+        if self.trained_on is not None:
+            return self.trained_on
+        mode = self.hyperparameters.get("quantization")
+        if mode not in ("none", "8bit", "4bit"):
+            return None
+        options = self.hyperparameters.get("quantization_options") or {}
+        return BaseQuantization.of(
+            mode, options.get("quant_type", "nf4"), options.get("double_quant", True)
+        )
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ def adapter_json(adapter: inference_pb2.Adapter, replicas: list[str] | None = No
         "recipe": adapter.recipe,
         "created_at": adapter.created_at or None,
         "last_used_at": adapter.last_used_at or None,
+        "trained_on": adapter.trained_on,
+        "served_on": adapter.served_on,
+        "faithful": adapter.faithful if adapter.HasField("faithful") else None,
         **({} if replicas is None else {"replicas": replicas}),
     }
 

@@ -165,6 +165,9 @@ def test_server_args_follow_the_settings():
     assert quantized[quantized.index("--quantization") + 1] == "bitsandbytes"
     with pytest.raises(FailedPrecondition, match="4 bit"):
         server_args(settings(quantization="8bit"), Path("/m"), "cuda", "bfloat16")
+    # Its in-flight 4 bit is NF4 with double quantization: adapters compare against that.
+    with pytest.raises(FailedPrecondition, match="NF4 with double quantization only"):
+        server_args(settings(quantization="4bit", quant_type="fp4"), Path("/m"), "cuda", "")
     extra = server_args(settings(vllm_extra_args="--enforce-eager --seed 3"), Path("/m"), "cpu", "")
     assert extra[-3:] == ["--enforce-eager", "--seed", "3"]
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from tests.trainer.conftest import make_spec
 from tests.trainer.test_worker import run_worker
 from trainer_service.checkpoints import list_checkpoints, publish_checkpoint
-from tuneyard.adapter_store import AdapterStore
+from tuneyard.adapter_store import AdapterStore, BaseQuantization
 
 pytestmark = pytest.mark.slow
 
@@ -193,6 +193,10 @@ def test_dora_and_rslora_jobs_are_trained_and_served(
     assert config["use_dora"] is dora and config["use_rslora"] is True
     lora = version.manifest().hyperparameters["lora"]
     assert lora["use_dora"] is dora and lora["use_rslora"] is True
+    # How the base was held while it trained (the CPU's auto dtype is float32).
+    assert version.manifest().trained_on == BaseQuantization.of(
+        quantization, "nf4", True, "float32"
+    )
 
     engine = make_engine(tiny_llama, settings.resolved_adapters_dir)
     try:

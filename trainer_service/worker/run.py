@@ -84,7 +84,7 @@ def run(
     )
 
     # torch, transformers, peft: imported only once the cheap checks passed.
-    from trainer_service.worker.model import lora_model, target_modules
+    from trainer_service.worker.model import base_quantization, lora_model, target_modules
     from trainer_service.worker.progress import ProgressCallback
     from trainer_service.worker.publish import publish, write_loss_curve
     from trainer_service.worker.recipes import RecipeContext, get_recipe
@@ -125,6 +125,7 @@ def run(
             "merge": spec.merge,
         },
         job_id=job_id,
+        trained_on=base_quantization(spec, device, dtype),
     )
     (workdir / MANIFEST_DRAFT).write_text(manifest.model_dump_json(indent=2))
     resume_from = last_checkpoint(workdir)
