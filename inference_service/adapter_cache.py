@@ -199,8 +199,10 @@ class AdapterCache:
     def num_loaded(self) -> int:
         return len(self._loaded)
 
-    def read(self, version: AdapterVersion) -> LoadedAdapter:
-        """Read and validate a version against the served base model (not cached)."""
+    def read(self, version: AdapterVersion, merged_weights: bool = False) -> LoadedAdapter:
+        """Read and validate a version against the served base model (not cached).
+        `merged_weights`: the engine serves the version's own merged weights, so the base
+        it holds is the one they were merged into (`merged_on`), not its own."""
         try:
             manifest = version.manifest()
         except (OSError, ValueError) as err:
@@ -213,11 +215,14 @@ class AdapterCache:
                 f"(revision {manifest.base_model_revision or '?'}), but this service serves "
                 f"{self.base_name!r} (revision {self.base.revision})"
             )
-        trained_on, faithful = self._quantization(manifest)
+        served_on = self.served_on
+        if merged_weights and manifest.merged_on is not None and served_on.mode == "none":
+            served_on = manifest.merged_on.model_copy(update={"dtype": served_on.dtype})
+        trained_on, faithful = self._quantization(manifest, served_on)
         if faithful is False:
             reason = (
                 f"adapter {version.id} was trained on a {trained_on} base, but this service "
-                f"serves it on {self.served_on.describe()}"
+                f"serves it on {served_on.describe()}"
             )
             if self.quant_mismatch == "refuse":
                 raise FailedPrecondition(
@@ -233,13 +238,15 @@ class AdapterCache:
             version, manifest, weights, size_bytes=version.size_bytes(), faithful=faithful
         )
 
-    def _quantization(self, manifest: Manifest) -> tuple[str, bool | None]:
-        """(how the base was held while the adapter trained, whether this service holds it
+    def _quantization(
+        self, manifest: Manifest, served_on: BaseQuantization
+    ) -> tuple[str, bool | None]:
+        """(how the base was held while the adapter trained, whether `served_on` holds it
         the same way); ('unknown', None) when its manifest does not say."""
         trained = manifest.base_quantization()
         if trained is None:
             return "unknown", None
-        return trained.describe(), trained.same_weights(self.served_on)
+        return trained.describe(), trained.same_weights(served_on)
 
     def _load(self, version: AdapterVersion) -> LoadedAdapter:
         if version.id in self._loaded:
@@ -300,7 +307,7 @@ class AdapterCache:
             )
             info.created_at = manifest.created_at
             info.size_bytes = version.size_bytes()
-            info.trained_on, info.faithful = self._quantization(manifest)
+            info.trained_on, info.faithful = self._quantization(manifest, self.served_on)
             info.served_on = self.served_on.describe()
         except (OSError, ValueError) as err:
             info.state, info.error = "failed", f"unreadable manifest: {err}"

@@ -4,8 +4,9 @@ queues it; the caller waits on the sequence (`result()` or `stream()`) and may `
 
 import logging
 import threading
+from pathlib import Path
 
-from tuneyard.adapter_store import BaseQuantization
+from tuneyard.adapter_store import MERGED, AdapterStore, BaseQuantization
 from tuneyard.errors import FailedPrecondition
 from tuneyard.modeling import (
     BaseModelRef,
@@ -42,7 +43,10 @@ class Engine(EngineBase):
         model,
         tokenizer,
         metrics: Metrics | None = None,
+        merged_weights: bool = False,
     ):
+        """`merged_weights`: `model` holds the merged adapter's own merged weights (its
+        `merged/` folder) rather than the base's."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         super().__init__(
@@ -64,9 +68,13 @@ class Engine(EngineBase):
         )
         self.adapters = self._adapter_cache(self.lora, model_lock, served_on)
         if settings.merged_adapter:
-            self.merged = self.adapters.read(self.adapters.store.resolve(settings.merged_adapter))
-            self.lora.merge(self.merged.weights)
-            log.info("serving adapter %s merged into the base weights", self.merged.key)
+            version = self.adapters.store.resolve(settings.merged_adapter)
+            self.merged = self.adapters.read(version, merged_weights=merged_weights)
+            if merged_weights:
+                log.info("serving adapter %s from its merged weights", self.merged.key)
+            else:
+                self.lora.merge(self.merged.weights)
+                log.info("serving adapter %s merged into the base weights", self.merged.key)
         forward = EagerForward(model, self.lora)
         self.scheduler = BatchScheduler(
             forward,
@@ -107,16 +115,19 @@ class Engine(EngineBase):
         base = resolve_base_model(settings.resolved_base_model)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
-        log.info("loading %s on %s (%s)", base.id, device, dtype)
+        merged = own_merged_weights(settings)
+        log.info("loading %s on %s (%s)", merged or base.id, device, dtype)
         model = load_model(
-            base,
+            BaseModelRef(base.id, merged, base.revision) if merged else base,
             device=device,
             dtype=dtype,
             quantization=settings.quantization,
             quant_type=settings.quant_type,
             double_quant=settings.double_quant,
         )
-        return cls(settings, base, model, load_tokenizer(base), metrics)
+        return cls(
+            settings, base, model, load_tokenizer(base), metrics, merged_weights=bool(merged)
+        )
 
     def stop(self) -> None:
         self.scheduler.stop()
@@ -130,3 +141,14 @@ class Engine(EngineBase):
     def info(self) -> dict:
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         return self._info(dtype, self.device.type)
+
+
+def own_merged_weights(settings: InferenceSettings) -> Path | None:
+    """The merged adapter's own merged weights (its job's `merge`, checked against base +
+    adapter when published, merged into the base it trained on with `merge_dequantized`),
+    served as they are on an unquantized base, as the vllm engine serves them."""
+    if not settings.merged_adapter or settings.quantization != "none":
+        return None
+    store = AdapterStore(settings.resolved_adapters_dir)
+    folder = store.resolve(settings.merged_adapter).path / MERGED
+    return folder if (folder / "config.json").is_file() else None

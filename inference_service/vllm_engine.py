@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from tuneyard.adapter_store import AdapterStore, BaseQuantization
+from tuneyard.adapter_store import MERGED, AdapterStore, BaseQuantization
 from tuneyard.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -81,7 +81,9 @@ class VllmEngine(EngineBase):
         model_path = base.path
         if settings.merged_adapter:
             # Checked against the base's structure like any adapter, then served as weights.
-            self.merged = self.adapters.read(self.adapters.store.resolve(settings.merged_adapter))
+            version = self.adapters.store.resolve(settings.merged_adapter)
+            own = (version.path / MERGED / "config.json").is_file()
+            self.merged = self.adapters.read(version, merged_weights=own)
             model_path = merged_weights(base, self.merged.version.path, self.merged.key, settings)
         dtype_name = str(dtype).removeprefix("torch.")
         self.server = VllmServer(settings, server_args(settings, model_path, device, dtype_name))
@@ -410,8 +412,8 @@ def merged_weights(
 ) -> Path:
     """Base + adapter as one model folder for vLLM: the version's own `merged/` when the
     job wrote one, else merged here once and kept under TUNEYARD_HOME."""
-    if (adapter_dir / "merged" / "config.json").is_file():
-        return adapter_dir / "merged"
+    if (adapter_dir / MERGED / "config.json").is_file():
+        return adapter_dir / MERGED
     out = settings.home / "merged" / key
     if (out / "config.json").is_file():
         return out

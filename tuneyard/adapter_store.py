@@ -29,6 +29,7 @@ from tuneyard.errors import InvalidArgument, NotFound
 
 MANIFEST = "tuneyard.json"
 LOSS_CURVE = "loss_curve.png"  # the training loss image the trainer puts in each version
+MERGED = "merged"  # a version's folder of merged weights (the job's `merge`), a whole model
 DEFAULT_MODE = 0o755
 _DELETED = ".deleted-"
 _TRASH = ".trash-"
@@ -95,6 +96,9 @@ class Manifest(BaseModel):
     created_at: float = Field(default_factory=time.time)
     trained_on: BaseQuantization | None = None
     """How the base was quantized while the adapter trained; None: not recorded."""
+    merged_on: BaseQuantization | None = None
+    """The base the `merged/` weights were merged into: its original weights (none), or
+    with the job's `merge_dequantized` the quantized ones it trained on, dequantized."""
 
     def base_quantization(self) -> BaseQuantization | None:
         """`trained_on`, or for versions published before it was recorded, what their

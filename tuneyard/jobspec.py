@@ -233,6 +233,12 @@ class JobSpec(_Strict):
     """4-bit settings; ignored otherwise."""
     merge: bool = False
     """Also publish merged weights (checked against base + adapter before publishing)."""
+    merge_dequantized: bool = False
+    """With `merge` and quantization `4bit`/`8bit`: merge into the base as it trained, its
+    bitsandbytes weights dequantized, not into its original weights, so that a 16-bit
+    deployment of the merged weights computes what was trained (QLoRA's train/serve gap);
+    the manifest's metrics say how far the merged model is from the quantized base +
+    adapter."""
     evaluation: dict | None = None
     """EvaluationSpec fields (`proto/tuneyard/v1/evaluation.proto`): evaluate the adapter
     against the base model once published, on the eval split unless they name a file."""
@@ -268,6 +274,8 @@ class JobSpec(_Strict):
             except json_format.ParseError as err:
                 raise ValueError(f"evaluation: {err}") from err
         self.template.build()
+        if self.merge_dequantized and not (self.merge and self.quantization != "none"):
+            raise ValueError("merge_dequantized needs merge and quantization '4bit' or '8bit'")
         if self.template.is_chat and self.recipe not in ("sft", "dpo"):
             raise ValueError("template.builtin 'chat' needs recipe 'sft' or 'dpo'")
         return self

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.trainer.conftest import make_spec
 from tests.trainer.test_worker import run_worker
@@ -219,3 +219,66 @@ def test_dora_on_an_8bit_base_is_refused_on_a_cpu(tiny_llama, email_jsonl):
     spec = make_spec(tiny_llama, email_jsonl, quantization="8bit", lora={"use_dora": True})
     with pytest.raises(ValueError, match="use_dora on an 8-bit base does not train on a CPU"):
         lora_model(spec, resolve_base_model(str(tiny_llama)), "cpu", torch.float32)
+
+
+def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
+    settings, tiny_llama, email_jsonl
+):
+    """`merge_dequantized`: the 4-bit weights the adapter trained on, dequantized, are what
+    it is merged into; served from those merged weights on a 16-bit engine, the tokens are
+    the quantized base + adapter's, and the adapter counts as faithful."""
+    from tests.inference.conftest import make_engine
+    from tests.inference.test_engine import greedy
+    from tuneyard.modeling import load_model, resolve_base_model
+
+    spec = make_spec(
+        tiny_llama,
+        email_jsonl,
+        quantization="4bit",
+        merge=True,
+        merge_dequantized=True,
+        training={"learning_rate": 1e-2},
+    )
+    code, events, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    version = AdapterStore(settings.resolved_adapters_dir).resolve("emails")
+    manifest = version.manifest()
+    nf4 = BaseQuantization.of("4bit", "nf4", True, "float32")
+    assert manifest.trained_on == manifest.merged_on == nf4
+    assert manifest.hyperparameters["merge_dequantized"] is True
+    assert manifest.metrics["merge_max_logit_diff"] <= 1e-3
+    assert manifest.metrics["merge_quantized_max_logit_diff"] <= 1e-3
+
+    ref = resolve_base_model(str(tiny_llama))
+    quantized = load_model(
+        ref, device="cpu", dtype=torch.float32, quantization="4bit", compute_dtype=torch.float32
+    )
+    as_trained = PeftModel.from_pretrained(quantized, version.path).eval()
+    on_original = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama), version.path
+    ).eval()
+    merged = AutoModelForCausalLM.from_pretrained(version.path / "merged")
+    ids = torch.tensor([[1, 5, 9, 12, 40, 7]])
+    with torch.no_grad():
+        trained_logits = as_trained(ids).logits
+        assert torch.allclose(merged(ids).logits, trained_logits, atol=1e-3)
+        # What the usual merge (the original weights) would have served instead.
+        assert (on_original(ids).logits - trained_logits).abs().max() > 0.05
+
+    prompt = "Hi there, our new product"
+    prompt_ids = AutoTokenizer.from_pretrained(tiny_llama)(prompt, return_tensors="pt")
+    expected = as_trained.generate(**prompt_ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[
+        0, prompt_ids["input_ids"].shape[1] :
+    ].tolist()
+    engine = make_engine(
+        tiny_llama,
+        settings.resolved_adapters_dir,
+        merged_adapter="emails",
+        dtype="float32",
+        adapter_quant_mismatch="refuse",
+    )
+    try:
+        assert engine.merged.faithful is True
+        assert greedy(engine, prompt, "emails") == expected
+    finally:
+        engine.stop()

@@ -17,7 +17,7 @@ from trainer_service.files import files_dir
 from trainer_service.validation import validate
 from trainer_service.worker.events import EventWriter
 from trainer_service.worker.settings import WorkerSettings
-from tuneyard.adapter_store import LOSS_CURVE, AdapterStore, Manifest
+from tuneyard.adapter_store import LOSS_CURVE, MERGED, AdapterStore, Manifest
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import load_tokenizer, pick_device, pick_dtype
 
@@ -123,6 +123,7 @@ def run(
             "lora": {**spec.lora.model_dump(), "target_modules": target_modules(spec, ref)},
             "training": spec.training.model_dump(),
             "merge": spec.merge,
+            "merge_dequantized": spec.merge_dequantized,
         },
         job_id=job_id,
         trained_on=base_quantization(spec, device, dtype),
@@ -162,20 +163,27 @@ def run(
     )
     manifest.metrics = metrics
     check_stop()
+    merge_with = None
     if spec.merge:
-        events.message("merging the adapter into an unquantized copy of the base")
+        dequantized = manifest.trained_on if spec.merge_dequantized else None
+        events.message(
+            "merging the adapter into the base as it trained, dequantized"
+            if dequantized
+            else "merging the adapter into an unquantized copy of the base"
+        )
+        merge_with = (ref, device, dequantized)
     version = publish(
         AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode),
         model,
         tokenizer,
         manifest,
         loss_curve,
-        merge_with=(ref, device) if spec.merge else None,
+        merge_with=merge_with,
     )
     events.message(f"published {version.id} to {version.path}")
     files = [str(loss_curve), str(version.path / LOSS_CURVE)]
     if spec.merge:
-        files.append(str(version.path / "merged"))
+        files.append(str(version.path / MERGED))
     events.result(version.id, files, metrics["trained_tokens"], version.manifest().metrics)
 
 

@@ -28,7 +28,7 @@ CANCELLED: JobStatus
 PAUSED: JobStatus
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation", "dpo")
+    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation", "dpo", "merge_dequantized")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class JobSpec(_message.Message):
     MERGE_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     DPO_FIELD_NUMBER: _ClassVar[int]
+    MERGE_DEQUANTIZED_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     adapter_name: str
     recipe: str
@@ -53,7 +54,8 @@ class JobSpec(_message.Message):
     merge: bool
     evaluation: _evaluation_pb2.EvaluationSpec
     dpo: DpoSpec
-    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ...) -> None: ...
+    merge_dequantized: bool
+    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merge_dequantized: _Optional[bool] = ...) -> None: ...
 
 class DpoSpec(_message.Message):
     __slots__ = ("beta",)
