@@ -72,6 +72,8 @@ class AdapterInfo:
     trained_on: str = ""  # the base's quantization while it trained ("unknown": not recorded)
     served_on: str = ""  # the base's quantization on this service
     faithful: bool | None = None  # the two hold the same weights; None: not known
+    gate: str = ""  # its parity gate's state; "" when it has none
+    live: bool = True  # its name may mean it: no gate, passed, skipped, or promoted
 
     @property
     def loaded(self) -> bool:
@@ -309,6 +311,11 @@ class AdapterCache:
             info.size_bytes = version.size_bytes()
             info.trained_on, info.faithful = self._quantization(manifest, self.served_on)
             info.served_on = self.served_on.describe()
+            # From the volume even when loaded: the trainer judges the gate, and promotes,
+            # after a version is loaded.
+            gate = version.manifest().gate if loaded else manifest.gate
+            if gate is not None:
+                info.gate, info.live = gate.state, gate.live
         except (OSError, ValueError) as err:
             info.state, info.error = "failed", f"unreadable manifest: {err}"
         if loaded:

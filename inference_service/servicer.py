@@ -153,4 +153,6 @@ def to_adapter(info: AdapterInfo) -> pb.Adapter:
         trained_on=info.trained_on,
         served_on=info.served_on,
         faithful=info.faithful,
+        gate=info.gate,
+        live=info.live,
     )

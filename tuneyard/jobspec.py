@@ -199,6 +199,22 @@ class TrainingSpec(_Strict):
     """sft only: pack several rows into each sequence (TRL's bfd packing)."""
 
 
+class ParityGateSpec(_Strict):
+    """Before the adapter's name moves to the new version: the trained model and the
+    inference service each generate greedily for a few held-out prompts, rendered with
+    the adapter's template, and compare."""
+
+    prompts: int = Field(4, ge=0, le=64)
+    """Held-out prompts compared (eval rows, else training rows); 0: no gate, the name
+    moves at once."""
+    tokens: int = Field(32, ge=1, le=1024)
+    """Greedy tokens generated per prompt."""
+    min_agreement: float = Field(1.0, ge=0.0, le=1.0)
+    """The share of each prompt's first `tokens` positions that must hold the same token
+    on both sides; 1: identical. Below it the version is published, but its name does not
+    move to it until `POST /v1/adapters/{id}/promote`."""
+
+
 class DpoSpec(_Strict):
     """TRL's DPO settings (recipe `dpo`)."""
 
@@ -244,6 +260,9 @@ class JobSpec(_Strict):
     against the base model once published, on the eval split unless they name a file."""
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     """Preference tuning's settings (recipe `dpo`)."""
+    parity_gate: ParityGateSpec = Field(default_factory=ParityGateSpec)
+    """The served-vs-trained check before the name moves to the new version (jobs with
+    a prompt/response template; chat-template jobs are not gated yet)."""
 
     @field_validator("template")
     @classmethod

@@ -84,6 +84,7 @@ def run(
     )
 
     # torch, transformers, peft: imported only once the cheap checks passed.
+    from trainer_service.worker.gate import gate_probes
     from trainer_service.worker.model import base_quantization, lora_model, target_modules
     from trainer_service.worker.progress import ProgressCallback
     from trainer_service.worker.publish import publish, write_loss_curve
@@ -162,6 +163,12 @@ def run(
         f"{spec.adapter_name} ({job_id})",
     )
     manifest.metrics = metrics
+    manifest.gate = gate_probes(spec, model, tokenizer, template, report.eval, report.train)
+    if manifest.gate.probes:
+        events.message(
+            f"parity gate: the trained model generated {len(manifest.gate.probes)} held-out "
+            "prompts for the inference service to match"
+        )
     check_stop()
     merge_with = None
     if spec.merge:

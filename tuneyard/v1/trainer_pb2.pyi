@@ -28,7 +28,7 @@ CANCELLED: JobStatus
 PAUSED: JobStatus
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation", "dpo", "merge_dequantized")
+    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation", "dpo", "merge_dequantized", "parity_gate")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class JobSpec(_message.Message):
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     DPO_FIELD_NUMBER: _ClassVar[int]
     MERGE_DEQUANTIZED_FIELD_NUMBER: _ClassVar[int]
+    PARITY_GATE_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     adapter_name: str
     recipe: str
@@ -55,7 +56,18 @@ class JobSpec(_message.Message):
     evaluation: _evaluation_pb2.EvaluationSpec
     dpo: DpoSpec
     merge_dequantized: bool
-    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merge_dequantized: _Optional[bool] = ...) -> None: ...
+    parity_gate: ParityGateSpec
+    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merge_dequantized: _Optional[bool] = ..., parity_gate: _Optional[_Union[ParityGateSpec, _Mapping]] = ...) -> None: ...
+
+class ParityGateSpec(_message.Message):
+    __slots__ = ("prompts", "tokens", "min_agreement")
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    prompts: int
+    tokens: int
+    min_agreement: float
+    def __init__(self, prompts: _Optional[int] = ..., tokens: _Optional[int] = ..., min_agreement: _Optional[float] = ...) -> None: ...
 
 class DpoSpec(_message.Message):
     __slots__ = ("beta",)
@@ -484,6 +496,18 @@ class DeleteAdapterResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PromoteAdapterRequest(_message.Message):
+    __slots__ = ("adapter_id",)
+    ADAPTER_ID_FIELD_NUMBER: _ClassVar[int]
+    adapter_id: str
+    def __init__(self, adapter_id: _Optional[str] = ...) -> None: ...
+
+class PromoteAdapterResponse(_message.Message):
+    __slots__ = ("promoted",)
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    promoted: str
+    def __init__(self, promoted: _Optional[str] = ...) -> None: ...
 
 class PauseJobRequest(_message.Message):
     __slots__ = ("job_id",)
