@@ -152,6 +152,8 @@ class AdapterCache:
             version = self.store.resolve(adapter_id)
         except NotFound as err:
             return self._unload_deleted(adapter_id, err)
+        except FailedPrecondition:  # a name none of whose versions is live (parity gate)
+            version = self.store.versions(parse_adapter_id(adapter_id)[0])[-1]
         with self._lock:
             keys = (
                 [version.id]

@@ -219,3 +219,21 @@ def test_a_deleted_version_is_never_served_and_unloads_once_released(
     assert "gone" not in {a.name for a in cache.list()}
     with pytest.raises(NotFound):  # nothing left to unload
         cache.unload("gone@1")
+
+
+def test_a_name_with_no_live_version_unloads_its_loaded_versions(
+    small_engine, tiny_llama, adapters_dir
+):
+    from tuneyard.adapter_store import ParityGate
+
+    version = make_adapter(tiny_llama, adapters_dir, "gated-out")
+    gate = ParityGate(state="failed", tokens=32, min_agreement=1.0)
+    small_engine.adapters.store.update_manifest(
+        version, version.manifest().model_copy(update={"gate": gate})
+    )
+    with pytest.raises(FailedPrecondition, match="no live version"):
+        generate(small_engine, "gated-out")
+    assert generate(small_engine, "gated-out@1").details.adapter == "gated-out@1"
+    info = {a.id: a for a in small_engine.adapters.list()}["gated-out@1"]
+    assert (info.state, info.gate, info.live) == ("loaded", "failed", False)
+    assert small_engine.adapters.unload("gated-out").state == "available"
