@@ -505,3 +505,29 @@ def test_stopping_fails_the_running_rows(tiny_llama, adapters_dir):
     engine.stop()
     with pytest.raises(Unavailable, match="stopping"):
         seq.result(10)
+
+
+def test_dora_on_a_4bit_base_equals_peft(tiny_llama, adapters_dir, dora_and_rslora):
+    """DoRA's weight norms over the dequantized NF4 weights, as PEFT takes them."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from tuneyard.modeling import load_model, resolve_base_model
+
+    engine = make_engine(tiny_llama, adapters_dir, quantization="4bit", dtype="float32")
+    try:
+        version = engine.adapters.store.resolve("dora-rs")
+        base = load_model(
+            resolve_base_model(str(tiny_llama)),
+            device="cpu",
+            dtype=torch.float32,
+            quantization="4bit",
+            compute_dtype=torch.float32,
+        )
+        tuned = PeftModel.from_pretrained(base, version.path).eval()
+        ids = AutoTokenizer.from_pretrained(tiny_llama)(PROMPTS[0], return_tensors="pt")
+        out = tuned.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        expected = out[0, ids["input_ids"].shape[1] :].tolist()
+        assert greedy(engine, PROMPTS[0], "dora-rs") == expected
+    finally:
+        engine.stop()
