@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 
 import jinja2.meta
 
-from tuneyard.adapter_store import AdapterStore, AdapterVersion, Manifest, parse_adapter_id
+from tuneyard.adapter_store import (
+    AdapterStore,
+    AdapterVersion,
+    BaseQuantization,
+    Manifest,
+    parse_adapter_id,
+)
 from tuneyard.errors import FailedPrecondition, NotFound, ResourceExhausted, TuneyardError
 from tuneyard.modeling import BaseModelRef, public_name
 from tuneyard.templates import PromptTemplate, parse
@@ -35,6 +41,7 @@ class LoadedAdapter:
     manifest: Manifest
     weights: LoraWeights
     size_bytes: int
+    faithful: bool | None = None  # served on the base as it trained; None: not recorded
     last_used_at: float = 0.0
     in_use: int = 0
 
@@ -65,6 +72,11 @@ class AdapterInfo:
     recipe: str = ""
     template_fields: list[str] = field(default_factory=list)
     error: str = ""
+    trained_on: str = ""  # the base's quantization while it trained ("unknown": not recorded)
+    served_on: str = ""  # the base's quantization on this service
+    faithful: bool | None = None  # the two hold the same weights; None: not known
+    gate: str = ""  # its parity gate's state; "" when it has none
+    live: bool = True  # its name may mean it: no gate, passed, skipped, or promoted
 
     @property
     def loaded(self) -> bool:
@@ -82,7 +94,11 @@ def template_fields(manifest: Manifest) -> list[str]:
 
 class AdapterCache:
     """`model_lock` is held by the engine around each forward; adding or removing an
-    adapter's layers takes it too, so a forward never sees half an adapter."""
+    adapter's layers takes it too, so a forward never sees half an adapter.
+
+    `served_on` is how the engine holds the base; an adapter whose manifest says it trained
+    on a base held otherwise (QLoRA's 4 bit served on 16 bit...) is unfaithful, and
+    `quant_mismatch` says what then: allow, warn (a log line at load) or refuse."""
 
     def __init__(
         self,
@@ -94,6 +110,8 @@ class AdapterCache:
         max_loaded: int,
         max_rank: int,
         model_lock: threading.Lock,
+        served_on: BaseQuantization,
+        quant_mismatch: str = "warn",
         on_change: Callable[[int], None] = lambda num_loaded: None,
         on_evict: Callable[[], None] = lambda: None,
         on_load: Callable[[str, float], None] = lambda key, seconds: None,
@@ -105,6 +123,8 @@ class AdapterCache:
         self.max_loaded = max_loaded
         self.max_rank = max_rank
         self.model_lock = model_lock
+        self.served_on = served_on
+        self.quant_mismatch = quant_mismatch
         self.on_change = on_change
         self.on_evict = on_evict
         self.on_load = on_load
@@ -144,6 +164,8 @@ class AdapterCache:
             version = self.store.resolve(adapter_id)
         except NotFound as err:
             return self._unload_deleted(adapter_id, err)
+        except FailedPrecondition:  # a name none of whose versions is live (parity gate)
+            version = self.store.versions(parse_adapter_id(adapter_id)[0])[-1]
         with self._lock:
             keys = (
                 [version.id]
@@ -193,8 +215,10 @@ class AdapterCache:
     def num_loaded(self) -> int:
         return len(self._loaded)
 
-    def read(self, version: AdapterVersion) -> LoadedAdapter:
-        """Read and validate a version against the served base model (not cached)."""
+    def read(self, version: AdapterVersion, merged_weights: bool = False) -> LoadedAdapter:
+        """Read and validate a version against the served base model (not cached).
+        `merged_weights`: the engine serves the version's own merged weights, so the base
+        it holds is the one they were merged into (`merged_on`), not its own."""
         try:
             manifest = version.manifest()
         except (OSError, ValueError) as err:
@@ -207,9 +231,38 @@ class AdapterCache:
                 f"(revision {manifest.base_model_revision or '?'}), but this service serves "
                 f"{self.base_name!r} (revision {self.base.revision})"
             )
+        served_on = self.served_on
+        if merged_weights and manifest.merged_on is not None and served_on.mode == "none":
+            served_on = manifest.merged_on.model_copy(update={"dtype": served_on.dtype})
+        trained_on, faithful = self._quantization(manifest, served_on)
+        if faithful is False:
+            reason = (
+                f"adapter {version.id} was trained on a {trained_on} base, but this service "
+                f"serves it on {served_on.describe()}"
+            )
+            if self.quant_mismatch == "refuse":
+                raise FailedPrecondition(
+                    f"{reason} (TUNEYARD_ADAPTER_QUANT_MISMATCH=refuse): serve the base as it "
+                    "was trained (TUNEYARD_QUANTIZATION, TUNEYARD_QUANT_TYPE, "
+                    "TUNEYARD_DOUBLE_QUANT), or allow the mismatch"
+                )
+            if self.quant_mismatch == "warn":
+                log.warning("%s: its outputs may differ from those it was evaluated on", reason)
         weights = read_adapter(version.path, self.max_rank)
         self.lora.check(weights)
-        return LoadedAdapter(version, manifest, weights, size_bytes=version.size_bytes())
+        return LoadedAdapter(
+            version, manifest, weights, size_bytes=version.size_bytes(), faithful=faithful
+        )
+
+    def _quantization(
+        self, manifest: Manifest, served_on: BaseQuantization
+    ) -> tuple[str, bool | None]:
+        """(how the base was held while the adapter trained, whether `served_on` holds it
+        the same way); ('unknown', None) when its manifest does not say."""
+        trained = manifest.base_quantization()
+        if trained is None:
+            return "unknown", None
+        return trained.describe(), trained.same_weights(served_on)
 
     def _load(self, version: AdapterVersion) -> LoadedAdapter:
         if version.id in self._loaded:
@@ -273,6 +326,13 @@ class AdapterCache:
             info.template_fields = template_fields(manifest)
             if not loaded:
                 info.rank, info.target_modules = configured_lora(version.path)
+            info.trained_on, info.faithful = self._quantization(manifest, self.served_on)
+            info.served_on = self.served_on.describe()
+            # From the volume even when loaded: the trainer judges the gate, and promotes,
+            # after a version is loaded.
+            gate = version.manifest().gate if loaded else manifest.gate
+            if gate is not None:
+                info.gate, info.live = gate.state, gate.live
         except (OSError, ValueError, jinja2.TemplateSyntaxError) as err:
             info.state, info.error = "failed", f"unreadable manifest or adapter config: {err}"
         if loaded:

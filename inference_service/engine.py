@@ -4,7 +4,9 @@ queues it; the caller waits on the sequence (`result()` or `stream()`) and may `
 
 import logging
 import threading
+from pathlib import Path
 
+from tuneyard.adapter_store import MERGED, AdapterStore, BaseQuantization
 from tuneyard.errors import FailedPrecondition
 from tuneyard.modeling import (
     BaseModelRef,
@@ -41,7 +43,10 @@ class Engine(EngineBase):
         model,
         tokenizer,
         metrics: Metrics | None = None,
+        merged_weights: bool = False,
     ):
+        """`merged_weights`: `model` holds the merged adapter's own merged weights (its
+        `merged/` folder) rather than the base's."""
         self.model = model.eval()
         self.device = next(model.parameters()).device
         super().__init__(
@@ -55,11 +60,21 @@ class Engine(EngineBase):
         )
         self.lora = MultiLora(model, settings.max_loaded_adapters)
         model_lock = threading.Lock()
-        self.adapters = self._adapter_cache(self.lora, model_lock)
+        served_on = BaseQuantization.of(
+            settings.quantization,
+            settings.quant_type,
+            settings.double_quant,
+            str(model.dtype).removeprefix("torch."),
+        )
+        self.adapters = self._adapter_cache(self.lora, model_lock, served_on)
         if settings.merged_adapter:
-            self.merged = self.adapters.read(self.adapters.store.resolve(settings.merged_adapter))
-            self.lora.merge(self.merged.weights)
-            log.info("serving adapter %s merged into the base weights", self.merged.key)
+            version = self.adapters.store.resolve(settings.merged_adapter)
+            self.merged = self.adapters.read(version, merged_weights=merged_weights)
+            if merged_weights:
+                log.info("serving adapter %s from its merged weights", self.merged.key)
+            else:
+                self.lora.merge(self.merged.weights)
+                log.info("serving adapter %s merged into the base weights", self.merged.key)
         forward = EagerForward(model, self.lora)
         self.scheduler = BatchScheduler(
             forward,
@@ -100,9 +115,19 @@ class Engine(EngineBase):
         base = resolve_base_model(settings.resolved_base_model)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
-        log.info("loading %s on %s (%s)", base.id, device, dtype)
-        model = load_model(base, device=device, dtype=dtype, quantization=settings.quantization)
-        return cls(settings, base, model, load_tokenizer(base), metrics)
+        merged = own_merged_weights(settings)
+        log.info("loading %s on %s (%s)", merged or base.id, device, dtype)
+        model = load_model(
+            BaseModelRef(base.id, merged, base.revision) if merged else base,
+            device=device,
+            dtype=dtype,
+            quantization=settings.quantization,
+            quant_type=settings.quant_type,
+            double_quant=settings.double_quant,
+        )
+        return cls(
+            settings, base, model, load_tokenizer(base), metrics, merged_weights=bool(merged)
+        )
 
     def stop(self) -> None:
         self.scheduler.stop()
@@ -116,3 +141,14 @@ class Engine(EngineBase):
     def info(self) -> dict:
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         return self._info(dtype, self.device.type)
+
+
+def own_merged_weights(settings: InferenceSettings) -> Path | None:
+    """The merged adapter's own merged weights (its job's `merge`, checked against base +
+    adapter when published, merged into the base it trained on with `merge_dequantized`),
+    served as they are on an unquantized base, as the vllm engine serves them."""
+    if not settings.merged_adapter or settings.quantization != "none":
+        return None
+    store = AdapterStore(settings.resolved_adapters_dir)
+    folder = store.resolve(settings.merged_adapter).path / MERGED
+    return folder if (folder / "config.json").is_file() else None

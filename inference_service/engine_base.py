@@ -8,7 +8,7 @@ import random
 import time
 
 import tuneyard
-from tuneyard.adapter_store import AdapterStore
+from tuneyard.adapter_store import AdapterStore, BaseQuantization
 from tuneyard.errors import FailedPrecondition, InvalidArgument, TuneyardError
 from tuneyard.metrics import BASE_LABEL, OTHER_LABEL
 from tuneyard.modeling import BaseModelRef, public_name
@@ -47,7 +47,8 @@ class EngineBase:
         self.grammars = Grammars(tokenizer, vocab_size)
         self.merged: LoadedAdapter | None = None
 
-    def _adapter_cache(self, lora, model_lock) -> AdapterCache:
+    def _adapter_cache(self, lora, model_lock, served_on: BaseQuantization) -> AdapterCache:
+        """`served_on`: how this engine holds the base's weights."""
         return AdapterCache(
             AdapterStore(self.settings.resolved_adapters_dir),
             lora,
@@ -56,6 +57,8 @@ class EngineBase:
             max_loaded=self.settings.max_loaded_adapters,
             max_rank=self.settings.max_adapter_rank,
             model_lock=model_lock,
+            served_on=served_on,
+            quant_mismatch=self.settings.adapter_quant_mismatch,
             on_change=self.metrics.adapters_loaded.set,
             on_evict=self.metrics.adapter_evictions.inc,
             on_load=self.metrics.observe_load,
@@ -172,7 +175,9 @@ class EngineBase:
             seed=seed,
             adapter_key=adapter.key if adapter else None,
             answered_by=manifest_adapter.key if manifest_adapter else "",
-            on_close=lambda seq, status: self._closed(seq, status, adapter, route),
+            on_close=lambda seq, status: self._closed(
+                seq, status, adapter, manifest_adapter, route
+            ),
         )
 
     def _prompt(self, request: GenerateInput, adapter: LoadedAdapter | None) -> tuple[str, bool]:
@@ -209,13 +214,20 @@ class EngineBase:
         return prompt, False
 
     def _closed(
-        self, seq: Sequence, status: str, adapter: LoadedAdapter | None, route: str
+        self,
+        seq: Sequence,
+        status: str,
+        adapter: LoadedAdapter | None,
+        manifest_adapter: LoadedAdapter | None,
+        route: str,
     ) -> None:
         if adapter is not None:
             self.adapters.release(adapter)
         m = self.metrics
         label = m.adapter_label(seq.answered_by)
         m.requests.labels(route, status, label).inc()
+        if manifest_adapter is not None and manifest_adapter.faithful is False:
+            m.unfaithful_requests.labels(label).inc()
         m.prompt_tokens.labels(label).inc(len(seq.prompt_ids))
         m.generated_tokens.labels(label).inc(len(seq.ids))
         now = time.monotonic()

@@ -13,6 +13,12 @@ layer then takes one of three paths:
   prefill and the dynamic batch;
 - per-row slots: a slot index per row and one batched matmul pair over gathered A/B, whose
   shapes do not depend on which adapters are in the batch, so a CUDA graph can replay it.
+
+DoRA adapters are served unmerged on every path, as PEFT computes them: per layer and slot
+one vector `mag` = magnitude / ||W + scaling B A|| (the norm of each output row of the
+weight, computed once at load), and a row's output is mag * (W x + its LoRA output) + bias.
+Rows of plain LoRA adapters and of the base have mag 1, so a layer holds that stack only
+once a DoRA adapter has weights in it.
 """
 
 import torch
@@ -37,7 +43,7 @@ class LoraRouting:
         self.mixed = False
         self.span = (0, 0)  # mixed: the slots [first, last + 1) each layer computes
         self.slots: torch.Tensor | None = None  # [rows] slot ids; set for fixed-shape decode
-        self._row_slots: torch.Tensor | None = None
+        self.row_slots: torch.Tensor | None = None  # mixed: [rows] slot ids
         self._masks: dict[torch.dtype, torch.Tensor] = {}
 
     def set_rows(self, slots: list[int], device, fixed: torch.Tensor | None) -> None:
@@ -56,14 +62,14 @@ class LoraRouting:
         self.mixed = bool(adapters) and not uniform
         if self.mixed:
             self.span = (min(adapters), max(adapters) + 1)
-            self._row_slots = torch.tensor(slots, device=device)
+            self.row_slots = torch.tensor(slots, device=device)
 
     def mask(self, dtype: torch.dtype) -> torch.Tensor:
         """[rows, span]: 1 at each row's slot (none for a base row). Built once per
         forward, not per layer."""
         if dtype not in self._masks:
-            span = torch.arange(*self.span, device=self._row_slots.device)
-            self._masks[dtype] = (self._row_slots[:, None] == span[None, :]).to(dtype)
+            span = torch.arange(*self.span, device=self.row_slots.device)
+            self._masks[dtype] = (self.row_slots[:, None] == span[None, :]).to(dtype)
         return self._masks[dtype]
 
 
@@ -77,6 +83,10 @@ class LoraLinear(nn.Module):
         self.a = torch.zeros(num_slots, rank, base.in_features, dtype=dtype, device=device)
         self.b = torch.zeros(num_slots, base.out_features, rank, dtype=dtype, device=device)
         self._bt: torch.Tensor | None = None  # every slot's B, as [slots * rank, out]
+        # DoRA: [slots, out] magnitude / weight norm, ones for other slots; None until the
+        # first DoRA adapter (a new tensor: MultiLora bumps its version).
+        self.mag: torch.Tensor | None = None
+        self.dora: set[int] = set()  # the slots holding a DoRA adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -84,14 +94,20 @@ class LoraLinear(nn.Module):
         if slots is not None:
             # x [rows, 1, in]: every row through its own slot's A and B (zeros for the base).
             xa = torch.bmm(x.to(self.a.dtype), self.a[slots].transpose(1, 2))
-            return out + torch.bmm(xa, self.b[slots].transpose(1, 2)).to(out.dtype)
+            delta = torch.bmm(xa, self.b[slots].transpose(1, 2))
+            if self.mag is None:
+                return out + delta.to(out.dtype)
+            return self._dora(out, delta, self.mag[slots][:, None, :])
         only = self.routing.only
         if only is not None:
             rank = self.ranks.get(only)
             if rank is None:
                 return out
             a, b = self.a[only, :rank], self.b[only, :, :rank]
-            return out + (x.to(a.dtype) @ a.T @ b.T).to(out.dtype)
+            delta = x.to(a.dtype) @ a.T @ b.T
+            if only in self.dora:
+                return self._dora(out, delta, self.mag[only])
+            return out + delta.to(out.dtype)
         if not self.routing.mixed or not self.ranks:
             return out
         # A mix of adapters (and the base): x A of every slot in the batch's span for every
@@ -108,7 +124,19 @@ class LoraLinear(nn.Module):
             shape[0], *([1] * (xa.dim() - 2)), slots, 1
         )
         b_t = self._stacked_bt()[first * rank : end * rank]
-        return out + (xa.view(shape) @ b_t).to(out.dtype)
+        delta = xa.view(shape) @ b_t
+        if self.dora.isdisjoint(range(first, end)):
+            return out + delta.to(out.dtype)
+        mag = self.mag[self.routing.row_slots]
+        return self._dora(out, delta, mag.view(shape[0], *([1] * (delta.dim() - 2)), -1))
+
+    def _dora(self, out: torch.Tensor, delta: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+        """PEFT's DoRA output from the base output `out` (W x + bias) and the LoRA output
+        `delta`: mag * (W x + delta) + bias, written as PEFT writes it, so a row whose mag
+        is 1 gets exactly out + delta."""
+        bias = self.base.bias
+        plain = out if bias is None else out - bias
+        return out + ((mag - 1) * plain + mag * delta).to(out.dtype)
 
     def _stacked_bt(self) -> torch.Tensor:
         if self._bt is None:
@@ -116,7 +144,16 @@ class LoraLinear(nn.Module):
             self._bt = self.b.transpose(1, 2).reshape(slots * rank, out_features).contiguous()
         return self._bt
 
-    def put(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+    def put(
+        self,
+        slot: int,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        scaling: float,
+        magnitude: torch.Tensor | None = None,
+    ) -> None:
+        """An adapter's A and B into `slot`; with `magnitude`, DoRA's vector over this
+        layer's weight norm (with the adapter's delta) goes into `mag`."""
         rank = a.shape[0]
         self.a[slot].zero_()
         self.b[slot].zero_()
@@ -124,12 +161,29 @@ class LoraLinear(nn.Module):
         self.b[slot, :, :rank] = (b.float() * scaling).to(self.b.dtype)
         self.ranks[slot] = rank
         self._bt = None
+        if magnitude is not None:
+            if self.mag is None:
+                # float32 whatever the compute dtype: values near 1 that bf16 would round.
+                self.mag = torch.ones(
+                    self.a.shape[0], self.b.shape[1], dtype=torch.float32, device=self.a.device
+                )
+            delta = (b.float() @ a.float()) * scaling
+            self.mag[slot] = dora_scale(self.base, delta, magnitude)
+            self.dora.add(slot)
+        else:
+            self._plain(slot)
 
     def clear(self, slot: int) -> None:
         if self.ranks.pop(slot, None) is not None:
             self.a[slot].zero_()
             self.b[slot].zero_()
             self._bt = None
+            self._plain(slot)
+
+    def _plain(self, slot: int) -> None:
+        if slot in self.dora:
+            self.mag[slot] = 1
+            self.dora.discard(slot)
 
     def resize(self, num_slots: int, rank: int) -> None:
         """Grow the stacks, keeping what they hold (new tensors: graphs must be recaptured)."""
@@ -139,6 +193,10 @@ class LoraLinear(nn.Module):
         a[:old_slots, :old_rank] = self.a
         b[:old_slots, :, :old_rank] = self.b
         self.a, self.b, self._bt = a, b, None
+        if self.mag is not None:
+            mag = self.mag.new_ones(num_slots, self.mag.shape[1])
+            mag[:old_slots] = self.mag
+            self.mag = mag
 
 
 class MultiLora:
@@ -185,7 +243,11 @@ class MultiLora:
             self._grow(self._num_slots + (slot is None), weights.rank)
             slot = slot or self._num_slots - 1
         for path, (a, b) in weights.modules.items():
-            self._wrap(path).put(slot, a, b, weights.scaling)
+            layer = self._wrap(path)
+            first_dora = layer.mag is None and path in weights.magnitudes
+            layer.put(slot, a, b, weights.scaling, weights.magnitudes.get(path))
+            if first_dora:
+                self.version += 1  # a new tensor the CUDA graphs must read
         self._slots[key] = slot
 
     def remove(self, key: str) -> None:
@@ -195,7 +257,8 @@ class MultiLora:
                 layer.clear(slot)
 
     def merge(self, weights: LoraWeights) -> None:
-        """Fold an adapter into the base weights for good: W += scaling * B @ A."""
+        """Fold an adapter into the base weights for good: W += scaling * B @ A, and for
+        DoRA, as PEFT merges it, W = mag * (W + scaling * B @ A) row by row."""
         self.check(weights)
         with torch.no_grad():
             for path, (a, b) in weights.modules.items():
@@ -205,7 +268,13 @@ class MultiLora:
                         f"cannot merge into {path}: {type(linear).__name__} (a quantized base?)"
                     )
                 delta = (b.float() @ a.float()) * weights.scaling
-                linear.weight += delta.to(device=linear.weight.device, dtype=linear.weight.dtype)
+                magnitude = weights.magnitudes.get(path)
+                if magnitude is None:
+                    linear.weight += delta.to(linear.weight.device, linear.weight.dtype)
+                    continue
+                mag = dora_scale(linear, delta, magnitude)
+                merged = (linear.weight.float() + delta.to(mag.device)) * mag[:, None]
+                linear.weight.copy_(merged.to(linear.weight.dtype))
 
     def _grow(self, num_slots: int, rank: int) -> None:
         self._num_slots = num_slots
@@ -236,6 +305,32 @@ class MultiLora:
             self._layers[path] = layer
             self.version += 1
         return self._layers[path]
+
+
+def dora_scale(linear: nn.Module, delta: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """DoRA's magnitude / ||W + delta|| (float32, on the layer's device): the L2 norm of
+    each output row of the layer's weight [out, in] plus the scaled delta B A, the base
+    weight dequantized as PEFT dequantizes it; a constant, as PEFT detaches it."""
+    with torch.no_grad():
+        weight = _dense_weight(linear).float()
+        norm = torch.linalg.norm(weight + delta.to(weight.device), dim=1)
+        return magnitude.to(weight.device, torch.float32) / norm
+
+
+def _dense_weight(linear: nn.Module) -> torch.Tensor:
+    """The layer's weight [out, in]; bitsandbytes' 4-bit and int8 weights dequantized with
+    the functions PEFT calls for DoRA (not PEFT's helper itself: on a CPU it replaces the
+    int8 weight, which drops its scales)."""
+    weight = linear.weight
+    kind = type(weight).__name__
+    if kind not in ("Params4bit", "Int8Params"):
+        return weight
+    import bitsandbytes as bnb
+
+    if kind == "Params4bit":
+        return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+    scales = weight.SCB if weight.SCB is not None else linear.state.SCB  # moved by a forward
+    return bnb.functional.int8_vectorwise_dequant(weight.data, scales.to(weight.device))
 
 
 def _compute_dtype(linear: nn.Linear) -> torch.dtype:

@@ -74,6 +74,13 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.unfaithful_requests = Counter(
+            p + "unfaithful_requests",
+            "Requests served by an adapter on a base quantized otherwise than it was "
+            "trained on (TUNEYARD_ADAPTER_QUANT_MISMATCH allow or warn).",
+            ["adapter"],
+            registry=r,
+        )
         self.adapter_evictions = Counter(
             p + "adapter_evictions", "Adapters evicted by the LRU.", registry=r
         )

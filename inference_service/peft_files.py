@@ -3,7 +3,7 @@
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,16 +14,24 @@ from tuneyard.errors import FailedPrecondition
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _KEY_PREFIX = "base_model.model."
+_MAGNITUDE = "lora_magnitude_vector"
 
 
 @dataclass
 class LoraWeights:
-    """One adapter read from its PEFT folder: per module path, (A [r, in], B [out, r])."""
+    """One adapter read from its PEFT folder: per module path, (A [r, in], B [out, r]);
+    for a DoRA adapter also per module path its magnitude vector [out]. `scaling` is
+    alpha / r, or alpha / sqrt(r) for rsLoRA."""
 
     rank: int
     scaling: float
     target_modules: list[str]
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def dora(self) -> bool:
+        return bool(self.magnitudes)
 
 
 def configured_lora(folder: Path) -> tuple[int, list[str]]:
@@ -58,7 +66,7 @@ def read_adapter(folder: Path, max_rank: int) -> LoraWeights:
             f"{weights_path} is not a readable safetensors file: {err}"
         ) from err
 
-    modules = _pair_tensors(tensors, weights_path)
+    modules, magnitudes = _pair_tensors(tensors, weights_path, dora=bool(config.get("use_dora")))
     rank = max(a.shape[0] for a, _ in modules.values())
     if rank > max_rank:
         raise FailedPrecondition(f"adapter rank {rank} exceeds max_adapter_rank {max_rank}")
@@ -66,7 +74,7 @@ def read_adapter(folder: Path, max_rank: int) -> LoraWeights:
     alpha = float(config.get("lora_alpha", r))
     scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     targets = sorted({path.rsplit(".", 1)[-1] for path in modules})
-    return LoraWeights(rank=rank, scaling=scaling, target_modules=targets, modules=modules)
+    return LoraWeights(rank, scaling, targets, modules, magnitudes)
 
 
 def _check_config(config: dict, max_rank: int) -> None:
@@ -79,8 +87,6 @@ def _check_config(config: dict, max_rank: int) -> None:
         problems.append(
             f"modules_to_save {config['modules_to_save']} (full modules are not served)"
         )
-    if config.get("use_dora"):
-        problems.append("use_dora (DoRA is not served)")
     if config.get("fan_in_fan_out"):
         problems.append("fan_in_fan_out (Conv1D bases are not served)")
     for key in ("rank_pattern", "alpha_pattern"):
@@ -95,18 +101,22 @@ def _check_config(config: dict, max_rank: int) -> None:
         raise FailedPrecondition("unsupported adapter: " + "; ".join(problems))
 
 
-def _pair_tensors(tensors: dict[str, torch.Tensor], path: Path):
+def _pair_tensors(tensors: dict[str, torch.Tensor], path: Path, dora: bool):
+    """Per module (A, B), and with `dora` (the config's use_dora) its magnitude vector,
+    which PEFT saves as `<module>.lora_magnitude_vector`."""
+    kinds = ("lora_A", "lora_B", _MAGNITUDE) if dora else ("lora_A", "lora_B")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         stem, dot, kind = key.removesuffix(".weight").rpartition(".")
-        if not dot or kind not in ("lora_A", "lora_B") or not stem.startswith(_KEY_PREFIX):
-            raise FailedPrecondition(f"{path.name}: unexpected tensor {key!r} (only LoRA A/B)")
+        if not dot or kind not in kinds or not stem.startswith(_KEY_PREFIX):
+            only = "LoRA A/B and DoRA magnitudes" if dora else "LoRA A/B"
+            raise FailedPrecondition(f"{path.name}: unexpected tensor {key!r} (only {only})")
         pairs.setdefault(stem.removeprefix(_KEY_PREFIX), {})[kind] = tensor
     if not pairs:
         raise FailedPrecondition(f"{path.name} holds no LoRA tensors")
-    modules = {}
+    modules, magnitudes = {}, {}
     for module, pair in pairs.items():
-        if set(pair) != {"lora_A", "lora_B"}:
+        if not {"lora_A", "lora_B"} <= set(pair):
             raise FailedPrecondition(f"{path.name}: {module} lacks lora_A or lora_B")
         a, b = pair["lora_A"], pair["lora_B"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
@@ -114,4 +124,13 @@ def _pair_tensors(tensors: dict[str, torch.Tensor], path: Path):
                 f"{path.name}: {module} has mismatched shapes A{tuple(a.shape)} B{tuple(b.shape)}"
             )
         modules[module] = (a, b)
-    return modules
+        if dora:
+            magnitude = pair.get(_MAGNITUDE)
+            if magnitude is None or tuple(magnitude.shape) != (b.shape[0],):
+                found = "none" if magnitude is None else f"shape {tuple(magnitude.shape)}"
+                raise FailedPrecondition(
+                    f"{path.name}: use_dora, but {module} has no DoRA magnitude vector of "
+                    f"{b.shape[0]} values ({_MAGNITUDE}: {found})"
+                )
+            magnitudes[module] = magnitude
+    return modules, magnitudes

@@ -151,4 +151,9 @@ def to_adapter(info: AdapterInfo) -> pb.Adapter:
         state=info.state,
         recipe=info.recipe,
         template_fields=info.template_fields,
+        trained_on=info.trained_on,
+        served_on=info.served_on,
+        faithful=info.faithful,
+        gate=info.gate,
+        live=info.live,
     )

@@ -18,6 +18,20 @@ class InferenceSettings(CommonSettings):
         "fp32 on other CPUs) or a torch dtype.",
     )
     quantization: Literal["none", "8bit", "4bit"] = "none"
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type (quantization 4bit; the vllm engine: nf4 only)."
+    )
+    double_quant: bool = Field(
+        True,
+        description="4 bit: quantize the quantization constants too (QLoRA's default; the "
+        "vllm engine: on only).",
+    )
+    adapter_quant_mismatch: Literal["allow", "warn", "refuse"] = Field(
+        "warn",
+        description="An adapter trained on a base quantized otherwise than this service "
+        "serves it (QLoRA served on 16 bit...): allow it, warn (log it at load; both list it "
+        "unfaithful and count its requests), or refuse it at load (FAILED_PRECONDITION).",
+    )
     merged_adapter: str = Field(
         "", description="Serve only this adapter, merged into the base weights; '' = off."
     )

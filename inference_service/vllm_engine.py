@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from tuneyard.adapter_store import AdapterStore
+from tuneyard.adapter_store import MERGED, AdapterStore, BaseQuantization
 from tuneyard.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -72,12 +72,18 @@ class VllmEngine(EngineBase):
             metrics=metrics,
         )
         self.device, self.dtype = device, dtype
-        self.loras = VllmLoras(MultiLora(structure, 1))
-        self.adapters = self._adapter_cache(self.loras, threading.Lock())
+        self.loras = VllmLoras(MultiLora(structure, 1), merged=bool(settings.merged_adapter))
+        # vLLM's in-flight 4 bit is NF4 with double quantization (server_args checks).
+        served_on = BaseQuantization.of(
+            settings.quantization, "nf4", True, str(dtype).removeprefix("torch.")
+        )
+        self.adapters = self._adapter_cache(self.loras, threading.Lock(), served_on)
         model_path = base.path
         if settings.merged_adapter:
             # Checked against the base's structure like any adapter, then served as weights.
-            self.merged = self.adapters.read(self.adapters.store.resolve(settings.merged_adapter))
+            version = self.adapters.store.resolve(settings.merged_adapter)
+            own = (version.path / MERGED / "config.json").is_file()
+            self.merged = self.adapters.read(version, merged_weights=own)
             model_path = merged_weights(base, self.merged.version.path, self.merged.key, settings)
         dtype_name = str(dtype).removeprefix("torch.")
         self.server = VllmServer(settings, server_args(settings, model_path, device, dtype_name))
@@ -225,8 +231,9 @@ class VllmLoras:
     loaded into vLLM under its "name@version"; after vLLM restarts, it is loaded again on
     its next use."""
 
-    def __init__(self, shapes: MultiLora):
+    def __init__(self, shapes: MultiLora, merged: bool = False):
         self.shapes = shapes
+        self.merged = merged  # the one adapter is served merged into the weights (by PEFT)
         self.store: AdapterStore | None = None
         self.server: VllmServer | None = None
         self.admin: httpx.Client | None = None
@@ -238,6 +245,11 @@ class VllmLoras:
 
     def check(self, weights: LoraWeights) -> None:
         self.shapes.check(weights)
+        if weights.dora and not self.merged:
+            raise FailedPrecondition(
+                "vLLM does not serve DoRA adapters unmerged: serve it with the native engine "
+                "(TUNEYARD_ENGINE=native), or merged (TUNEYARD_MERGED_ADAPTER)"
+            )
 
     def add(self, key: str, weights: LoraWeights) -> None:
         """Checked already (AdapterCache.read); vLLM reads the version's own folder."""
@@ -400,8 +412,8 @@ def merged_weights(
 ) -> Path:
     """Base + adapter as one model folder for vLLM: the version's own `merged/` when the
     job wrote one, else merged here once and kept under TUNEYARD_HOME."""
-    if (adapter_dir / "merged" / "config.json").is_file():
-        return adapter_dir / "merged"
+    if (adapter_dir / MERGED / "config.json").is_file():
+        return adapter_dir / MERGED
     out = settings.home / "merged" / key
     if (out / "config.json").is_file():
         return out

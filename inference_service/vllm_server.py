@@ -98,6 +98,13 @@ def server_args(
     if device.startswith("cuda"):
         args += ["--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization)]
     if settings.quantization == "4bit":
+        if (settings.quant_type, settings.double_quant) != ("nf4", True):
+            raise FailedPrecondition(
+                "the vllm engine quantizes in flight to NF4 with double quantization only: "
+                "set TUNEYARD_QUANT_TYPE=nf4 and TUNEYARD_DOUBLE_QUANT=true, or use the "
+                "native engine",
+                param="quant_type",
+            )
         args += ["--quantization", "bitsandbytes"]
     elif settings.quantization == "8bit":
         raise FailedPrecondition(

@@ -115,6 +115,7 @@ def publish_checkpoint_models(store: AdapterStore, workdir: Path, manifest: Mani
                     "name": checkpoint_model_name(manifest.job_id, checkpoint.step),
                     "metrics": {**checkpoint.metrics, "checkpoint_step": checkpoint.step},
                     "created_at": time.time(),
+                    "gate": None,  # its probes are the final model's: no gate, live
                 }
             )
             (path / MODEL).write_text(publish_folder(store, path, own).id)

@@ -11,6 +11,7 @@ from trainer_service.evaluation import servicer as evaluation_servicer
 from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.settings import EvaluationSettings
 from trainer_service.executors import make_executor
+from trainer_service.gate import ParityGateCheck
 from trainer_service.job_store import JobStore
 from trainer_service.journal import JobJournal
 from trainer_service.metrics import TrainerMetrics
@@ -18,6 +19,7 @@ from trainer_service.notify import AdapterPreloader, InferenceNotifier
 from trainer_service.scheduler import JobScheduler
 from trainer_service.servicer import TrainerServicer, add_to_server
 from trainer_service.settings import TrainerSettings
+from tuneyard.adapter_store import AdapterStore
 from tuneyard.errors import Unavailable
 from tuneyard.grpc_server import add_health_and_reflection, build_server, run_until_signal
 
@@ -58,11 +60,24 @@ def serve(settings: TrainerSettings) -> RunningServer:
     notifier = InferenceNotifier(settings.inference_addr) if settings.inference_addr else None
     evaluations = EvaluationService(EvaluationSettings.of(settings), journal)
     evaluations.start()
+    preload = AdapterPreloader(notifier, journal) if notifier else None
+    gate = ParityGateCheck(
+        AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode),
+        journal,
+        settings.inference_addr,
+    )
+
+    def on_published(job_id: str, model: str) -> None:
+        """Preload the new version on every replica, then run its parity gate."""
+        if preload is not None:
+            preload(job_id, model)
+        gate(job_id, model)
+
     scheduler = JobScheduler(
         settings,
         journal,
         make_executor(settings),
-        on_published=AdapterPreloader(notifier, journal) if notifier else None,
+        on_published=on_published,
         after_success=[evaluations.evaluate_job],
     )
     scheduler.start()

@@ -282,6 +282,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         deleted = self.adapters.delete(request.adapter_id)
         return trainer_pb2.DeleteAdapterResponse(deleted=[v.id for v in deleted])
 
+    @maps_errors
+    def PromoteAdapter(self, request, context):
+        """The volume only: the caller tells the inference replicas to load it."""
+        version = self.adapters.promote(request.adapter_id)
+        return trainer_pb2.PromoteAdapterResponse(promoted=version.id)
+
     def _unended_jobs(self) -> list[job_store.Job]:
         return self.store.jobs_with_status(
             job_store.VALIDATING_FILES, job_store.QUEUED, job_store.RUNNING

@@ -21,17 +21,94 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tuneyard.errors import InvalidArgument, NotFound
+from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound
 
 MANIFEST = "tuneyard.json"
 LOSS_CURVE = "loss_curve.png"  # the training loss image the trainer puts in each version
+MERGED = "merged"  # a version's folder of merged weights (the job's `merge`), a whole model
 DEFAULT_MODE = 0o755
 _DELETED = ".deleted-"
 _TRASH = ".trash-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class BaseQuantization(BaseModel):
+    """How a base model's weights are held: what an adapter was trained against (its
+    manifest), and what a server serves it on. Two bases hold the same weights when mode,
+    and for 4 bit the data type and double quantization, agree; the dtypes only round."""
+
+    mode: Literal["none", "8bit", "4bit"] = "none"
+    quant_type: Literal["", "nf4", "fp4"] = ""
+    """4 bit: the data type."""
+    double_quant: bool = False
+    """4 bit: the quantization constants quantized too."""
+    dtype: str = ""
+    """The weights' dtype (mode none), or the dtype the 8-/4-bit matmuls compute in; ''
+    when not known."""
+
+    @classmethod
+    def of(
+        cls, mode: str, quant_type: str = "nf4", double_quant: bool = True, dtype: str = ""
+    ) -> "BaseQuantization":
+        """A job's or a server's settings; the 4-bit ones count in mode 4bit only."""
+        if mode != "4bit":
+            return cls(mode=mode, dtype=dtype)
+        return cls(mode=mode, quant_type=quant_type, double_quant=double_quant, dtype=dtype)
+
+    def same_weights(self, other: "BaseQuantization") -> bool:
+        return (self.mode, self.quant_type, self.double_quant) == (
+            other.mode,
+            other.quant_type,
+            other.double_quant,
+        )
+
+    def describe(self) -> str:
+        """e.g. '4bit nf4 double-quant (bfloat16)', '8bit', 'none (float32)'."""
+        words = [self.mode]
+        if self.mode == "4bit":
+            words += [self.quant_type] + (["double-quant"] if self.double_quant else [])
+        return " ".join(words) + (f" ({self.dtype})" if self.dtype else "")
+
+
+class GateProbe(BaseModel):
+    """One held-out prompt of a parity gate: the row's template fields, the prompt they
+    render to, and the trained model's own greedy tokens and their log-probabilities."""
+
+    fields: dict[str, str]
+    prompt: str
+    ids: list[int]
+    logprobs: list[float]
+    served_ids: list[int] | None = None  # the inference service's, once compared
+    served_logprobs: list[float] | None = None
+
+
+class ParityGate(BaseModel):
+    """Whether the inference service generates what the trained model generated, on a few
+    held-out prompts, before the name moves to a version. `pending` until the trainer has
+    compared; a version whose gate failed is published but not what its name means until
+    it is promoted."""
+
+    state: Literal["pending", "passed", "failed", "skipped"] = "pending"
+    tokens: int
+    """Greedy tokens compared per prompt."""
+    min_agreement: float
+    """The share of a prompt's first `tokens` positions that must hold the same token."""
+    probes: list[GateProbe] = Field(default_factory=list)
+    agreement: float | None = None
+    """The lowest share of identical positions over the prompts."""
+    max_logprob_diff: float | None = None
+    """The largest |log-probability difference| of a token both sides chose, before the
+    first disagreement."""
+    reason: str = ""
+    promoted: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("passed", "skipped") or self.promoted
 
 
 class Manifest(BaseModel):
@@ -54,6 +131,26 @@ class Manifest(BaseModel):
     metrics: dict = Field(default_factory=dict)
     job_id: str = ""
     created_at: float = Field(default_factory=time.time)
+    trained_on: BaseQuantization | None = None
+    """How the base was quantized while the adapter trained; None: not recorded."""
+    gate: ParityGate | None = None
+    """The parity gate; None (versions from before it, checkpoints): live."""
+    merged_on: BaseQuantization | None = None
+    """The base the `merged/` weights were merged into: its original weights (none), or
+    with the job's `merge_dequantized` the quantized ones it trained on, dequantized."""
+
+    def base_quantization(self) -> BaseQuantization | None:
+        """`trained_on`, or for versions published before it was recorded, what their
+        job's hyperparameters say (without the compute dtype, which was not resolved)."""
+        if self.trained_on is not None:
+            return self.trained_on
+        mode = self.hyperparameters.get("quantization")
+        if mode not in ("none", "8bit", "4bit"):
+            return None
+        options = self.hyperparameters.get("quantization_options") or {}
+        return BaseQuantization.of(
+            mode, options.get("quant_type", "nf4"), options.get("double_quant", True)
+        )
 
 
 @dataclass(frozen=True)
@@ -133,12 +230,14 @@ class AdapterStore:
         return [v for name in self.names() for v in self.versions(name)]
 
     def resolve(self, adapter_id: str) -> AdapterVersion:
+        """'name@version' is that version; 'name' the newest live one: its parity gate
+        passed (or it has none) or it was promoted."""
         name, version = parse_adapter_id(adapter_id)
         versions = self.versions(name)
         if not versions:
             raise NotFound(f"adapter {name!r} not found", param="adapter_id")
         if version is None:
-            return versions[-1]
+            return self._live(name, versions)
         for v in versions:
             if int(v.version) == int(version):
                 return v
@@ -147,6 +246,45 @@ class AdapterStore:
             + ", ".join(v.version for v in versions),
             param="adapter_id",
         )
+
+    @staticmethod
+    def _live(name: str, versions: list[AdapterVersion]) -> AdapterVersion:
+        held = []
+        for v in reversed(versions):
+            try:
+                gate = v.manifest().gate
+            except (OSError, ValueError):  # unreadable: loading it says why
+                return v
+            if gate is None or gate.live:
+                return v
+            held.append(f"{v.id} ({gate.state})")
+        raise FailedPrecondition(
+            f"adapter {name!r} has no live version: {', '.join(held)} did not pass its parity "
+            f"gate; ask for it as name@version, or promote it "
+            f"(POST /v1/adapters/{versions[-1].id}/promote)",
+            param="adapter_id",
+        )
+
+    def update_manifest(self, version: AdapterVersion, manifest: Manifest) -> None:
+        """Replace a published version's manifest at once (a reader sees the old or the
+        new one): its parity gate's outcome, a promotion."""
+        staged = version.path / f".{MANIFEST}.{os.urandom(4).hex()}"
+        staged.write_text(manifest.model_dump_json(indent=2))
+        os.chmod(staged, self.file_mode)
+        os.replace(staged, version.path / MANIFEST)
+
+    def promote(self, adapter_id: str) -> AdapterVersion:
+        """Make 'name@version' live whatever its parity gate said: 'name' then means it
+        unless a newer version is live."""
+        name, number = parse_adapter_id(adapter_id)
+        if number is None:
+            raise InvalidArgument("promote names one version: name@version", param="adapter_id")
+        version = self.resolve(adapter_id)
+        manifest = version.manifest()
+        if manifest.gate is not None and not manifest.gate.promoted:
+            gate = manifest.gate.model_copy(update={"promoted": True})
+            self.update_manifest(version, manifest.model_copy(update={"gate": gate}))
+        return version
 
     def staging_dir(self, name: str) -> Path:
         """A fresh hidden folder on the same filesystem as the final version."""

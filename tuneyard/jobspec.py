@@ -124,7 +124,8 @@ class LoraSpec(_Strict):
     r: int = Field(16, ge=1, le=1024)
     """The adapter's rank."""
     alpha: float = Field(32.0, gt=0)
-    """The scaling numerator: updates are scaled by alpha / r."""
+    """The scaling numerator: updates are scaled by alpha / r (alpha / sqrt(r) with
+    `use_rslora`)."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter's input while training."""
     bias: Literal["none", "all", "lora_only"] = "none"
@@ -132,6 +133,13 @@ class LoraSpec(_Strict):
     target_modules: list[str] = Field(default_factory=list)
     """Module names to adapt; empty: the architecture's default; `["all-linear"]`: every
     linear layer but the output."""
+    use_dora: bool = False
+    """DoRA (PEFT's `use_dora`): each adapted layer also learns a magnitude per output
+    feature, the low-rank update setting only the weights' direction; the native engine
+    serves it unmerged in mixed batches or merged, vLLM only merged."""
+    use_rslora: bool = False
+    """rsLoRA (PEFT's `use_rslora`): updates scaled by alpha / sqrt(r) instead of alpha / r,
+    which keeps higher ranks learning."""
 
     @model_validator(mode="after")
     def _all_linear_alone(self):
@@ -192,6 +200,22 @@ class TrainingSpec(_Strict):
     """sft only: pack several rows into each sequence (TRL's bfd packing)."""
 
 
+class ParityGateSpec(_Strict):
+    """Before the adapter's name moves to the new version: the trained model and the
+    inference service each generate greedily for a few held-out prompts, rendered with
+    the adapter's template, and compare."""
+
+    prompts: int = Field(4, ge=0, le=64)
+    """Held-out prompts compared (eval rows, else training rows); 0: no gate, the name
+    moves at once."""
+    tokens: int = Field(32, ge=1, le=1024)
+    """Greedy tokens generated per prompt."""
+    min_agreement: float = Field(1.0, ge=0.0, le=1.0)
+    """The share of each prompt's first `tokens` positions that must hold the same token
+    on both sides; 1: identical. Below it the version is published, but its name does not
+    move to it until `POST /v1/adapters/{id}/promote`."""
+
+
 class DpoSpec(_Strict):
     """TRL's DPO settings (recipe `dpo`)."""
 
@@ -226,11 +250,20 @@ class JobSpec(_Strict):
     """4-bit settings; ignored otherwise."""
     merge: bool = False
     """Also publish merged weights (checked against base + adapter before publishing)."""
+    merge_dequantized: bool = False
+    """With `merge` and quantization `4bit`/`8bit`: merge into the base as it trained, its
+    bitsandbytes weights dequantized, not into its original weights, so that a 16-bit
+    deployment of the merged weights computes what was trained (QLoRA's train/serve gap);
+    the manifest's metrics say how far the merged model is from the quantized base +
+    adapter."""
     evaluation: dict | None = None
     """EvaluationSpec fields (`proto/tuneyard/v1/evaluation.proto`): evaluate the adapter
     against the base model once published, on the eval split unless they name a file."""
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     """Preference tuning's settings (recipe `dpo`)."""
+    parity_gate: ParityGateSpec = Field(default_factory=ParityGateSpec)
+    """The served-vs-trained check before the name moves to the new version (jobs with
+    a prompt/response template; chat-template jobs are not gated yet)."""
 
     @field_validator("template")
     @classmethod
@@ -261,6 +294,8 @@ class JobSpec(_Strict):
             except json_format.ParseError as err:
                 raise ValueError(f"evaluation: {err}") from err
         self.template.build()
+        if self.merge_dequantized and not (self.merge and self.quantization != "none"):
+            raise ValueError("merge_dequantized needs merge and quantization '4bit' or '8bit'")
         if self.template.is_chat and self.recipe not in ("sft", "dpo"):
             raise ValueError("template.builtin 'chat' needs recipe 'sft' or 'dpo'")
         return self

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import require_admin, require_key
 from gateway.openapi import ADAPTER_ERRORS, ADMIN
-from tuneyard.v1 import inference_pb2
+from tuneyard.v1 import inference_pb2, trainer_pb2
 
 router = APIRouter(
     prefix="/v1/adapters", dependencies=[Depends(require_key)], responses=ADAPTER_ERRORS
@@ -31,6 +31,11 @@ def adapter_json(adapter: inference_pb2.Adapter, replicas: list[str] | None = No
         "template_fields": list(adapter.template_fields),
         "created_at": adapter.created_at or None,
         "last_used_at": adapter.last_used_at or None,
+        "trained_on": adapter.trained_on,
+        "served_on": adapter.served_on,
+        "faithful": adapter.faithful if adapter.HasField("faithful") else None,
+        "gate": adapter.gate or None,
+        "live": adapter.live,
         **({} if replicas is None else {"replicas": replicas}),
     }
 
@@ -50,6 +55,19 @@ async def load_adapter(request: Request, adapter_id: str) -> dict:
         time.perf_counter() - start
     )
     return adapter_json(adapter)
+
+
+@router.post("/{adapter_id}/promote", dependencies=[Depends(require_admin)], responses=ADMIN)
+async def promote_adapter(request: Request, adapter_id: str) -> dict:
+    """A version whose parity gate failed (`name@version`) becomes what its name means,
+    unless a newer version is live; the trainer marks it on the adapters volume, then
+    every replica loads it."""
+    backends = request.app.state.backends
+    reply = await backends.trainer.call(
+        "PromoteAdapter", trainer_pb2.PromoteAdapterRequest(adapter_id=adapter_id)
+    )
+    adapter = await backends.inference.load_adapter(reply.promoted)
+    return {**adapter_json(adapter), "promoted": True}
 
 
 @router.post("/{adapter_id}/unload", dependencies=[Depends(require_admin)], responses=ADMIN)

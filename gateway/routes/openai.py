@@ -33,10 +33,11 @@ async def chat_completions(request: Request, body: ChatRequest):
 
 @router.get("/models")
 async def list_models(request: Request) -> dict:
-    """The base model, then each adapter by name (its newest version), `parent` the base."""
+    """The base model, then each adapter by name (its newest live version: the one its
+    name means), `parent` the base."""
     base, adapters = await _models(request.app.state.backends)
     newest: dict[str, inference_pb2.Adapter] = {}
-    for adapter in adapters:
+    for adapter in (a for a in adapters if a.live):
         current = newest.get(adapter.name)
         if current is None or int(adapter.version or 0) > int(current.version or 0):
             newest[adapter.name] = adapter
@@ -46,14 +47,16 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/models/{model:path}")
 async def retrieve_model(request: Request, model: str) -> dict:
-    """The base model, an adapter by name (its newest version) as /v1/models lists it, or
-    one version by "name@version"."""
+    """The base model, an adapter by name (its newest live version) as /v1/models lists
+    it, or one version by "name@version"."""
     backends: Backends = request.app.state.backends
     if not await adapter_for(backends, model):
         return base_json((await backends.info()).model_id)
     base, adapters = await _models(backends)
     name, _, version = model.partition("@")
-    versions = [a for a in adapters if a.name == name and _is_version(a, version)]
+    versions = [
+        a for a in adapters if a.name == name and _is_version(a, version) and (version or a.live)
+    ]
     if not versions:
         raise NotFound(f"model {model!r} not found", param="model")
     return adapter_json(model, max(versions, key=lambda a: int(a.version or 0)), base)

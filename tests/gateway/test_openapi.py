@@ -23,6 +23,7 @@ ADMIN_ROUTES = {
     ("delete", "/v1/models/{model}"),
     ("post", "/v1/adapters/{adapter_id}/load"),
     ("post", "/v1/adapters/{adapter_id}/unload"),
+    ("post", "/v1/adapters/{adapter_id}/promote"),
     ("post", "/v1/evaluations"),
     ("post", "/v1/evaluations/{evaluation_id}/cancel"),
 }

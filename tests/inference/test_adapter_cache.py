@@ -102,7 +102,7 @@ def test_pickle_weights_refused(small_engine, tiny_llama, adapters_dir):
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"use_dora": True}, "DoRA"),
+        ({"use_dora": True}, "use_dora, but .* has no DoRA magnitude vector"),
         ({"bias": "all"}, "bias 'all'"),
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
     ],
@@ -241,3 +241,21 @@ def test_template_fields_are_the_prompts_and_none_for_chat():
     fields = template_fields(manifest("{{ q }}{% if ctx %}{{ ctx }}{% endif %}", "{{ a }}"))
     assert fields == ["ctx", "q"]  # sorted, the response's own left out
     assert template_fields(manifest("{% for m in messages %}{% endfor %}", "")) == []
+
+
+def test_a_name_with_no_live_version_unloads_its_loaded_versions(
+    small_engine, tiny_llama, adapters_dir
+):
+    from tuneyard.adapter_store import ParityGate
+
+    version = make_adapter(tiny_llama, adapters_dir, "gated-out")
+    gate = ParityGate(state="failed", tokens=32, min_agreement=1.0)
+    small_engine.adapters.store.update_manifest(
+        version, version.manifest().model_copy(update={"gate": gate})
+    )
+    with pytest.raises(FailedPrecondition, match="no live version"):
+        generate(small_engine, "gated-out")
+    assert generate(small_engine, "gated-out@1").details.adapter == "gated-out@1"
+    info = {a.id: a for a in small_engine.adapters.list()}["gated-out@1"]
+    assert (info.state, info.gate, info.live) == ("loaded", "failed", False)
+    assert small_engine.adapters.unload("gated-out").state == "available"

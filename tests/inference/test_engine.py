@@ -1,12 +1,16 @@
 """The engine against PEFT's own generate: same greedy tokens, alone and in mixed batches."""
 
+import json
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from inference_service.params import GenerateInput, Parameters
 from inference_service.sequence import EOS_TOKEN, LENGTH, STOP_SEQUENCE
+from tuneyard.adapter_store import AdapterVersion
 from tuneyard.errors import InvalidArgument
 
 from .conftest import make_adapter, make_engine
@@ -81,6 +85,76 @@ def test_mixed_batch_rows_equal_each_alone(engine, two_adapters):
     assert together == alone
 
 
+@pytest.fixture(scope="module")
+def dora_and_rslora(tiny_llama, adapters_dir, two_adapters):
+    """A DoRA adapter (its magnitudes away from the weight norms: B grew after PEFT set
+    them), an rsLoRA one (alpha / sqrt(r)), and one that is both."""
+    return (
+        make_adapter(tiny_llama, adapters_dir, "dora", seed=3, use_dora=True),
+        make_adapter(tiny_llama, adapters_dir, "rslora", seed=4, r=8, use_rslora=True),
+        make_adapter(
+            tiny_llama,
+            adapters_dir,
+            "dora-rs",
+            seed=5,
+            target_modules=("q_proj", "o_proj", "gate_proj"),
+            use_dora=True,
+            use_rslora=True,
+        ),
+    )
+
+
+def test_dora_and_rslora_in_a_mixed_batch_equal_peft(engine, tiny_llama, dora_and_rslora):
+    """Every row of one batch mixing DoRA, rsLoRA, plain LoRA and base rows has PEFT's
+    greedy tokens for its own adapter."""
+    cases = [
+        (PROMPTS[i % 3], name)
+        for i, name in enumerate(("dora", "alpha", "", "rslora", "dora-rs", "dora", ""))
+    ]
+    expected = {
+        (p, name): peft_greedy(
+            tiny_llama, engine.adapters.store.resolve(name) if name else None, p, 8
+        )
+        for p, name in set(cases)
+    }
+    batch_sizes, record = [], engine.scheduler.on_batch
+    engine.scheduler.on_batch = lambda n: (batch_sizes.append(n), record(n))
+    try:
+        seqs = [
+            engine.submit(
+                GenerateInput(
+                    inputs=p, adapter_id=a, parameters=Parameters(max_new_tokens=8, details=True)
+                )
+            )
+            for p, a in cases
+        ]
+        together = [[t.id for t in s.result(60).details.tokens] for s in seqs]
+    finally:
+        engine.scheduler.on_batch = record
+    assert max(batch_sizes) > 1, "the requests were not batched"
+    assert together == [expected[case] for case in cases]
+    # DoRA's magnitudes change the tokens: the same A and B as plain LoRA give others.
+    assert expected[(PROMPTS[0], "dora")] != peft_greedy_as_plain(
+        tiny_llama, engine.adapters.store.resolve("dora"), PROMPTS[0], 8
+    )
+
+
+def peft_greedy_as_plain(base_path, version, prompt: str, n: int) -> list[int]:
+    """PEFT's greedy tokens for a DoRA version's A and B without its magnitudes."""
+    from safetensors.torch import load_file, save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = AdapterVersion(version.name, version.version, Path(tmp))
+        config = json.loads((version.path / "adapter_config.json").read_text())
+        (plain.path / "adapter_config.json").write_text(json.dumps({**config, "use_dora": False}))
+        tensors = load_file(version.path / "adapter_model.safetensors")
+        save_file(
+            {k: v for k, v in tensors.items() if "magnitude" not in k},
+            plain.path / "adapter_model.safetensors",
+        )
+        return peft_greedy(base_path, plain, prompt, n)
+
+
 def test_rows_finish_independently(engine):
     seqs = [
         engine.submit(GenerateInput(inputs=PROMPTS[0], parameters=Parameters(max_new_tokens=n)))
@@ -114,6 +188,18 @@ def test_merged_mode_equals_unmerged(tiny_llama, adapters_dir, engine, two_adapt
         for other in ("", "alpha", "beta@2"):
             with pytest.raises(FailedPrecondition, match="merged"):
                 merged.submit(GenerateInput(inputs="x", adapter_id=other))
+    finally:
+        merged.stop()
+
+
+def test_merged_dora_equals_peft(tiny_llama, adapters_dir, dora_and_rslora):
+    """Merged as PEFT merges DoRA: mag * (W + scaling B A), row by row."""
+    merged = make_engine(tiny_llama, adapters_dir, merged_adapter="dora-rs")
+    try:
+        version = merged.adapters.store.resolve("dora-rs")
+        assert greedy(merged, PROMPTS[1], "dora-rs") == peft_greedy(
+            tiny_llama, version, PROMPTS[1], 8
+        )
     finally:
         merged.stop()
 
@@ -344,11 +430,15 @@ def test_engine_thread_survives_concurrent_clients(engine, two_adapters):
 
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
-def test_quantized_base_serves_adapters(tiny_llama, adapters_dir, two_adapters, quantization):
+def test_quantized_base_serves_adapters(
+    tiny_llama, adapters_dir, two_adapters, dora_and_rslora, quantization
+):
+    """DoRA's weight norms too, over the dequantized base weights (as PEFT takes them)."""
     engine = make_engine(tiny_llama, adapters_dir, quantization=quantization)
     try:
-        alone = [greedy(engine, PROMPTS[0], a) for a in ("alpha", "")]
-        assert alone[0] != alone[1]
+        names = ("alpha", "", "dora")
+        alone = [greedy(engine, PROMPTS[0], a) for a in names]
+        assert alone[0] != alone[1] != alone[2]
         seqs = [
             engine.submit(
                 GenerateInput(
@@ -357,7 +447,7 @@ def test_quantized_base_serves_adapters(tiny_llama, adapters_dir, two_adapters, 
                     parameters=Parameters(max_new_tokens=8, details=True),
                 )
             )
-            for a in ("alpha", "")
+            for a in names
         ]
         assert [[t.id for t in s.result(60).details.tokens] for s in seqs] == alone
     finally:
@@ -415,3 +505,29 @@ def test_stopping_fails_the_running_rows(tiny_llama, adapters_dir):
     engine.stop()
     with pytest.raises(Unavailable, match="stopping"):
         seq.result(10)
+
+
+def test_dora_on_a_4bit_base_equals_peft(tiny_llama, adapters_dir, dora_and_rslora):
+    """DoRA's weight norms over the dequantized NF4 weights, as PEFT takes them."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from tuneyard.modeling import load_model, resolve_base_model
+
+    engine = make_engine(tiny_llama, adapters_dir, quantization="4bit", dtype="float32")
+    try:
+        version = engine.adapters.store.resolve("dora-rs")
+        base = load_model(
+            resolve_base_model(str(tiny_llama)),
+            device="cpu",
+            dtype=torch.float32,
+            quantization="4bit",
+            compute_dtype=torch.float32,
+        )
+        tuned = PeftModel.from_pretrained(base, version.path).eval()
+        ids = AutoTokenizer.from_pretrained(tiny_llama)(PROMPTS[0], return_tensors="pt")
+        out = tuned.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        expected = out[0, ids["input_ids"].shape[1] :].tolist()
+        assert greedy(engine, PROMPTS[0], "dora-rs") == expected
+    finally:
+        engine.stop()

@@ -1,6 +1,8 @@
 """The multi-LoRA layers alone: every routing path gives each row what its own adapter
 alone would (W x + scaling * B A x), whichever slots the batch's adapters sit in."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -45,3 +47,72 @@ def test_each_row_of_a_mixed_batch_gets_its_own_adapter(fixed):
     for i, key in enumerate(rows):
         want = expected(model, x[i], loaded.get(key) if key else None)
         torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+def peft_adapter(base: nn.Module, seed: int, rank: int, **config):
+    """A PEFT adapter on a copy of `base` (its `proj` targeted) with random weights, and a
+    DoRA magnitude away from its initial norm: PEFT's own module, and its LoraWeights."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    tuned = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=["proj"], init_lora_weights=False, **config
+        ),
+    ).eval()
+    layer = tuned.base_model.model.proj
+    a, b = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+    magnitudes = {}
+    if config.get("use_dora"):
+        magnitude = layer.lora_magnitude_vector["default"].weight
+        with torch.no_grad():
+            magnitude.mul_(torch.rand(OUT) + 0.5)
+        magnitudes["proj"] = magnitude.detach().clone()
+    weights = LoraWeights(rank, layer.scaling["default"], ["proj"], {"proj": (a, b)}, magnitudes)
+    return tuned, weights
+
+
+@pytest.mark.parametrize("path", ["one adapter", "mixed", "per-row slots"])
+def test_dora_and_rslora_rows_equal_peft(path):
+    """DoRA (magnitude over the weight norm, the bias kept out of it), rsLoRA (alpha over
+    sqrt(r)) and plain LoRA rows next to base rows, each as PEFT computes it alone."""
+    torch.manual_seed(0)
+    base = Proj()
+    tuned = {
+        "dora": peft_adapter(base, 1, 4, use_dora=True),
+        "plain": peft_adapter(base, 2, 2),
+        "rslora": peft_adapter(base, 3, 4, use_rslora=True),
+        "dora-rs": peft_adapter(base, 4, 2, use_dora=True, use_rslora=True),
+    }
+    assert tuned["rslora"][1].scaling == 2 * 4 / 4**0.5
+    model = copy.deepcopy(base)
+    lora = MultiLora(model, max_adapters=4)
+    for key, (_, weights) in tuned.items():
+        lora.add(key, weights)
+    rows = {
+        "one adapter": ["dora", "dora"],
+        "mixed": ["dora", None, "plain", "rslora", "dora-rs", "dora"],
+        "per-row slots": ["rslora", "dora", None, "plain", "dora-rs"],
+    }[path]
+    x = torch.randn(len(rows), 3 if path != "per-row slots" else 1, IN)
+    buffer = torch.zeros(len(rows), dtype=torch.long) if path == "per-row slots" else None
+    lora.route(rows, "cpu", buffer)
+    with torch.no_grad():
+        got = model.proj(x)
+        for i, key in enumerate(rows):
+            want = tuned[key][0](x[i]) if key else base.proj(x[i])
+            torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
+    # The magnitude matters: the same A and B as plain LoRA give another output.
+    dora = tuned["dora"][1]
+    as_plain = LoraWeights(dora.rank, dora.scaling, ["proj"], dora.modules)
+    assert not torch.allclose(got[0], expected(model, x[0], as_plain), atol=1e-3)
+
+
+class Proj(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(IN, OUT)  # with a bias, which DoRA does not scale
+
+    def forward(self, x):
+        return self.proj(x)

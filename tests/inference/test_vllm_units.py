@@ -165,6 +165,9 @@ def test_server_args_follow_the_settings():
     assert quantized[quantized.index("--quantization") + 1] == "bitsandbytes"
     with pytest.raises(FailedPrecondition, match="4 bit"):
         server_args(settings(quantization="8bit"), Path("/m"), "cuda", "bfloat16")
+    # Its in-flight 4 bit is NF4 with double quantization: adapters compare against that.
+    with pytest.raises(FailedPrecondition, match="NF4 with double quantization only"):
+        server_args(settings(quantization="4bit", quant_type="fp4"), Path("/m"), "cuda", "")
     extra = server_args(settings(vllm_extra_args="--enforce-eager --seed 3"), Path("/m"), "cpu", "")
     assert extra[-3:] == ["--enforce-eager", "--seed", "3"]
 
@@ -201,3 +204,22 @@ def test_merged_weights_for_vllm_equal_base_plus_adapter(tiny_llama, tmp_path):
     assert torch.allclose(merged, expected, atol=1e-4)
     # Done once: a second call finds the folder.
     assert merged_weights(resolve_base_model(str(tiny_llama)), version.path, version.id, home)
+
+
+def test_dora_is_refused_on_vllm_unless_merged():
+    import torch
+    from torch import nn
+
+    from inference_service.lora import MultiLora
+    from inference_service.peft_files import LoraWeights
+    from inference_service.vllm_engine import VllmLoras
+
+    structure = nn.Module()
+    structure.proj = nn.Linear(4, 3)
+    a, b = torch.ones(2, 4), torch.ones(3, 2)
+    plain = LoraWeights(2, 1.0, ["proj"], {"proj": (a, b)})
+    dora = LoraWeights(2, 1.0, ["proj"], {"proj": (a, b)}, {"proj": torch.ones(3)})
+    VllmLoras(MultiLora(structure, 1)).check(plain)
+    with pytest.raises(FailedPrecondition, match="vLLM does not serve DoRA adapters unmerged"):
+        VllmLoras(MultiLora(structure, 1)).check(dora)
+    VllmLoras(MultiLora(structure, 1), merged=True).check(dora)

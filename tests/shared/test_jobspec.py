@@ -22,6 +22,24 @@ def test_defaults_and_proto_round_trip():
     assert JobSpec.from_proto(spec.to_proto()) == spec
 
 
+def test_dora_rslora_and_a_dequantized_merge_round_trip():
+    spec = JobSpec.parse(
+        spec_dict(
+            lora={"use_dora": True, "use_rslora": True},
+            quantization="4bit",
+            merge=True,
+            merge_dequantized=True,
+        )
+    )
+    assert JobSpec.from_proto(spec.to_proto()) == spec
+
+
+@pytest.mark.parametrize("quantization, merge", [("4bit", False), ("none", True)])
+def test_a_dequantized_merge_needs_a_merge_of_a_quantized_job(quantization, merge):
+    with pytest.raises(InvalidArgument, match="merge_dequantized needs merge and quantization"):
+        JobSpec.parse(spec_dict(quantization=quantization, merge=merge, merge_dequantized=True))
+
+
 def test_every_bad_field_is_named():
     with pytest.raises(InvalidArgument) as err:
         JobSpec.parse(spec_dict(training={"batch_size": 0, "learning_rate": -1}, recipe="dpo"))

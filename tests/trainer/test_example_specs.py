@@ -93,7 +93,11 @@ def test_dpo_spec_dry_runs_on_a_stand_in(settings, tiny_llama):
     )
     code, events, workdir = run_worker(settings, spec)
     assert code == 0, (workdir / "worker.log").read_text()[-3000:]
-    manifest = AdapterStore(settings.resolved_adapters_dir).resolve("polite-replies").manifest()
+    manifest = (
+        AdapterStore(settings.resolved_adapters_dir)
+        .resolve(events[-1]["fine_tuned_model"])
+        .manifest()
+    )
     assert manifest.recipe == "dpo" and manifest.rows == {"total": 30, "train": 27, "eval": 3}
     assert manifest.metrics["eval_loss"] > 0
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == [1]
@@ -113,7 +117,11 @@ def test_openllama_qlora_spec_dry_runs_on_stand_ins(settings, tiny_llama):
     )
     code, events, workdir = run_worker(settings, spec)
     assert code == 0, (workdir / "worker.log").read_text()[-3000:]
-    manifest = AdapterStore(settings.resolved_adapters_dir).resolve("dolly-openllama").manifest()
+    manifest = (
+        AdapterStore(settings.resolved_adapters_dir)
+        .resolve(events[-1]["fine_tuned_model"])
+        .manifest()
+    )
     assert manifest.recipe == "sft" and manifest.hyperparameters["quantization"] == "4bit"
     assert manifest.dataset_path == f"dataset:{DOLLY_MINI}:train"
     assert manifest.template_prompt.startswith("Below is an instruction")
@@ -130,6 +138,6 @@ def test_bloomz_8bit_spec_dry_runs_on_a_stand_in(settings, tiny_bloom):
     )
     code, events, workdir = run_worker(settings, spec)
     assert code == 0, (workdir / "worker.log").read_text()[-3000:]
-    version = AdapterStore(settings.resolved_adapters_dir).resolve("marketing-email-bloomz")
+    version = AdapterStore(settings.resolved_adapters_dir).resolve(events[-1]["fine_tuned_model"])
     assert version.manifest().hyperparameters["quantization"] == "8bit"
     assert json.loads((version.path / "adapter_config.json").read_text())["r"] == 16

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.trainer.conftest import make_spec
 from tests.trainer.test_worker import run_worker
 from trainer_service.checkpoints import list_checkpoints, publish_checkpoint
-from tuneyard.adapter_store import AdapterStore
+from tuneyard.adapter_store import AdapterStore, BaseQuantization
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +209,132 @@ def test_sft_trains_on_openai_function_calling_rows(settings, tiny_llama, tmp_pa
         validate(make_spec(no_calls, path, recipe="sft", template=CHAT), tmp_path)
     assert caught.value.line == 1 and caught.value.param == "template.builtin"
     assert "does not write an assistant message's tool_calls" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "recipe, quantization, dora",
+    [
+        ("causal_lm", "none", True),
+        ("sft", "none", True),
+        ("dpo", "none", True),
+        ("causal_lm", "8bit", False),  # DoRA on 8-bit trains on GPUs only (next test)
+        ("sft", "4bit", True),
+        ("dpo", "4bit", True),
+    ],
+)
+def test_dora_and_rslora_jobs_are_trained_and_served(
+    settings, tiny_llama, email_jsonl, tmp_path, recipe, quantization, dora
+):
+    """`lora.use_dora` and `lora.use_rslora` reach PEFT in every recipe and quantization
+    mode; the published adapter is a DoRA / rsLoRA one, and the native engine serves it
+    with PEFT's greedy tokens."""
+    from tests.inference.conftest import make_engine
+    from tests.inference.test_engine import greedy, peft_greedy
+    from tests.trainer.test_dpo import PAIRS, dpo_spec
+    from tests.trainer.test_gateway_training import jsonl
+
+    knobs = {"lora": {"r": 4, "alpha": 8, "use_dora": dora, "use_rslora": True}}
+    if recipe == "dpo":
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_bytes(jsonl(*PAIRS))
+        spec = dpo_spec(
+            tiny_llama, pairs, quantization=quantization, training={"max_steps": 2}, **knobs
+        )
+    else:
+        spec = make_spec(tiny_llama, email_jsonl, recipe=recipe, quantization=quantization, **knobs)
+    code, events, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    version = AdapterStore(settings.resolved_adapters_dir).resolve(spec.adapter_name)
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    assert config["use_dora"] is dora and config["use_rslora"] is True
+    lora = version.manifest().hyperparameters["lora"]
+    assert lora["use_dora"] is dora and lora["use_rslora"] is True
+    # How the base was held while it trained (the CPU's auto dtype is float32).
+    assert version.manifest().trained_on == BaseQuantization.of(
+        quantization, "nf4", True, "float32"
+    )
+
+    engine = make_engine(tiny_llama, settings.resolved_adapters_dir)
+    try:
+        prompt = "Hi there, our new product"
+        got = greedy(engine, prompt, spec.adapter_name)
+        assert got == peft_greedy(tiny_llama, version, prompt, 8)
+        adapter = engine.adapters.acquire(spec.adapter_name)
+        assert adapter.weights.dora is dora and adapter.weights.scaling == 8 / 4**0.5
+        engine.adapters.release(adapter)
+    finally:
+        engine.stop()
+
+
+def test_dora_on_an_8bit_base_is_refused_on_a_cpu(tiny_llama, email_jsonl):
+    """PEFT's DoRA re-reads the int8 weights every step, which on a CPU drops their scales
+    (the next forward fails deep in bitsandbytes): the job says so before loading."""
+    from trainer_service.worker.model import lora_model
+    from tuneyard.modeling import resolve_base_model
+
+    spec = make_spec(tiny_llama, email_jsonl, quantization="8bit", lora={"use_dora": True})
+    with pytest.raises(ValueError, match="use_dora on an 8-bit base does not train on a CPU"):
+        lora_model(spec, resolve_base_model(str(tiny_llama)), "cpu", torch.float32)
+
+
+def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
+    settings, tiny_llama, email_jsonl
+):
+    """`merge_dequantized`: the 4-bit weights the adapter trained on, dequantized, are what
+    it is merged into; served from those merged weights on a 16-bit engine, the tokens are
+    the quantized base + adapter's, and the adapter counts as faithful."""
+    from tests.inference.conftest import make_engine
+    from tests.inference.test_engine import greedy
+    from tuneyard.modeling import load_model, resolve_base_model
+
+    spec = make_spec(
+        tiny_llama,
+        email_jsonl,
+        quantization="4bit",
+        merge=True,
+        merge_dequantized=True,
+        training={"learning_rate": 1e-2},
+    )
+    code, events, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    version = AdapterStore(settings.resolved_adapters_dir).resolve("emails")
+    manifest = version.manifest()
+    nf4 = BaseQuantization.of("4bit", "nf4", True, "float32")
+    assert manifest.trained_on == manifest.merged_on == nf4
+    assert manifest.hyperparameters["merge_dequantized"] is True
+    assert manifest.metrics["merge_max_logit_diff"] <= 1e-3
+    assert manifest.metrics["merge_quantized_max_logit_diff"] <= 1e-3
+
+    ref = resolve_base_model(str(tiny_llama))
+    quantized = load_model(
+        ref, device="cpu", dtype=torch.float32, quantization="4bit", compute_dtype=torch.float32
+    )
+    as_trained = PeftModel.from_pretrained(quantized, version.path).eval()
+    on_original = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_llama), version.path
+    ).eval()
+    merged = AutoModelForCausalLM.from_pretrained(version.path / "merged")
+    ids = torch.tensor([[1, 5, 9, 12, 40, 7]])
+    with torch.no_grad():
+        trained_logits = as_trained(ids).logits
+        assert torch.allclose(merged(ids).logits, trained_logits, atol=1e-3)
+        # What the usual merge (the original weights) would have served instead.
+        assert (on_original(ids).logits - trained_logits).abs().max() > 0.05
+
+    prompt = "Hi there, our new product"
+    prompt_ids = AutoTokenizer.from_pretrained(tiny_llama)(prompt, return_tensors="pt")
+    expected = as_trained.generate(**prompt_ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[
+        0, prompt_ids["input_ids"].shape[1] :
+    ].tolist()
+    engine = make_engine(
+        tiny_llama,
+        settings.resolved_adapters_dir,
+        merged_adapter="emails",
+        dtype="float32",
+        adapter_quant_mismatch="refuse",
+    )
+    try:
+        assert engine.merged.faithful is True
+        assert greedy(engine, prompt, "emails") == expected
+    finally:
+        engine.stop()

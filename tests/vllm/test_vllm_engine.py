@@ -20,7 +20,7 @@ from text_generation import Client
 
 from inference_service.engine import Engine
 from inference_service.params import GenerateInput, Parameters
-from tests.inference.conftest import edit_adapter_config, make_adapter
+from tests.inference.conftest import make_adapter
 from tuneyard.errors import FailedPrecondition, InvalidArgument
 from tuneyard.v1 import inference_pb2 as pb
 from tuneyard.v1 import inference_pb2_grpc
@@ -183,11 +183,10 @@ def test_a_parameter_vllm_cannot_honour_is_refused_naming_it(vllm_gateway):
 
 
 def test_bad_adapters_are_refused_with_the_reason(vllm_service, smollm, vllm_adapters_dir):
-    dora = make_adapter(smollm, vllm_adapters_dir, "dora", r=4)
-    edit_adapter_config(dora, use_dora=True)
+    dora = make_adapter(smollm, vllm_adapters_dir, "dora", r=4, use_dora=True)
     wide = make_adapter(smollm, vllm_adapters_dir, "wide", r=32)
     adapters = vllm_service.engine.adapters
-    with pytest.raises(FailedPrecondition, match="DoRA"):
+    with pytest.raises(FailedPrecondition, match="vLLM does not serve DoRA adapters unmerged"):
         adapters.load("dora")
     with pytest.raises(FailedPrecondition, match="rank 32 exceeds"):
         adapters.load("wide")

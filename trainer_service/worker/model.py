@@ -2,12 +2,22 @@
 
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+from tuneyard.adapter_store import BaseQuantization
 from tuneyard.jobspec import ALL_LINEAR, JobSpec
 from tuneyard.modeling import BaseModelRef, default_target_modules, load_model, pick_dtype
 
 
 def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
     """Load the base (8-bit/4-bit through bitsandbytes if asked) and wrap it in LoRA."""
+    if spec.lora.use_dora and spec.quantization == "8bit" and device == "cpu":
+        # PEFT's DoRA dequantizes the base weight at every forward, and on a CPU it then
+        # puts back a copy of the int8 weight without bitsandbytes' scales (peft 0.21,
+        # bitsandbytes 0.50): the next step fails inside bitsandbytes.
+        raise ValueError(
+            "lora.use_dora on an 8-bit base does not train on a CPU (PEFT's DoRA drops "
+            "bitsandbytes' int8 scales there); train it on a GPU, or with quantization "
+            "'4bit' or 'none'"
+        )
     q = spec.quantization_options
     model = load_model(
         ref,
@@ -16,7 +26,7 @@ def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
         quantization=spec.quantization,
         quant_type=q.quant_type,
         double_quant=q.double_quant,
-        compute_dtype=pick_dtype(q.compute_dtype, device),
+        compute_dtype=compute_dtype(spec, device, dtype),
     )
     checkpointing = spec.training.gradient_checkpointing
     if spec.quantization != "none":
@@ -29,6 +39,8 @@ def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
         bias=spec.lora.bias,
+        use_dora=spec.lora.use_dora,
+        use_rslora=spec.lora.use_rslora,
         target_modules=target_modules(spec, ref),
         task_type="CAUSAL_LM",
     )
@@ -36,6 +48,20 @@ def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype):
         return get_peft_model(model, config)
     except ValueError as err:  # e.g. a target module the architecture does not have
         raise ValueError(f"LoRA does not fit {ref.model_type} model: {err}") from err
+
+
+def compute_dtype(spec: JobSpec, device: str, dtype):
+    """The dtype the base's matmuls run in: 4 bit's compute dtype, else the weights'."""
+    if spec.quantization == "4bit":
+        return pick_dtype(spec.quantization_options.compute_dtype, device)
+    return dtype
+
+
+def base_quantization(spec: JobSpec, device: str, dtype) -> BaseQuantization:
+    """How `lora_model` holds the base: the manifest's `trained_on`."""
+    q = spec.quantization_options
+    dtype_name = str(compute_dtype(spec, device, dtype)).removeprefix("torch.")
+    return BaseQuantization.of(spec.quantization, q.quant_type, q.double_quant, dtype_name)
 
 
 def target_modules(spec: JobSpec, ref: BaseModelRef) -> list[str] | str:

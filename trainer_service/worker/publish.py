@@ -4,10 +4,16 @@ version with its manifest."""
 import shutil
 from pathlib import Path
 
-from tuneyard.adapter_store import LOSS_CURVE, AdapterStore, AdapterVersion, Manifest
+from tuneyard.adapter_store import (
+    LOSS_CURVE,
+    MERGED,
+    AdapterStore,
+    AdapterVersion,
+    BaseQuantization,
+    Manifest,
+)
 from tuneyard.modeling import BaseModelRef, load_model
 
-MERGED = "merged"
 # Largest |merged - (base + adapter)| logit difference accepted, fp32 on the same device.
 MERGE_ATOL = 1e-3
 
@@ -37,21 +43,50 @@ def write_loss_curve(
     return path
 
 
-def write_merged(ref: BaseModelRef, adapter_dir: Path, tokenizer, device: str) -> float:
+def write_merged(
+    ref: BaseModelRef,
+    adapter_dir: Path,
+    tokenizer,
+    device: str,
+    dequantized: BaseQuantization | None = None,
+) -> dict[str, float]:
     """Merge the saved adapter into an unquantized fp32 copy of the base, check that the
     merged model's logits match base + adapter, and save it in adapter_dir/merged.
-    Returns the largest logit difference; raises ValueError past MERGE_ATOL."""
+    `dequantized`: the base as the adapter trained on it (4 or 8 bit), whose weights are
+    dequantized to fp32 and merged into instead of the original ones; the logits of the
+    quantized base + adapter are compared too. Returns the metrics: the largest logit
+    difference to base + adapter (raises ValueError past MERGE_ATOL), and with
+    `dequantized` to the quantized base + adapter (int8 matmuls also round activations:
+    not 0 for 8 bit)."""
     import torch
     from peft import PeftModel
 
-    base = load_model(ref, device=device, dtype=torch.float32)
-    tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
     probe = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")
     probe = {k: v.to(device) for k, v in probe.items()}
+    metrics = {}
     with torch.no_grad():
+        if dequantized is None:
+            base = load_model(ref, device=device, dtype=torch.float32)
+        else:
+            quantized = load_model(
+                ref,
+                device=device,
+                dtype=torch.float32,
+                quantization=dequantized.mode,
+                quant_type=dequantized.quant_type or "nf4",
+                double_quant=dequantized.double_quant,
+                compute_dtype=torch.float32,
+            )
+            as_trained = PeftModel.from_pretrained(quantized, adapter_dir).eval()
+            trained_logits = as_trained(**probe).logits
+            base = as_trained.unload().dequantize()
+        tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
         expected = tuned(**probe).logits
         merged = tuned.merge_and_unload()
-        diff = (merged(**probe).logits - expected).abs().max().item()
+        logits = merged(**probe).logits
+        diff = (logits - expected).abs().max().item()
+        if dequantized is not None:
+            metrics["merge_quantized_max_logit_diff"] = (logits - trained_logits).abs().max().item()
     if not diff <= MERGE_ATOL:
         raise ValueError(
             f"merged weights disagree with base + adapter: max logit difference {diff:.3g} "
@@ -59,7 +94,7 @@ def write_merged(ref: BaseModelRef, adapter_dir: Path, tokenizer, device: str) -
         )
     merged.save_pretrained(adapter_dir / MERGED, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir / MERGED)
-    return diff
+    return {"merge_max_logit_diff": diff, **metrics}
 
 
 def publish(
@@ -68,10 +103,11 @@ def publish(
     tokenizer,
     manifest: Manifest,
     loss_curve: Path | None,
-    merge_with: tuple[BaseModelRef, str] | None = None,
+    merge_with: tuple[BaseModelRef, str, BaseQuantization | None] | None = None,
 ) -> AdapterVersion:
     """Save into a staging folder and rename it into place; nothing is left on failure.
-    `merge_with` = (base, device) also writes checked merged weights."""
+    `merge_with` = (base, device, the quantized base to dequantize or None) also writes
+    checked merged weights."""
     staging = store.staging_dir(manifest.name)
     try:
         model.save_pretrained(staging, safe_serialization=True)
@@ -79,9 +115,11 @@ def publish(
         if loss_curve is not None:
             shutil.copy2(loss_curve, staging / LOSS_CURVE)
         if merge_with is not None:
-            diff = write_merged(merge_with[0], staging, tokenizer, merge_with[1])
+            ref, device, dequantized = merge_with
+            metrics = write_merged(ref, staging, tokenizer, device, dequantized)
+            merged_on = dequantized or BaseQuantization.of("none", dtype="float32")
             manifest = manifest.model_copy(
-                update={"metrics": {**manifest.metrics, "merge_max_logit_diff": diff}}
+                update={"metrics": {**manifest.metrics, **metrics}, "merged_on": merged_on}
             )
         return store.publish(staging, manifest)
     except BaseException:

@@ -22,7 +22,7 @@ from trainer_service.files import files_dir
 from trainer_service.validation import validate
 from trainer_service.worker.events import EventWriter
 from trainer_service.worker.settings import WorkerSettings
-from tuneyard.adapter_store import LOSS_CURVE, AdapterStore, Manifest
+from tuneyard.adapter_store import LOSS_CURVE, MERGED, AdapterStore, Manifest
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import load_tokenizer, pick_device, pick_dtype
 
@@ -89,7 +89,8 @@ def run(
     )
 
     # torch, transformers, peft: imported only once the cheap checks passed.
-    from trainer_service.worker.model import lora_model, target_modules
+    from trainer_service.worker.gate import gate_probes
+    from trainer_service.worker.model import base_quantization, lora_model, target_modules
     from trainer_service.worker.progress import ProgressCallback
     from trainer_service.worker.publish import publish, write_loss_curve
     from trainer_service.worker.recipes import RecipeContext, get_recipe
@@ -128,8 +129,10 @@ def run(
             "lora": {**spec.lora.model_dump(), "target_modules": target_modules(spec, ref)},
             "training": spec.training.model_dump(),
             "merge": spec.merge,
+            "merge_dequantized": spec.merge_dequantized,
         },
         job_id=job_id,
+        trained_on=base_quantization(spec, device, dtype),
     )
     (workdir / MANIFEST_DRAFT).write_text(manifest.model_dump_json(indent=2))
     resume_from = last_checkpoint(workdir)
@@ -165,9 +168,22 @@ def run(
         f"{spec.adapter_name} ({job_id})",
     )
     manifest.metrics = metrics
+    manifest.gate = gate_probes(spec, model, tokenizer, template, report.eval, report.train)
+    if manifest.gate.probes:
+        events.message(
+            f"parity gate: the trained model generated {len(manifest.gate.probes)} held-out "
+            "prompts for the inference service to match"
+        )
     check_stop()
+    merge_with = None
     if spec.merge:
-        events.message("merging the adapter into an unquantized copy of the base")
+        dequantized = manifest.trained_on if spec.merge_dequantized else None
+        events.message(
+            "merging the adapter into the base as it trained, dequantized"
+            if dequantized
+            else "merging the adapter into an unquantized copy of the base"
+        )
+        merge_with = (ref, device, dequantized)
     store = AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode)
     version = publish(
         store,
@@ -175,14 +191,14 @@ def run(
         tokenizer,
         manifest,
         loss_curve,
-        merge_with=(ref, device) if spec.merge else None,
+        merge_with=merge_with,
     )
     events.message(f"published {version.id} to {version.path}")
     if checkpoint_models := publish_checkpoint_models(store, workdir, manifest):
         events.message(f"checkpoints served as models: {', '.join(checkpoint_models)}")
     files = [str(version.path / LOSS_CURVE)]
     if spec.merge:
-        files.append(str(version.path / "merged"))
+        files.append(str(version.path / MERGED))
     events.result(version.id, files, metrics["trained_tokens"], version.manifest().metrics)
 
 

@@ -155,7 +155,7 @@ class GenerateStreamResponse(_message.Message):
     def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ..., generated_text: _Optional[str] = ..., details: _Optional[_Union[GenerateDetails, _Mapping]] = ...) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("id", "name", "version", "loaded", "rank", "target_modules", "size_bytes", "last_used_at", "base_model", "created_at", "state", "recipe", "template_fields")
+    __slots__ = ("id", "name", "version", "loaded", "rank", "target_modules", "size_bytes", "last_used_at", "base_model", "created_at", "state", "recipe", "template_fields", "trained_on", "served_on", "faithful", "gate", "live")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,11 @@ class Adapter(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_ON_FIELD_NUMBER: _ClassVar[int]
+    SERVED_ON_FIELD_NUMBER: _ClassVar[int]
+    FAITHFUL_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     version: str
@@ -182,7 +187,12 @@ class Adapter(_message.Message):
     state: str
     recipe: str
     template_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., loaded: _Optional[bool] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ..., base_model: _Optional[str] = ..., created_at: _Optional[int] = ..., state: _Optional[str] = ..., recipe: _Optional[str] = ..., template_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    trained_on: str
+    served_on: str
+    faithful: bool
+    gate: str
+    live: bool
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., loaded: _Optional[bool] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., last_used_at: _Optional[float] = ..., base_model: _Optional[str] = ..., created_at: _Optional[int] = ..., state: _Optional[str] = ..., recipe: _Optional[str] = ..., template_fields: _Optional[_Iterable[str]] = ..., trained_on: _Optional[str] = ..., served_on: _Optional[str] = ..., faithful: _Optional[bool] = ..., gate: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
     __slots__ = ("adapter_id",)

@@ -109,6 +109,11 @@ class TrainerServiceStub:
                 request_serializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.PromoteAdapter = channel.unary_unary(
+                '/tuneyard.v1.TrainerService/PromoteAdapter',
+                request_serializer=tuneyard_dot_v1_dot_trainer__pb2.PromoteAdapterRequest.SerializeToString,
+                response_deserializer=tuneyard_dot_v1_dot_trainer__pb2.PromoteAdapterResponse.FromString,
+                _registered_method=True)
         self.PauseJob = channel.unary_unary(
                 '/tuneyard.v1.TrainerService/PauseJob',
                 request_serializer=tuneyard_dot_v1_dot_trainer__pb2.PauseJobRequest.SerializeToString,
@@ -229,6 +234,14 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PromoteAdapter(self, request, context):
+        """A version whose parity gate failed becomes what its name means (unless a newer
+        version is live) on the adapters volume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseJob(self, request, context):
         """A running or queued job stops and frees its worker, keeping its checkpoints; a job
         whose spec saves none (training.save_steps 0) is FAILED_PRECONDITION.
@@ -321,6 +334,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.DeleteAdapter,
                     request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'PromoteAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteAdapter,
+                    request_deserializer=tuneyard_dot_v1_dot_trainer__pb2.PromoteAdapterRequest.FromString,
+                    response_serializer=tuneyard_dot_v1_dot_trainer__pb2.PromoteAdapterResponse.SerializeToString,
             ),
             'PauseJob': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseJob,
@@ -738,6 +756,33 @@ class TrainerService:
             '/tuneyard.v1.TrainerService/DeleteAdapter',
             tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterRequest.SerializeToString,
             tuneyard_dot_v1_dot_trainer__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneyard.v1.TrainerService/PromoteAdapter',
+            tuneyard_dot_v1_dot_trainer__pb2.PromoteAdapterRequest.SerializeToString,
+            tuneyard_dot_v1_dot_trainer__pb2.PromoteAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,

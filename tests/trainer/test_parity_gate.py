@@ -1,0 +1,174 @@
+"""The parity gate: a job's trained model and the inference service generate greedily for
+held-out prompts; a version whose served output differs is published, but its name stays
+where it was until it is promoted (POST /v1/adapters/{id}/promote)."""
+
+import shutil
+
+import httpx
+import pytest
+
+from tests.conftest import EMAIL_TEMPLATE
+from tests.gateway.conftest import serve_inference, start_gateway
+from tests.trainer.test_gateway_training import events_of, wait_job
+from trainer_service.gate import ParityGateCheck, compare
+from trainer_service.server import serve
+from trainer_service.settings import TrainerSettings
+from tuneyard.adapter_store import AdapterStore, GateProbe
+from tuneyard.errors import FailedPrecondition, InvalidArgument
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_llama):
+    """Inference (float32, as the worker trains on a CPU), trainer and gateway."""
+    home = tmp_path_factory.mktemp("home")
+    adapters = home / "adapters"
+    inference = serve_inference(tiny_llama, adapters, dtype="float32")
+    trainer = serve(
+        TrainerSettings(
+            home=home,
+            adapters_dir=adapters,
+            inference_addr=f"127.0.0.1:{inference.port}",
+            trainer_port=0,
+            trainer_metrics_port=0,
+            trainer_device="cpu",
+        )
+    )
+    gateway = start_gateway(
+        trainer_addr=f"127.0.0.1:{trainer.port}", inference_addr=f"127.0.0.1:{inference.port}"
+    )
+    yield gateway, inference, AdapterStore(adapters)
+    gateway.stop()
+    trainer.stop(grace=1)
+    inference.stop()
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack[0].url, timeout=60) as client:
+        yield client
+
+
+class Events:
+    def __init__(self):
+        self.messages = []
+
+    def event(self, job_id, message, level="info", metrics=None):
+        self.messages.append((message, level, metrics))
+
+
+def test_compare_counts_positions_and_logprobs_before_the_first_difference():
+    probe = GateProbe(
+        fields={},
+        prompt="",
+        ids=[1, 2, 3, 4],
+        logprobs=[-0.1, -0.2, -0.3, -0.4],
+        served_ids=[1, 2, 9, 4],
+        served_logprobs=[-0.1, -0.25, -2.0, -0.4],
+    )
+    agreement, diff = compare(probe, tokens=4)
+    assert agreement == 0.75 and diff == pytest.approx(0.05)
+    assert compare(probe, tokens=2) == (1.0, pytest.approx(0.05))
+    shorter = probe.model_copy(update={"served_ids": [1, 2], "served_logprobs": [-0.1, -0.2]})
+    assert compare(shorter, tokens=4)[0] == 0.5  # stopping early differs too
+
+
+def test_a_job_passes_its_gate_then_a_version_whose_served_template_differs_fails_and_is_promoted(
+    stack, http, tiny_llama, email_jsonl
+):
+    gateway, inference, store = stack
+    body = {
+        "model": str(tiny_llama),
+        "training_file": str(email_jsonl),
+        "suffix": "gated",
+        "tuneyard": {
+            "template": EMAIL_TEMPLATE,
+            "lora": {"r": 4, "alpha": 8},
+            "training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 128},
+            "data": {"eval_fraction": 0.25},
+        },
+    }
+    job = http.post("/v1/fine_tuning/jobs", json=body).json()
+    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    passed = [m for m in events_of(http, job["id"]) if m.startswith("parity gate passed")]
+    assert passed == [
+        "parity gate passed: 3 of 3 held-out prompts identical over 32 greedy tokens (lowest "
+        f"agreement 100%, needed 100%), largest log-probability difference "
+        f"{store.resolve('gated@1').manifest().gate.max_logprob_diff:.3g}; gated now means gated@1"
+    ]
+    gate = store.resolve("gated@1").manifest().gate
+    assert gate.state == "passed" and gate.agreement == 1.0 and len(gate.probes) == 3
+    assert all(p.served_ids == p.ids and len(p.ids) == 32 for p in gate.probes)
+    assert gate.max_logprob_diff < 1e-3
+    assert store.resolve("gated").id == "gated@1"
+
+    # Version 2: the same weights and probes, but a served template that differs from the
+    # one its model was trained and probed with.
+    first = store.resolve("gated@1")
+    staging = store.staging_dir("gated")
+    for item in first.path.iterdir():
+        if item.is_file() and item.name != "tuneyard.json":
+            shutil.copy2(item, staging / item.name)
+    manifest = first.manifest()
+    manifest = manifest.model_copy(
+        update={
+            "template_prompt": manifest.template_prompt + " Sincerely, the team. P.S.",
+            "gate": manifest.gate.model_copy(
+                update={"state": "pending", "agreement": None, "max_logprob_diff": None}
+            ),
+        }
+    )
+    second = store.publish(staging, manifest)
+    assert second.id == "gated@2" and store.resolve("gated").id == "gated@1"  # pending
+    events = Events()
+    ParityGateCheck(store, events, f"127.0.0.1:{inference.port}")("ftjob-x", second.id)
+    gate = store.resolve("gated@2").manifest().gate
+    assert gate.state == "failed" and gate.agreement < 1.0
+    ((message, level, metrics),) = events.messages
+    assert level == "warn" and message.startswith("parity gate failed: ")
+    assert message.endswith(
+        "gated@2 is published, but gated still means gated@1; "
+        "POST /v1/adapters/gated@2/promote serves it as gated"
+    )
+    assert metrics["gate_agreement"] == gate.agreement
+
+    # The name stays on version 1: what requests for "gated" get.
+    answer = http.post("/generate", json={"inputs": "Hi", "parameters": {"adapter_id": "gated"}})
+    assert answer.status_code == 200
+    assert inference.engine.adapters.store.resolve("gated").id == "gated@1"
+
+    listed = {a["id"]: a for a in http.get("/v1/adapters").json()["data"]}
+    assert (listed["gated@1"]["gate"], listed["gated@1"]["live"]) == ("passed", True)
+    assert (listed["gated@2"]["gate"], listed["gated@2"]["live"]) == ("failed", False)
+    assert http.get("/v1/models/gated").json()["root"] == "gated@1"
+    assert http.get("/v1/models/gated@2").json()["root"] == "gated@2"
+
+    refused = http.post("/v1/adapters/gated/promote")
+    assert refused.status_code == 400 and "name@version" in refused.json()["error"]["message"]
+    promoted = http.post("/v1/adapters/gated@2/promote")
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["id"] == "gated@2" and promoted.json()["promoted"] is True
+    assert store.resolve("gated").id == "gated@2"
+    assert store.resolve("gated@2").manifest().gate.promoted
+    assert http.get("/v1/models/gated").json()["root"] == "gated@2"
+    listed = {a["id"]: a for a in http.get("/v1/adapters").json()["data"]}
+    assert listed["gated@2"]["live"] is True
+
+
+def test_a_name_with_no_live_version_says_so(tmp_path, tiny_llama):
+    from tests.inference.conftest import make_adapter
+    from tuneyard.adapter_store import ParityGate
+
+    version = make_adapter(tiny_llama, tmp_path, "held")
+    store = AdapterStore(tmp_path)
+    gate = ParityGate(state="failed", tokens=32, min_agreement=1.0)
+    store.update_manifest(version, version.manifest().model_copy(update={"gate": gate}))
+    with pytest.raises(FailedPrecondition, match=r"'held' has no live version: held@1 \(failed\)"):
+        store.resolve("held")
+    assert store.resolve("held@1") == version
+    with pytest.raises(InvalidArgument, match="name@version"):
+        store.promote("held")
+    store.promote("held@1")
+    assert store.resolve("held") == version
