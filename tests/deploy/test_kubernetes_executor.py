@@ -317,6 +317,8 @@ def real_job(tmp_path, tiny_llama, email_jsonl, max_steps: int):
             "template": EMAIL_TEMPLATE,
             "lora": {"r": 4},
             "training": {"max_steps": max_steps, "batch_size": 2, "max_seq_length": 128},
+            # No trainer runs here to compare with an inference service (test_parity_gate.py).
+            "parity_gate": {"prompts": 0},
         }
     )
     (workdir / "spec.json").write_text(spec.model_dump_json())
