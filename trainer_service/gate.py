@@ -5,6 +5,7 @@ adapter's served template; the two are compared. The outcome and its numbers go 
 manifest and the job's events; a version that fails is published, but its name does not
 move to it until it is promoted."""
 
+import json
 import logging
 
 import grpc
@@ -131,6 +132,8 @@ class ParityGateCheck:
             for probe in gate.probes:
                 request = inference_pb2.GenerateRequest(
                     fields=probe.fields,
+                    messages=[inference_pb2.ChatMessage(**m) for m in probe.messages or []],
+                    tools=json.dumps(probe.tools) if probe.tools else "",
                     adapter_id=adapter_id,
                     parameters=inference_pb2.GenerationParameters(
                         max_new_tokens=gate.tokens, details=True

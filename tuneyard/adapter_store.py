@@ -75,10 +75,13 @@ class BaseQuantization(BaseModel):
 
 
 class GateProbe(BaseModel):
-    """One held-out prompt of a parity gate: the row's template fields, the prompt they
-    render to, and the trained model's own greedy tokens and their log-probabilities."""
+    """One held-out prompt of a parity gate: the row's template fields (or, for a chat
+    adapter, its messages and tools), the prompt they render to, and the trained model's
+    own greedy tokens and their log-probabilities."""
 
-    fields: dict[str, str]
+    fields: dict[str, str] = Field(default_factory=dict)
+    messages: list[dict[str, str]] | None = None
+    tools: list[dict] | None = None
     prompt: str
     ids: list[int]
     logprobs: list[float]

@@ -262,8 +262,8 @@ class JobSpec(_Strict):
     dpo: DpoSpec = Field(default_factory=DpoSpec)
     """Preference tuning's settings (recipe `dpo`)."""
     parity_gate: ParityGateSpec = Field(default_factory=ParityGateSpec)
-    """The served-vs-trained check before the name moves to the new version (jobs with
-    a prompt/response template; chat-template jobs are not gated yet)."""
+    """The served-vs-trained check before the name moves to the new version: template
+    fields, or for a chat job the conversation before the answer (rows of text turns)."""
 
     @field_validator("template")
     @classmethod

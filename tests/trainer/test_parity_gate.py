@@ -2,6 +2,7 @@
 held-out prompts; a version whose served output differs is published, but its name stays
 where it was until it is promoted (POST /v1/adapters/{id}/promote)."""
 
+import json
 import shutil
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 
 from tests.conftest import EMAIL_TEMPLATE
 from tests.gateway.conftest import serve_inference, start_gateway
+from tests.shared.test_templates import CALL
 from tests.trainer.test_gateway_training import events_of, wait_job
 from trainer_service.gate import ParityGateCheck, compare
 from trainer_service.server import serve
@@ -157,6 +159,50 @@ def test_a_job_passes_its_gate_then_a_version_whose_served_template_differs_fail
     assert listed["gated@2"]["live"] is True
 
 
+def test_a_chat_job_is_gated_on_the_conversations_before_their_answers(
+    stack, http, tiny_llama, tmp_path
+):
+    """A chat adapter's probes are the conversation before the answer, sent as messages (and
+    tools): a row whose earlier turns call tools cannot be, and is passed over."""
+    _, _, store = stack
+    calling = {
+        "messages": [
+            {"role": "user", "content": "Order a lamp"},
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ordered"},
+            {"role": "assistant", "content": "Done."},
+        ]
+    }
+    chats = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Hi {i}"},
+                {"role": "assistant", "content": f"Hello {i}"},
+            ],
+            **({"tools": [{"type": "function", "function": {"name": "order"}}]} if i else {}),
+        }
+        for i in range(3)
+    ]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [calling, *chats]))
+    body = {
+        "model": str(tiny_llama),
+        "training_file": str(path),
+        "suffix": "chat-gated",
+        "tuneyard": {"training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 256}},
+    }
+    job = http.post("/v1/fine_tuning/jobs", json=body).json()
+    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    gate = store.resolve("chat-gated@1").manifest().gate
+    assert gate.state == "passed", gate.reason
+    assert [p.messages[-1]["content"] for p in gate.probes] == ["Hi 0", "Hi 1", "Hi 2"]
+    assert gate.probes[0].tools is None and gate.probes[1].tools[0]["function"]["name"] == "order"
+    assert all(p.served_ids == p.ids and p.ids for p in gate.probes)
+    assert store.resolve("chat-gated").id == "chat-gated@1"
+
+
 def test_a_name_with_no_live_version_says_so(tmp_path, tiny_llama):
     from tests.inference.conftest import make_adapter
     from tuneyard.adapter_store import ParityGate
@@ -172,3 +218,22 @@ def test_a_name_with_no_live_version_says_so(tmp_path, tiny_llama):
         store.promote("held")
     store.promote("held@1")
     assert store.resolve("held") == version
+
+
+def test_a_dpo_job_probes_its_pairs_prompts(tiny_llama):
+    """A preference row's probe is its `input`: the messages and tools both sides render."""
+    from tests.trainer.test_dpo import PAIRS, dpo_spec
+    from trainer_service.dataset import Row
+    from trainer_service.worker.gate import _probe_input
+    from tuneyard.modeling import load_tokenizer, resolve_base_model
+    from tuneyard.templates import ChatTemplate
+
+    tokenizer = load_tokenizer(resolve_base_model(str(tiny_llama)))
+    spec = dpo_spec(tiny_llama, "pairs.jsonl")
+    row = {**PAIRS[0], "input": {**PAIRS[0]["input"], "tools": [{"type": "function"}]}}
+    probe = _probe_input(spec, ChatTemplate(tokenizer), tokenizer, Row(1, row))
+    assert probe.messages == PAIRS[0]["input"]["messages"] and probe.tools == [{"type": "function"}]
+    assert probe.prompt == tokenizer.apply_chat_template(
+        probe.messages, tools=probe.tools, tokenize=False, add_generation_prompt=True
+    )
+    assert _probe_input(spec, ChatTemplate(tokenizer), tokenizer, Row(2, {"x": 1})) is None

@@ -3,37 +3,37 @@ greedily for a few held-out prompts rendered with the adapter's template, and it
 and their log-probabilities go into the manifest; the trainer then asks the inference
 service for the same prompts and compares (trainer_service/gate.py)."""
 
+from trainer_service import preference
 from tuneyard.adapter_store import GateProbe, ParityGate
+from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
-from tuneyard.templates import PromptTemplate
+from tuneyard.templates import PromptTemplate, chat_messages
 
 
 def gate_probes(spec: JobSpec, model, tokenizer, template, eval_rows, train_rows) -> ParityGate:
     """The gate, `pending` with the trained model's generations; `skipped` (the name moves
-    at once) when the job turns it off or its template is the chat template."""
+    at once) when the job turns it off or no row has a prompt the service can be sent."""
     wanted = spec.parity_gate
     gate = ParityGate(tokens=wanted.tokens, min_agreement=wanted.min_agreement)
     if not wanted.prompts:
         return gate.model_copy(update={"state": "skipped", "reason": "parity_gate.prompts is 0"})
-    if not isinstance(template, PromptTemplate):
-        return gate.model_copy(
-            update={"state": "skipped", "reason": "chat-template jobs are not gated yet"}
-        )
     import torch
 
     model.eval()
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     probes = []
-    for row in (eval_rows or train_rows)[: wanted.prompts]:
-        # As the inference service gets them (strings), so both render the same prompt.
-        fields = {
-            k: str(v)
-            for k, v in row.fields.items()
-            if k in template.prompt_fields and v is not None
-        }
-        prompt = template.render_prompt(fields)
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+    for row in eval_rows or train_rows:
+        if len(probes) == wanted.prompts:
+            break
+        probe = _probe_input(spec, template, tokenizer, row)
+        if probe is None:
+            continue
+        # As the inference service tokenizes it: a chat template writes its special tokens.
+        encoded = tokenizer(
+            probe.prompt, return_tensors="pt", add_special_tokens=probe.messages is None
+        )
+        ids = encoded["input_ids"].to(device)
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
@@ -50,8 +50,44 @@ def gate_probes(spec: JobSpec, model, tokenizer, template, eval_rows, train_rows
             torch.log_softmax(logits[0].float(), dim=-1)[token].item()
             for logits, token in zip(out.logits, new, strict=True)
         ]
-        probes.append(GateProbe(fields=fields, prompt=prompt, ids=new, logprobs=logprobs))
+        probes.append(probe.model_copy(update={"ids": new, "logprobs": logprobs}))
+    if not probes:
+        return gate.model_copy(
+            update={
+                "state": "skipped",
+                "reason": "no held-out row has a prompt of text turns to send the service",
+            }
+        )
     return gate.model_copy(update={"probes": probes})
+
+
+def _probe_input(spec: JobSpec, template, tokenizer, row) -> GateProbe | None:
+    """A row's prompt as the inference service is sent it: its template fields, or for a
+    chat adapter the conversation before the answer (text turns only: a request's messages
+    carry no tool calls), rendered as the service renders it; None for a row it cannot."""
+    if isinstance(template, PromptTemplate):
+        # Strings, as the service gets them, so both render the same prompt.
+        fields = {
+            k: str(v)
+            for k, v in row.fields.items()
+            if k in template.prompt_fields and v is not None
+        }
+        return GateProbe(fields=fields, prompt=template.render_prompt(fields), ids=[], logprobs=[])
+    try:
+        if spec.recipe == "dpo":
+            pair = preference.parse(row.fields, row.line)
+            turns, tools = pair.messages, pair.tools
+        else:
+            turns, tools = chat_messages(row.fields)[:-1], row.fields.get("tools")
+    except InvalidArgument:
+        return None
+    if not turns or any(set(t) - {"role", "content"} for t in turns):
+        return None
+    messages = [{"role": t["role"], "content": t["content"]} for t in turns]
+    prompt = tokenizer.apply_chat_template(
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+    )
+    return GateProbe(messages=messages, tools=tools or None, prompt=prompt, ids=[], logprobs=[])
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
