@@ -87,6 +87,11 @@ def _check_config(config: dict, max_rank: int) -> None:
         problems.append(
             f"modules_to_save {config['modules_to_save']} (full modules are not served)"
         )
+    if tokens := config.get("trainable_token_indices"):
+        problems.append(
+            f"trainable_token_indices {tokens} (an adapter that adds tokens to the vocabulary "
+            "is not served yet)"
+        )
     if config.get("fan_in_fan_out"):
         problems.append("fan_in_fan_out (Conv1D bases are not served)")
     for key in ("rank_pattern", "alpha_pattern"):

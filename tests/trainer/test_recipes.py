@@ -338,3 +338,58 @@ def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
         assert greedy(engine, prompt, "emails") == expected
     finally:
         engine.stop()
+
+
+def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
+    settings, tiny_llama, email_jsonl
+):
+    """`added_tokens`: the tokenizer gets them after the base's ids, PEFT's trainable
+    tokens train only their rows (the tied output layer follows), the adapter is published
+    with its tokenizer and the manifest says which tokens it added; PEFT loads it on the
+    base resized to its tokenizer. The engines refuse it with the reason."""
+    from tests.inference.conftest import make_engine
+    from tests.inference.test_engine import greedy
+    from tuneyard.errors import FailedPrecondition
+
+    added = ["<email>", "</email>"]
+    spec = make_spec(
+        tiny_llama,
+        email_jsonl,
+        added_tokens=added,
+        template={"response": "<email>{{ email }}</email>"},
+    )
+    code, _, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    version = AdapterStore(settings.resolved_adapters_dir).resolve(spec.adapter_name)
+    assert version.manifest().added_tokens == added
+
+    base_tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer = AutoTokenizer.from_pretrained(version.path)
+    ids = tokenizer.convert_tokens_to_ids(added)
+    assert ids == [len(base_tokenizer), len(base_tokenizer) + 1]
+    assert {t: i for t, i in tokenizer.get_vocab().items() if t not in added} == (
+        base_tokenizer.get_vocab()
+    )
+    encoded = tokenizer("<email>y</email>", add_special_tokens=False)["input_ids"]
+    assert encoded[0] == ids[0] and encoded[-1] == ids[1]  # each one id, not split
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == {"embed_tokens": ids}
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    before = base.get_input_embeddings().weight.detach().clone()
+    base.resize_token_embeddings(len(tokenizer))
+    tuned = PeftModel.from_pretrained(base, version.path).eval()
+    with torch.no_grad():
+        rows = tuned.get_input_embeddings()(torch.arange(len(tokenizer)))
+    assert torch.equal(rows[: len(base_tokenizer)], before)  # only the new rows changed
+    prompt = tokenizer("### Product\nA lamp\n\n### Email\n<email>", return_tensors="pt")
+    out = tuned.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 4
+
+    engine = make_engine(tiny_llama, settings.resolved_adapters_dir)
+    try:
+        with pytest.raises(FailedPrecondition, match="adds tokens to the vocabulary"):
+            engine.adapters.acquire(spec.adapter_name)
+        assert len(greedy(engine, "Hi there")) == 8  # still serving
+    finally:
+        engine.stop()
