@@ -268,7 +268,8 @@ class JobSpec(_Strict):
     """Tokens to add to the base's vocabulary (e.g. `<email>`), each encoded as one id:
     PEFT's trainable tokens train only their embedding rows (and output rows, where the
     base does not tie them), and the adapter is published with the extended tokenizer.
-    The native and vLLM engines refuse such adapters for now; `merge` cannot be combined."""
+    The native engine serves it next to other adapters (its rows with its tokenizer and
+    rows; other rows never see its tokens); vLLM refuses it; `merge` cannot be combined."""
 
     @field_validator("template")
     @classmethod

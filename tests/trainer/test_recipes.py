@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.trainer.conftest import make_spec
@@ -346,10 +347,10 @@ def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
     """`added_tokens`: the tokenizer gets them after the base's ids, PEFT's trainable
     tokens train only their rows (the tied output layer follows), the adapter is published
     with its tokenizer and the manifest says which tokens it added; PEFT loads it on the
-    base resized to its tokenizer. The engines refuse it with the reason."""
+    base resized to its tokenizer, and the native engine serves its greedy tokens."""
     from tests.inference.conftest import make_engine
+    from tests.inference.test_added_tokens import peft_added_greedy
     from tests.inference.test_engine import greedy
-    from tuneyard.errors import FailedPrecondition
 
     added = ["<email>", "</email>"]
     spec = make_spec(
@@ -374,6 +375,8 @@ def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
     assert encoded[0] == ids[0] and encoded[-1] == ids[1]  # each one id, not split
     config = json.loads((version.path / "adapter_config.json").read_text())
     assert config["trainable_token_indices"] == {"embed_tokens": ids}
+    tensors = load_file(version.path / "adapter_model.safetensors")
+    assert not [k for k in tensors if "base_layer" in k]  # not the whole resized embedding
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
     before = base.get_input_embeddings().weight.detach().clone()
@@ -382,14 +385,11 @@ def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
     with torch.no_grad():
         rows = tuned.get_input_embeddings()(torch.arange(len(tokenizer)))
     assert torch.equal(rows[: len(base_tokenizer)], before)  # only the new rows changed
-    prompt = tokenizer("### Product\nA lamp\n\n### Email\n<email>", return_tensors="pt")
-    out = tuned.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert out.shape[1] == prompt["input_ids"].shape[1] + 4
 
     engine = make_engine(tiny_llama, settings.resolved_adapters_dir)
     try:
-        with pytest.raises(FailedPrecondition, match="adds tokens to the vocabulary"):
-            engine.adapters.acquire(spec.adapter_name)
-        assert len(greedy(engine, "Hi there")) == 8  # still serving
+        prompt = "### Product\nA lamp\n\n### Email\n<email>"
+        expected = peft_added_greedy(tiny_llama, version, prompt, 8)
+        assert greedy(engine, prompt, spec.adapter_name) == expected
     finally:
         engine.stop()

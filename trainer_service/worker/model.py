@@ -29,8 +29,16 @@ def lora_model(spec: JobSpec, ref: BaseModelRef, device: str, dtype, new_token_i
         double_quant=q.double_quant,
         compute_dtype=compute_dtype(spec, device, dtype),
     )
-    if new_token_ids and max(new_token_ids) >= model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(max(new_token_ids) + 1)  # not past a padded vocabulary
+    if new_token_ids:
+        rows = model.get_input_embeddings().num_embeddings
+        if min(new_token_ids) < rows:
+            # Ids inside the padding rows would need the engines to replace base rows.
+            raise ValueError(
+                f"added_tokens: the base's embedding has {rows} rows, more than its "
+                f"tokenizer's {min(new_token_ids)} tokens (a padded vocabulary); adding "
+                "tokens to such a base is not served yet"
+            )
+        model.resize_token_embeddings(max(new_token_ids) + 1)
     checkpointing = spec.training.gradient_checkpointing
     if spec.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
