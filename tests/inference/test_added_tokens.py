@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from inference_service.params import GenerateInput, Parameters
-from tests.inference.conftest import make_adapter
+from tests.inference.conftest import make_adapter, make_engine
 from tests.inference.test_engine import greedy, peft_greedy
 from tuneyard.errors import FailedPrecondition
 
@@ -116,3 +116,19 @@ def test_a_grammar_row_of_such_an_adapter_keeps_to_the_grammar(engine, adapters)
         GenerateInput(inputs=PROMPTS[0], adapter_id="tags", parameters=params)
     ).result(60)
     assert re.fullmatch(pattern, result.generated_text), result.generated_text
+
+
+def test_a_slot_freed_by_such_an_adapter_serves_a_plain_one(tiny_llama, adapters_dir, adapters):
+    """One slot: the plain adapter evicts the one that added tokens, whose rows leave with
+    it, and back."""
+    engine = make_engine(tiny_llama, adapters_dir, max_loaded_adapters=1)
+    try:
+        first = [greedy(engine, PROMPTS[1], name) for name in ("tags", "plain", "tags")]
+    finally:
+        engine.stop()
+    tags, plain = adapters
+    assert first == [
+        peft_added_greedy(tiny_llama, tags, PROMPTS[1], 8),
+        peft_greedy(tiny_llama, plain, PROMPTS[1], 8),
+        peft_added_greedy(tiny_llama, tags, PROMPTS[1], 8),
+    ]
