@@ -132,3 +132,26 @@ def test_a_slot_freed_by_such_an_adapter_serves_a_plain_one(tiny_llama, adapters
         peft_greedy(tiny_llama, plain, PROMPTS[1], 8),
         peft_added_greedy(tiny_llama, tags, PROMPTS[1], 8),
     ]
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_a_quantized_base_serves_them(tiny_llama, adapters_dir, adapters, quantization):
+    """bitsandbytes leaves the embedding and the output layer unquantized: the added rows
+    are served the same way, each row of a mixed batch as it is alone."""
+    engine = make_engine(tiny_llama, adapters_dir, quantization=quantization)
+    try:
+        cases = [(p, name) for p in PROMPTS[:2] for name in ("tags", "plain", "")]
+        alone = [greedy(engine, p, name, n=8) for p, name in cases]
+        seqs = [
+            engine.submit(
+                GenerateInput(
+                    inputs=p, adapter_id=name, parameters=Parameters(max_new_tokens=8, details=True)
+                )
+            )
+            for p, name in cases
+        ]
+        assert [[t.id for t in s.result(60).details.tokens] for s in seqs] == alone
+        vocab = len(AutoTokenizer.from_pretrained(tiny_llama))
+        assert any(i >= vocab for i in alone[0] + alone[3])  # the added tokens are generated
+    finally:
+        engine.stop()

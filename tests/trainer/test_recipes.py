@@ -341,8 +341,9 @@ def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
         engine.stop()
 
 
+@pytest.mark.parametrize("quantization", ["none", "4bit", "8bit"])
 def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
-    settings, tiny_llama, email_jsonl
+    settings, tiny_llama, email_jsonl, quantization
 ):
     """`added_tokens`: the tokenizer gets them after the base's ids, PEFT's trainable
     tokens train only their rows (the tied output layer follows), the adapter is published
@@ -358,6 +359,7 @@ def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
         email_jsonl,
         added_tokens=added,
         template={"response": "<email>{{ email }}</email>"},
+        quantization=quantization,
     )
     code, _, workdir = run_worker(settings, spec)
     _ok(code, workdir)
