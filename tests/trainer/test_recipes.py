@@ -278,6 +278,17 @@ def test_dora_on_an_8bit_base_is_refused_on_a_cpu(tiny_llama, email_jsonl):
         lora_model(spec, resolve_base_model(str(tiny_llama)), "cpu", torch.float32)
 
 
+def test_tokens_added_inside_a_padded_vocabulary_are_refused(tiny_llama, email_jsonl):
+    """Ids below the embedding's rows (a base padded past its tokenizer) would need the
+    engines to replace base rows: the job says so before training."""
+    from trainer_service.worker.model import lora_model
+    from tuneyard.modeling import resolve_base_model
+
+    spec = make_spec(tiny_llama, email_jsonl, added_tokens=["<email>"])
+    with pytest.raises(ValueError, match="a padded vocabulary"):
+        lora_model(spec, resolve_base_model(str(tiny_llama)), "cpu", torch.float32, [399])
+
+
 def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
     settings, tiny_llama, email_jsonl
 ):
