@@ -29,6 +29,7 @@ from tuneyard.errors import FailedPrecondition, NotFound, ResourceExhausted, Tun
 from tuneyard.modeling import BaseModelRef, public_name
 from tuneyard.templates import PromptTemplate, parse
 
+from .adapter_tokenizer import adapter_tokenizer
 from .lora import MultiLora
 from .peft_files import LoraWeights, configured_lora, read_adapter
 
@@ -42,6 +43,7 @@ class LoadedAdapter:
     weights: LoraWeights
     size_bytes: int
     faithful: bool | None = None  # served on the base as it trained; None: not recorded
+    tokenizer: object | None = None  # its own, when it adds tokens; None: the base's
     last_used_at: float = 0.0
     in_use: int = 0
 
@@ -112,6 +114,7 @@ class AdapterCache:
         model_lock: threading.Lock,
         served_on: BaseQuantization,
         quant_mismatch: str = "warn",
+        tokenizer=None,
         on_change: Callable[[int], None] = lambda num_loaded: None,
         on_evict: Callable[[], None] = lambda: None,
         on_load: Callable[[str, float], None] = lambda key, seconds: None,
@@ -125,6 +128,7 @@ class AdapterCache:
         self.model_lock = model_lock
         self.served_on = served_on
         self.quant_mismatch = quant_mismatch
+        self.tokenizer = tokenizer  # the base's: adapters' own are checked against it
         self.on_change = on_change
         self.on_evict = on_evict
         self.on_load = on_load
@@ -250,8 +254,20 @@ class AdapterCache:
                 log.warning("%s: its outputs may differ from those it was evaluated on", reason)
         weights = read_adapter(version.path, self.max_rank)
         self.lora.check(weights)
+        added = manifest.added_tokens
+        if (weights.tokens is not None) != bool(added):
+            raise FailedPrecondition(
+                f"adapter {version.id}: its manifest's added_tokens {added} and its weights' "
+                "added token rows disagree"
+            )
+        tokenizer = adapter_tokenizer(version.path, self.tokenizer, added)
         return LoadedAdapter(
-            version, manifest, weights, size_bytes=version.size_bytes(), faithful=faithful
+            version,
+            manifest,
+            weights,
+            size_bytes=version.size_bytes(),
+            faithful=faithful,
+            tokenizer=tokenizer,
         )
 
     def _quantization(

@@ -59,6 +59,7 @@ class EngineBase:
             model_lock=model_lock,
             served_on=served_on,
             quant_mismatch=self.settings.adapter_quant_mismatch,
+            tokenizer=self.tokenizer,
             on_change=self.metrics.adapters_loaded.set,
             on_evict=self.metrics.adapter_evictions.inc,
             on_load=self.metrics.observe_load,
@@ -128,8 +129,9 @@ class EngineBase:
                 f"{unknown}",
                 param="logit_bias",
             )
-        prompt, add_special = self._prompt(request, manifest_adapter)
-        ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        tokenizer = self._tokenizer(manifest_adapter)
+        prompt, add_special = self._prompt(request, manifest_adapter, tokenizer)
+        ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         if not ids:
             raise InvalidArgument("the input is empty after tokenization", param="inputs")
         if params.truncate is not None:
@@ -161,11 +163,11 @@ class EngineBase:
             seed = params.seed if params.seed is not None else random.getrandbits(63)
         eos_ids = set(self.eos_ids)
         if manifest_adapter is not None and manifest_adapter.manifest.eos_token:
-            eos_id = self.tokenizer.convert_tokens_to_ids(manifest_adapter.manifest.eos_token)
-            if isinstance(eos_id, int) and eos_id != self.tokenizer.unk_token_id:
+            eos_id = tokenizer.convert_tokens_to_ids(manifest_adapter.manifest.eos_token)
+            if isinstance(eos_id, int) and eos_id != tokenizer.unk_token_id:
                 eos_ids.add(eos_id)
         return Sequence(
-            tokenizer=self.tokenizer,
+            tokenizer=tokenizer,
             prompt_text=prompt,
             prompt_ids=ids,
             params=params,
@@ -180,8 +182,16 @@ class EngineBase:
             ),
         )
 
-    def _prompt(self, request: GenerateInput, adapter: LoadedAdapter | None) -> tuple[str, bool]:
-        """The prompt text and whether the tokenizer should add its special tokens."""
+    def _tokenizer(self, adapter: LoadedAdapter | None):
+        """The adapter's own tokenizer where it adds tokens, else the base's."""
+        if adapter is not None and adapter.tokenizer is not None:
+            return adapter.tokenizer
+        return self.tokenizer
+
+    def _prompt(
+        self, request: GenerateInput, adapter: LoadedAdapter | None, tokenizer
+    ) -> tuple[str, bool]:
+        """The prompt text and whether `tokenizer` should add its special tokens."""
         if request.inputs:
             return request.inputs, True
         if request.fields:
@@ -192,7 +202,7 @@ class EngineBase:
                     param="fields",
                 )
             return adapter.template.render_prompt(request.fields), True
-        if not self.tokenizer.chat_template:
+        if not tokenizer.chat_template:
             raise InvalidArgument(
                 "the base model's tokenizer has no chat template; send inputs", param="messages"
             )
@@ -200,7 +210,7 @@ class EngineBase:
             if not message.get("role"):
                 raise InvalidArgument(f"messages[{i}] has no role", param="messages")
         try:
-            prompt = self.tokenizer.apply_chat_template(
+            prompt = tokenizer.apply_chat_template(
                 request.messages,
                 tools=request.tools or None,
                 tokenize=False,

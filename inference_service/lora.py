@@ -26,6 +26,7 @@ from torch import nn
 
 from tuneyard.errors import FailedPrecondition
 
+from .added_tokens import AddedTokens, check_added
 from .peft_files import LoraWeights
 
 BASE_SLOT = 0
@@ -212,6 +213,7 @@ class MultiLora:
         self._slots: dict[str, int] = {}  # adapter key -> slot
         self._num_slots = max_adapters + 1  # slot 0 is the base model
         self._rank = 8
+        self.tokens: AddedTokens | None = None  # once an adapter that adds tokens loads
 
     def slot(self, key: str | None) -> int:
         return BASE_SLOT if key is None else self._slots[key]
@@ -234,6 +236,8 @@ class MultiLora:
                     f"adapter module {path} is {a.shape[1]}->{b.shape[0]} but the base layer "
                     f"is {layer.in_features}->{layer.out_features}: another base model?"
                 )
+        if weights.tokens is not None:
+            check_added(self.model, weights.tokens)
 
     def add(self, key: str, weights: LoraWeights) -> None:
         self.check(weights)
@@ -248,6 +252,12 @@ class MultiLora:
             layer.put(slot, a, b, weights.scaling, weights.magnitudes.get(path))
             if first_dora:
                 self.version += 1  # a new tensor the CUDA graphs must read
+        if weights.tokens is not None:
+            if self.tokens is None:
+                self.tokens = AddedTokens(self.model, self.routing, self._num_slots)
+                self.version += 1
+            if self.tokens.put(slot, weights.tokens):
+                self.version += 1
         self._slots[key] = slot
 
     def remove(self, key: str) -> None:
@@ -255,11 +265,15 @@ class MultiLora:
         if slot is not None:
             for layer in self._layers.values():
                 layer.clear(slot)
+            if self.tokens is not None:
+                self.tokens.clear(slot)
 
     def merge(self, weights: LoraWeights) -> None:
         """Fold an adapter into the base weights for good: W += scaling * B @ A, and for
         DoRA, as PEFT merges it, W = mag * (W + scaling * B @ A) row by row."""
         self.check(weights)
+        if weights.tokens is not None:
+            raise FailedPrecondition("an adapter that adds tokens is served unmerged only")
         with torch.no_grad():
             for path, (a, b) in weights.modules.items():
                 linear = self._linear(path)
@@ -281,6 +295,8 @@ class MultiLora:
         self._rank = max(self._rank, 1 << (rank - 1).bit_length())  # powers of two
         for layer in self._layers.values():
             layer.resize(self._num_slots, self._rank)
+        if self.tokens is not None:
+            self.tokens.grow(self._num_slots)
         self.version += 1
 
     def _linear(self, path: str) -> nn.Linear:

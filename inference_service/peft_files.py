@@ -15,6 +15,18 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _KEY_PREFIX = "base_model.model."
 _MAGNITUDE = "lora_magnitude_vector"
+_TOKENS = ".token_adapter."
+
+
+@dataclass
+class AddedTokenRows:
+    """The rows of tokens an adapter added after the base's vocabulary (PEFT's trainable
+    tokens): `ids` ascending, and per id its embedding row and its output-layer row
+    (None: the output layer is tied to the embedding)."""
+
+    ids: list[int]
+    embedding: torch.Tensor  # [len(ids), hidden]
+    output: torch.Tensor | None
 
 
 @dataclass
@@ -28,6 +40,7 @@ class LoraWeights:
     target_modules: list[str]
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
     magnitudes: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: AddedTokenRows | None = None
 
     @property
     def dora(self) -> bool:
@@ -66,6 +79,7 @@ def read_adapter(folder: Path, max_rank: int) -> LoraWeights:
             f"{weights_path} is not a readable safetensors file: {err}"
         ) from err
 
+    tokens = _added_rows(tensors, weights_path, config.get("trainable_token_indices"))
     modules, magnitudes = _pair_tensors(tensors, weights_path, dora=bool(config.get("use_dora")))
     rank = max(a.shape[0] for a, _ in modules.values())
     if rank > max_rank:
@@ -74,7 +88,7 @@ def read_adapter(folder: Path, max_rank: int) -> LoraWeights:
     alpha = float(config.get("lora_alpha", r))
     scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     targets = sorted({path.rsplit(".", 1)[-1] for path in modules})
-    return LoraWeights(rank, scaling, targets, modules, magnitudes)
+    return LoraWeights(rank, scaling, targets, modules, magnitudes, tokens)
 
 
 def _check_config(config: dict, max_rank: int) -> None:
@@ -86,6 +100,12 @@ def _check_config(config: dict, max_rank: int) -> None:
     if config.get("modules_to_save"):
         problems.append(
             f"modules_to_save {config['modules_to_save']} (full modules are not served)"
+        )
+    tokens = config.get("trainable_token_indices")
+    if tokens is not None and (not isinstance(tokens, dict) or len(tokens) > 2):
+        problems.append(
+            f"trainable_token_indices {tokens!r} (served: the embedding's, and the output "
+            "layer's, added rows)"
         )
     if config.get("fan_in_fan_out"):
         problems.append("fan_in_fan_out (Conv1D bases are not served)")
@@ -99,6 +119,44 @@ def _check_config(config: dict, max_rank: int) -> None:
         problems.append(f"rank {r} exceeds max_adapter_rank {max_rank}")
     if problems:
         raise FailedPrecondition("unsupported adapter: " + "; ".join(problems))
+
+
+def _added_rows(
+    tensors: dict[str, torch.Tensor], path: Path, indices: dict | None
+) -> AddedTokenRows | None:
+    """Take PEFT's trainable-token tensors out of `tensors`: per wrapped layer its new rows
+    (`trainable_tokens_delta`, the rows' values) and the whole resized layer it also saves
+    (`base_layer.weight`, whose base rows are the base's: not needed)."""
+    deltas = {}
+    for key in [k for k in tensors if _TOKENS in k]:
+        tensor = tensors.pop(key)
+        stem, _, kind = key.partition(_TOKENS)
+        if kind == "trainable_tokens_delta":
+            deltas[stem.removeprefix(_KEY_PREFIX).rpartition(".")[2]] = tensor
+        elif kind != "base_layer.weight":
+            raise FailedPrecondition(f"{path.name}: unexpected tensor {key!r}")
+    if not indices:
+        if deltas:
+            raise FailedPrecondition(f"{path.name} holds added token rows its config does not name")
+        return None
+    (embedding_name, ids), *rest = indices.items()
+    if any(sorted(other) != sorted(ids) for _, other in rest):
+        raise FailedPrecondition(
+            f"trainable_token_indices {indices} (served: the same added tokens in every layer)"
+        )
+    embedding = deltas.pop(embedding_name, None)
+    output = deltas.pop(rest[0][0], None) if rest else deltas.pop("lm_head", None)
+    if embedding is None or deltas:
+        raise FailedPrecondition(
+            f"{path.name}: trainable tokens of {embedding_name!r} lack their rows, or are "
+            f"on other layers ({', '.join(deltas)})"
+        )
+    if embedding.shape[0] != len(ids) or (output is not None and output.shape != embedding.shape):
+        raise FailedPrecondition(f"{path.name}: added token rows do not match {len(ids)} ids")
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    return AddedTokenRows(
+        [ids[i] for i in order], embedding[order], None if output is None else output[order]
+    )
 
 
 def _pair_tensors(tensors: dict[str, torch.Tensor], path: Path, dora: bool):

@@ -244,6 +244,11 @@ class VllmLoras:
         self.store, self.server, self.admin = store, server, admin
 
     def check(self, weights: LoraWeights) -> None:
+        if weights.tokens is not None:
+            raise FailedPrecondition(
+                "vLLM does not serve adapters that add tokens (it dropped LoRA extra "
+                "vocabulary): serve it with the native engine (TUNEYARD_ENGINE=native)"
+            )
         self.shapes.check(weights)
         if weights.dora and not self.merged:
             raise FailedPrecondition(

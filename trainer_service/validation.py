@@ -22,7 +22,7 @@ from trainer_service.dataset import (
 from trainer_service.preference import Preference
 from tuneyard.errors import InvalidArgument
 from tuneyard.jobspec import JobSpec
-from tuneyard.modeling import BaseModelRef, load_tokenizer, resolve_base_model
+from tuneyard.modeling import BaseModelRef, add_tokens, load_tokenizer, resolve_base_model
 from tuneyard.templates import ChatTemplate, parse
 
 MAX_EXAMPLES = 5
@@ -81,6 +81,10 @@ def validate(spec: JobSpec, files_root: Path) -> ValidationReport:
     loaded = _read(spec, files_root)
     rows = loaded.rows
     tokenizer = load_tokenizer(ref)
+    try:
+        add_tokens(tokenizer, spec.added_tokens)  # rows are measured as they will train
+    except ValueError as err:
+        raise JobValidationError("invalid_added_tokens", str(err), param="added_tokens") from err
     lengths = _token_lengths(spec, rows, tokenizer)
     limit = spec.training.max_seq_length
     too_long = [row.line for row, n in zip(rows, lengths, strict=True) if n > limit]

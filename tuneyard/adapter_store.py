@@ -136,6 +136,9 @@ class Manifest(BaseModel):
     created_at: float = Field(default_factory=time.time)
     trained_on: BaseQuantization | None = None
     """How the base was quantized while the adapter trained; None: not recorded."""
+    added_tokens: list[str] = Field(default_factory=list)
+    """Tokens the adapter added to the base's vocabulary (its tokenizer is published with
+    it); their ids follow the base's."""
     gate: ParityGate | None = None
     """The parity gate; None (versions from before it, checkpoints): live."""
     merged_on: BaseQuantization | None = None

@@ -264,6 +264,12 @@ class JobSpec(_Strict):
     parity_gate: ParityGateSpec = Field(default_factory=ParityGateSpec)
     """The served-vs-trained check before the name moves to the new version: template
     fields, or for a chat job the conversation before the answer (rows of text turns)."""
+    added_tokens: list[str] = Field(default_factory=list)
+    """Tokens to add to the base's vocabulary (e.g. `<email>`), each encoded as one id:
+    PEFT's trainable tokens train only their embedding rows (and output rows, where the
+    base does not tie them), and the adapter is published with the extended tokenizer.
+    The native engine serves it next to other adapters (its rows with its tokenizer and
+    rows; other rows never see its tokens); vLLM refuses it; `merge` cannot be combined."""
 
     @field_validator("template")
     @classmethod
@@ -296,6 +302,12 @@ class JobSpec(_Strict):
         self.template.build()
         if self.merge_dequantized and not (self.merge and self.quantization != "none"):
             raise ValueError("merge_dequantized needs merge and quantization '4bit' or '8bit'")
+        if self.added_tokens and self.merge:
+            raise ValueError("merge cannot be combined with added_tokens")
+        if bad := [t for t in self.added_tokens if not t.strip()]:
+            raise ValueError(f"added_tokens: empty or blank tokens {bad!r}")
+        if len(set(self.added_tokens)) != len(self.added_tokens):
+            raise ValueError(f"added_tokens: duplicates in {self.added_tokens!r}")
         if self.template.is_chat and self.recipe not in ("sft", "dpo"):
             raise ValueError("template.builtin 'chat' needs recipe 'sft' or 'dpo'")
         return self

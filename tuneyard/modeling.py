@@ -135,6 +135,19 @@ def load_tokenizer(ref: BaseModelRef):
     return tokenizer
 
 
+def add_tokens(tokenizer, tokens: list[str]) -> list[int]:
+    """Add `tokens` to the tokenizer, each never split nor normalized, and return their
+    ids. Not flagged special: decoding skips special tokens, and these are text the
+    adapter writes. A token the vocabulary already holds is refused (ValueError)."""
+    from transformers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    if known := [t for t in tokens if t in vocab]:
+        raise ValueError(f"the base's tokenizer already has {known!r}")
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in tokens])
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
 def load_model(
     ref: BaseModelRef,
     *,

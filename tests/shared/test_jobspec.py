@@ -40,6 +40,18 @@ def test_a_dequantized_merge_needs_a_merge_of_a_quantized_job(quantization, merg
         JobSpec.parse(spec_dict(quantization=quantization, merge=merge, merge_dequantized=True))
 
 
+def test_added_tokens_round_trip_and_their_refusals():
+    spec = JobSpec.parse(spec_dict(added_tokens=["<email>", "</email>"]))
+    assert JobSpec.from_proto(spec.to_proto()) == spec
+    for added, merge, reason in (
+        (["<email>"], True, "merge cannot be combined with added_tokens"),
+        (["<email>", " "], False, "empty or blank tokens"),
+        (["<email>", "<email>"], False, "duplicates"),
+    ):
+        with pytest.raises(InvalidArgument, match=reason):
+            JobSpec.parse(spec_dict(added_tokens=added, merge=merge))
+
+
 def test_every_bad_field_is_named():
     with pytest.raises(InvalidArgument) as err:
         JobSpec.parse(spec_dict(training={"batch_size": 0, "learning_rate": -1}, recipe="dpo"))

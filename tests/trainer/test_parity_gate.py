@@ -237,3 +237,48 @@ def test_a_dpo_job_probes_its_pairs_prompts(tiny_llama):
         probe.messages, tools=probe.tools, tokenize=False, add_generation_prompt=True
     )
     assert _probe_input(spec, ChatTemplate(tokenizer), tokenizer, Row(2, {"x": 1})) is None
+
+
+def test_a_job_that_adds_tokens_passes_its_gate_and_another_tokenizer_is_refused(
+    stack, http, tiny_llama, email_jsonl
+):
+    """Through the gateway: the served adapter's rows read and write its added tokens as
+    the trained model did; a version whose tokenizer differs otherwise is a 422 with the
+    reason, and the service keeps serving."""
+    from transformers import AutoTokenizer
+
+    gateway, inference, store = stack
+    body = {
+        "model": str(tiny_llama),
+        "training_file": str(email_jsonl),
+        "suffix": "tagged",
+        "tuneyard": {
+            "template": {**EMAIL_TEMPLATE, "response": "<email>{{ email }}</email>"},
+            "added_tokens": ["<email>", "</email>"],
+            "lora": {"r": 4, "alpha": 8},
+            "training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 128},
+            "data": {"eval_fraction": 0.25},
+        },
+    }
+    job = http.post("/v1/fine_tuning/jobs", json=body).json()
+    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    gate = store.resolve("tagged@1").manifest().gate
+    assert gate.state == "passed" and gate.agreement == 1.0, gate.reason
+    assert len(gate.probes) == 3 and store.resolve("tagged").id == "tagged@1"
+
+    first = store.resolve("tagged@1")
+    staging = store.staging_dir("tagged")
+    for item in first.path.iterdir():
+        if item.is_file():
+            shutil.copy2(item, staging / item.name)
+    tokenizer = AutoTokenizer.from_pretrained(staging)
+    tokenizer.eos_token = "<email>"
+    tokenizer.save_pretrained(staging)
+    second = store.publish(staging, first.manifest())
+    refused = http.post("/generate", json={"inputs": "Hi", "parameters": {"adapter_id": second.id}})
+    assert refused.status_code == 422, refused.text
+    assert "differs from the base's other than by its added tokens" in refused.text
+    assert "eos_token '<email>'" in refused.text
+    answer = http.post("/generate", json={"inputs": "Hi", "parameters": {"adapter_id": first.id}})
+    assert answer.status_code == 200, answer.text

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.trainer.conftest import make_spec
@@ -277,6 +278,17 @@ def test_dora_on_an_8bit_base_is_refused_on_a_cpu(tiny_llama, email_jsonl):
         lora_model(spec, resolve_base_model(str(tiny_llama)), "cpu", torch.float32)
 
 
+def test_tokens_added_inside_a_padded_vocabulary_are_refused(tiny_llama, email_jsonl):
+    """Ids below the embedding's rows (a base padded past its tokenizer) would need the
+    engines to replace base rows: the job says so before training."""
+    from trainer_service.worker.model import lora_model
+    from tuneyard.modeling import resolve_base_model
+
+    spec = make_spec(tiny_llama, email_jsonl, added_tokens=["<email>"])
+    with pytest.raises(ValueError, match="a padded vocabulary"):
+        lora_model(spec, resolve_base_model(str(tiny_llama)), "cpu", torch.float32, [399])
+
+
 def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
     settings, tiny_llama, email_jsonl
 ):
@@ -336,5 +348,61 @@ def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
     try:
         assert engine.merged.faithful is True
         assert greedy(engine, prompt, "emails") == expected
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit", "8bit"])
+def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
+    settings, tiny_llama, email_jsonl, quantization
+):
+    """`added_tokens`: the tokenizer gets them after the base's ids, PEFT's trainable
+    tokens train only their rows (the tied output layer follows), the adapter is published
+    with its tokenizer and the manifest says which tokens it added; PEFT loads it on the
+    base resized to its tokenizer, and the native engine serves its greedy tokens."""
+    from tests.inference.conftest import make_engine
+    from tests.inference.test_added_tokens import peft_added_greedy
+    from tests.inference.test_engine import greedy
+
+    added = ["<email>", "</email>"]
+    spec = make_spec(
+        tiny_llama,
+        email_jsonl,
+        added_tokens=added,
+        template={"response": "<email>{{ email }}</email>"},
+        quantization=quantization,
+    )
+    code, _, workdir = run_worker(settings, spec)
+    _ok(code, workdir)
+    version = AdapterStore(settings.resolved_adapters_dir).resolve(spec.adapter_name)
+    assert version.manifest().added_tokens == added
+
+    base_tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer = AutoTokenizer.from_pretrained(version.path)
+    ids = tokenizer.convert_tokens_to_ids(added)
+    assert ids == [len(base_tokenizer), len(base_tokenizer) + 1]
+    assert {t: i for t, i in tokenizer.get_vocab().items() if t not in added} == (
+        base_tokenizer.get_vocab()
+    )
+    encoded = tokenizer("<email>y</email>", add_special_tokens=False)["input_ids"]
+    assert encoded[0] == ids[0] and encoded[-1] == ids[1]  # each one id, not split
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] == {"embed_tokens": ids}
+    tensors = load_file(version.path / "adapter_model.safetensors")
+    assert not [k for k in tensors if "base_layer" in k]  # not the whole resized embedding
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    before = base.get_input_embeddings().weight.detach().clone()
+    base.resize_token_embeddings(len(tokenizer))
+    tuned = PeftModel.from_pretrained(base, version.path).eval()
+    with torch.no_grad():
+        rows = tuned.get_input_embeddings()(torch.arange(len(tokenizer)))
+    assert torch.equal(rows[: len(base_tokenizer)], before)  # only the new rows changed
+
+    engine = make_engine(tiny_llama, settings.resolved_adapters_dir)
+    try:
+        prompt = "### Product\nA lamp\n\n### Email\n<email>"
+        expected = peft_added_greedy(tiny_llama, version, prompt, 8)
+        assert greedy(engine, prompt, spec.adapter_name) == expected
     finally:
         engine.stop()

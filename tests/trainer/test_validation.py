@@ -97,6 +97,12 @@ def test_template_that_does_not_render(tiny_llama, email_jsonl):
     assert err.param == "template.response"
 
 
+def test_an_added_token_the_base_already_has(tiny_llama, email_jsonl):
+    err = fails(make_spec(tiny_llama, email_jsonl, added_tokens=["<email>", "<|endoftext|>"]))
+    assert err.reason == "invalid_added_tokens" and err.param == "added_tokens"
+    assert "already has ['<|endoftext|>']" in err.message
+
+
 def test_unknown_base_model_folder(tmp_path, email_jsonl):
     err = fails(make_spec(tmp_path / "no-such-model", email_jsonl))
     assert err.reason == "invalid_base_model" and err.param == "base_model"

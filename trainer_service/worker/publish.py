@@ -110,7 +110,9 @@ def publish(
     checked merged weights."""
     staging = store.staging_dir(manifest.name)
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        # Not the whole resized embedding of a job that added tokens: PEFT's trainable
+        # tokens hold their rows, and the base's rows are the base's.
+        model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
         tokenizer.save_pretrained(staging)
         if loss_curve is not None:
             shutil.copy2(loss_curve, staging / LOSS_CURVE)

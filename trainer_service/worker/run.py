@@ -24,7 +24,7 @@ from trainer_service.worker.events import EventWriter
 from trainer_service.worker.settings import WorkerSettings
 from tuneyard.adapter_store import LOSS_CURVE, MERGED, AdapterStore, Manifest
 from tuneyard.jobspec import JobSpec
-from tuneyard.modeling import load_tokenizer, pick_device, pick_dtype
+from tuneyard.modeling import add_tokens, load_tokenizer, pick_device, pick_dtype
 
 log = logging.getLogger("trainer_service.worker")
 
@@ -103,8 +103,9 @@ def run(
     events.message(f"loading {ref.id} on {device} ({spec.quantization} quantization)")
 
     tokenizer = load_tokenizer(ref)
+    new_token_ids = add_tokens(tokenizer, spec.added_tokens)
     template = spec.template.build(tokenizer)
-    model = lora_model(spec, ref, device, dtype)
+    model = lora_model(spec, ref, device, dtype, new_token_ids)
     trainable, total = model.get_nb_trainable_parameters()
     events.message(
         f"training {spec.recipe} on {len(report.train)} rows ({len(report.eval)} eval); "
@@ -133,6 +134,7 @@ def run(
         },
         job_id=job_id,
         trained_on=base_quantization(spec, device, dtype),
+        added_tokens=spec.added_tokens,
     )
     (workdir / MANIFEST_DRAFT).write_text(manifest.model_dump_json(indent=2))
     resume_from = last_checkpoint(workdir)

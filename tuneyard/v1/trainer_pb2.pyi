@@ -28,7 +28,7 @@ CANCELLED: JobStatus
 PAUSED: JobStatus
 
 class JobSpec(_message.Message):
-    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation", "dpo", "merge_dequantized", "parity_gate")
+    __slots__ = ("base_model", "adapter_name", "recipe", "data", "template", "lora", "training", "quantization", "quantization_options", "merge", "evaluation", "dpo", "merge_dequantized", "parity_gate", "added_tokens")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_NAME_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class JobSpec(_message.Message):
     DPO_FIELD_NUMBER: _ClassVar[int]
     MERGE_DEQUANTIZED_FIELD_NUMBER: _ClassVar[int]
     PARITY_GATE_FIELD_NUMBER: _ClassVar[int]
+    ADDED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     adapter_name: str
     recipe: str
@@ -57,7 +58,8 @@ class JobSpec(_message.Message):
     dpo: DpoSpec
     merge_dequantized: bool
     parity_gate: ParityGateSpec
-    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merge_dequantized: _Optional[bool] = ..., parity_gate: _Optional[_Union[ParityGateSpec, _Mapping]] = ...) -> None: ...
+    added_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merge_dequantized: _Optional[bool] = ..., parity_gate: _Optional[_Union[ParityGateSpec, _Mapping]] = ..., added_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ParityGateSpec(_message.Message):
     __slots__ = ("prompts", "tokens", "min_agreement")
