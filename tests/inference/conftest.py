@@ -93,6 +93,25 @@ def make_engine(base_path: Path, adapters_dir: Path, **settings) -> Engine:
     return Engine.load(InferenceSettings(**values))
 
 
+def submit_together(engine: Engine, cases: list[tuple[str, str]], max_new_tokens: int):
+    """Submit every (prompt, adapter) case at once: (their sequences, their results, the
+    batch sizes the scheduler ran), so a test can check they were batched."""
+    from inference_service.params import GenerateInput, Parameters
+
+    batch_sizes, record = [], engine.scheduler.on_batch
+    engine.scheduler.on_batch = lambda n: (batch_sizes.append(n), record(n))
+    try:
+        parameters = Parameters(max_new_tokens=max_new_tokens, details=True)
+        seqs = [
+            engine.submit(GenerateInput(inputs=p, adapter_id=a, parameters=parameters))
+            for p, a in cases
+        ]
+        results = [s.result(60) for s in seqs]
+    finally:
+        engine.scheduler.on_batch = record
+    return seqs, results, batch_sizes
+
+
 def count_requests(registry, status: str) -> float:
     """tuneyard_inference_requests_total with this status, over every route and adapter."""
     return sum(

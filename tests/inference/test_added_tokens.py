@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from inference_service.params import GenerateInput, Parameters
-from tests.inference.conftest import make_adapter, make_engine
+from tests.inference.conftest import make_adapter, make_engine, submit_together
 from tests.inference.test_engine import greedy, peft_greedy
 from tuneyard.errors import FailedPrecondition
 
@@ -49,20 +49,7 @@ def test_a_mixed_batch_equals_peft_and_only_its_rows_see_the_added_tokens(
         for p in PROMPTS
         for name, v in (("plain", plain), ("", None))
     }
-    batch_sizes, record = [], engine.scheduler.on_batch
-    engine.scheduler.on_batch = lambda n: (batch_sizes.append(n), record(n))
-    try:
-        seqs = [
-            engine.submit(
-                GenerateInput(
-                    inputs=p, adapter_id=a, parameters=Parameters(max_new_tokens=10, details=True)
-                )
-            )
-            for p, a in cases
-        ]
-        results = [s.result(60) for s in seqs]
-    finally:
-        engine.scheduler.on_batch = record
+    seqs, results, batch_sizes = submit_together(engine, cases, 10)
     assert max(batch_sizes) > 1, "the requests were not batched"
     assert [[t.id for t in r.details.tokens] for r in results] == [expected[c] for c in cases]
     for (_, name), seq, result in zip(cases, seqs, results, strict=True):

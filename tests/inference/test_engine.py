@@ -13,7 +13,7 @@ from inference_service.sequence import EOS_TOKEN, LENGTH, STOP_SEQUENCE
 from tuneyard.adapter_store import AdapterVersion
 from tuneyard.errors import InvalidArgument
 
-from .conftest import make_adapter, make_engine
+from .conftest import make_adapter, make_engine, submit_together
 
 PROMPTS = ["Hi there, our new product", "The quick brown fox", "Order today and save"]
 
@@ -67,20 +67,8 @@ def test_greedy_tokens_equal_peft(engine, tiny_llama, two_adapters):
 def test_mixed_batch_rows_equal_each_alone(engine, two_adapters):
     cases = [(p, a) for p in PROMPTS for a in ("alpha", "beta", "")]
     alone = [greedy(engine, p, a) for p, a in cases]
-    batch_sizes, record = [], engine.scheduler.on_batch
-    engine.scheduler.on_batch = lambda n: (batch_sizes.append(n), record(n))
-    try:
-        seqs = [
-            engine.submit(
-                GenerateInput(
-                    inputs=p, adapter_id=a, parameters=Parameters(max_new_tokens=8, details=True)
-                )
-            )
-            for p, a in cases
-        ]
-        together = [[t.id for t in s.result(60).details.tokens] for s in seqs]
-    finally:
-        engine.scheduler.on_batch = record
+    _, results, batch_sizes = submit_together(engine, cases, 8)
+    together = [[t.id for t in r.details.tokens] for r in results]
     assert max(batch_sizes) > 1, "the requests were not batched"
     assert together == alone
 
@@ -117,20 +105,8 @@ def test_dora_and_rslora_in_a_mixed_batch_equal_peft(engine, tiny_llama, dora_an
         )
         for p, name in set(cases)
     }
-    batch_sizes, record = [], engine.scheduler.on_batch
-    engine.scheduler.on_batch = lambda n: (batch_sizes.append(n), record(n))
-    try:
-        seqs = [
-            engine.submit(
-                GenerateInput(
-                    inputs=p, adapter_id=a, parameters=Parameters(max_new_tokens=8, details=True)
-                )
-            )
-            for p, a in cases
-        ]
-        together = [[t.id for t in s.result(60).details.tokens] for s in seqs]
-    finally:
-        engine.scheduler.on_batch = record
+    _, results, batch_sizes = submit_together(engine, cases, 8)
+    together = [[t.id for t in r.details.tokens] for r in results]
     assert max(batch_sizes) > 1, "the requests were not batched"
     assert together == [expected[case] for case in cases]
     # DoRA's magnitudes change the tokens: the same A and B as plain LoRA give others.

@@ -52,6 +52,14 @@ def http(stack):
         yield client
 
 
+def succeeded(http, body: dict) -> dict:
+    """Create the job and wait for it to succeed."""
+    job = http.post("/v1/fine_tuning/jobs", json=body).json()
+    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
+    assert done["status"] == "succeeded", done["error"]
+    return done
+
+
 class Events:
     def __init__(self):
         self.messages = []
@@ -91,9 +99,7 @@ def test_a_job_passes_its_gate_then_a_version_whose_served_template_differs_fail
             "data": {"eval_fraction": 0.25},
         },
     }
-    job = http.post("/v1/fine_tuning/jobs", json=body).json()
-    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
-    assert done["status"] == "succeeded", done["error"]
+    job = succeeded(http, body)
     passed = [m for m in events_of(http, job["id"]) if m.startswith("parity gate passed")]
     assert passed == [
         "parity gate passed: 3 of 3 held-out prompts identical over 32 greedy tokens (lowest "
@@ -192,9 +198,7 @@ def test_a_chat_job_is_gated_on_the_conversations_before_their_answers(
         "suffix": "chat-gated",
         "tuneyard": {"training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 256}},
     }
-    job = http.post("/v1/fine_tuning/jobs", json=body).json()
-    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
-    assert done["status"] == "succeeded", done["error"]
+    succeeded(http, body)
     gate = store.resolve("chat-gated@1").manifest().gate
     assert gate.state == "passed", gate.reason
     assert [p.messages[-1]["content"] for p in gate.probes] == ["Hi 0", "Hi 1", "Hi 2"]
@@ -260,9 +264,7 @@ def test_a_job_that_adds_tokens_passes_its_gate_and_another_tokenizer_is_refused
             "data": {"eval_fraction": 0.25},
         },
     }
-    job = http.post("/v1/fine_tuning/jobs", json=body).json()
-    done = wait_job(http, job["id"], lambda j: j["status"] in ("succeeded", "failed"))
-    assert done["status"] == "succeeded", done["error"]
+    succeeded(http, body)
     gate = store.resolve("tagged@1").manifest().gate
     assert gate.state == "passed" and gate.agreement == 1.0, gate.reason
     assert len(gate.probes) == 3 and store.resolve("tagged").id == "tagged@1"
