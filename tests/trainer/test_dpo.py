@@ -60,6 +60,8 @@ def dpo_spec(model, path, **overrides) -> JobSpec:
         "adapter_name": "polite",
         "data": {"path": str(path)},
         **copy.deepcopy(DPO),
+        # No trainer runs the worker here to compare with a server (test_parity_gate.py).
+        "parity_gate": {"prompts": 0},
     }
     for key, value in overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
