@@ -109,7 +109,8 @@ def publish_checkpoint_models(store: AdapterStore, workdir: Path, manifest: Mani
     models = []
     for path in checkpoint_dirs(workdir)[-CHECKPOINT_MODELS:]:
         checkpoint = _read(manifest.job_id, path)
-        if not checkpoint.model:
+        model = checkpoint.model
+        if not model:
             own = manifest.model_copy(
                 update={
                     "name": checkpoint_model_name(manifest.job_id, checkpoint.step),
@@ -118,8 +119,9 @@ def publish_checkpoint_models(store: AdapterStore, workdir: Path, manifest: Mani
                     "gate": None,  # its probes are the final model's: no gate, live
                 }
             )
-            (path / MODEL).write_text(publish_folder(store, path, own).id)
-        models.append(_read(manifest.job_id, path).model)
+            model = publish_folder(store, path, own).id
+            (path / MODEL).write_text(model)
+        models.append(model)
     return models
 
 
