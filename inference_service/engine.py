@@ -6,6 +6,8 @@ import logging
 import threading
 from pathlib import Path
 
+import torch
+
 from tuneyard.adapter_store import MERGED, AdapterStore, BaseQuantization
 from tuneyard.errors import FailedPrecondition
 from tuneyard.modeling import (
@@ -84,6 +86,7 @@ class Engine(EngineBase):
             max_batch_size=settings.max_batch_size,
             max_batch_wait_s=settings.max_batch_wait_ms / 1000,
             max_queue=settings.max_queue,
+            threads=settings.engine_threads or torch.get_num_threads(),
             on_batch=self.metrics.batch_size.observe,
         )
         self.metrics.queue_size.set_function(lambda: self.scheduler.queue_size)

@@ -18,6 +18,7 @@ import torch
 
 from tuneyard.errors import ResourceExhausted, Unavailable
 
+from .compute_threads import claim_cores
 from .dynamic_batch import DynamicBatch, EagerForward
 from .running_batch import RunningBatch
 from .sampling import greedy_picks
@@ -40,6 +41,7 @@ class BatchScheduler:
         max_batch_size: int,
         max_batch_wait_s: float,
         max_queue: int,
+        threads: int,
         on_batch: Callable[[int], None] = lambda size: None,
     ):
         self.forward = forward  # prefills, whichever batch runs
@@ -48,6 +50,7 @@ class BatchScheduler:
         self.pad_token_id = pad_token_id
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_s
+        self.threads = threads  # the engine thread's torch threads
         self.on_batch = on_batch
         self.waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
@@ -75,6 +78,7 @@ class BatchScheduler:
         return self.waiting.qsize()
 
     def _run(self) -> None:
+        claim_cores(self.threads)
         batch = self.batch
         while not self._stop.is_set():
             new = self._next_rows()

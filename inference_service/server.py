@@ -10,6 +10,7 @@ from tuneyard.grpc_server import add_health_and_reflection, build_server, run_un
 from tuneyard.modeling import pick_device
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
+from .compute_threads import one_thread_by_default
 from .engine import Engine
 from .engine_base import EngineBase
 from .metrics import Metrics
@@ -97,6 +98,8 @@ def serve(settings: InferenceSettings) -> RunningServer:
 
 def main() -> None:
     settings = InferenceSettings()
+    cores = one_thread_by_default()  # before the model loads: see compute_threads
+    settings = settings.model_copy(update={"engine_threads": settings.engine_threads or cores})
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -43,6 +43,12 @@ class InferenceSettings(CommonSettings):
     max_batch_size: int = Field(8, ge=1)
     max_batch_wait_ms: float = Field(5.0, ge=0)
     max_queue: int = Field(64, ge=1)
+    engine_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of the engine's forward (no other thread of the service "
+        "computes on more than one); 0 = torch's choice: OMP_NUM_THREADS, else the cores.",
+    )
     decode: Literal["auto", "dynamic", "static"] = Field(
         "auto",
         description="static: preallocated KV buffers, CUDA graphs on a GPU (Llama-shaped "
