@@ -42,7 +42,7 @@ def main(argv=None) -> dict[str, Path]:
         names = serving.make_adapters(base, store, args.adapters, args.rank)
         prompts = serving.make_prompts(args.clients * args.requests_per_client, args.prompt_tokens)
         jobs = [(names[i % len(names)], p) for i, p in enumerate(prompts)]
-        env = serving.service_env(args, store, names)
+        env = serving.service_env(args, store, names, "native")
         with LocalStack(home=work / "home", base_model=str(base), extra_env=env) as stack:
             warm = [(name, jobs[0][1]) for name in names]
             asyncio.run(serving.run_load(stack.gateway_url, warm, len(warm), 2))

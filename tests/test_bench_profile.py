@@ -1,6 +1,9 @@
-"""The profile summary reads py-spy's collapsed stacks: own time and time with callees."""
+"""The profiler runs py-spy on both services under load; its summary reads py-spy's
+collapsed stacks: own time and time with callees."""
 
-from benchmarks.profile_serving import summary
+import pytest
+
+from benchmarks.profile_serving import main, summary
 
 
 def test_summary_counts_own_and_inclusive_time(tmp_path):
@@ -16,3 +19,27 @@ def test_summary_counts_own_and_inclusive_time(tmp_path):
     assert "60.0%  forward linear.py:134" in own and "30.0%  forward lora.py:76" in own
     assert "100.0%  _run scheduler.py:150" in inclusive
     assert "90.0%  _forward scheduler.py:248" in inclusive
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_profiler_samples_both_services_under_load(tmp_path, capsys):
+    outputs = main(
+        [
+            "--model=llama-tiny",
+            "--dtype=float32",
+            "--clients=4",
+            "--adapters=2",
+            "--requests-per-client=8",
+            "--prompt-tokens=8",
+            "--max-new-tokens=64",
+            "--seconds=3",
+            f"--out={tmp_path}",
+        ]
+    )
+    assert set(outputs) == {"inference", "gateway"}
+    printed = capsys.readouterr().out
+    for name, path in outputs.items():
+        header = summary(name, path, top=3).splitlines()[0]
+        assert header in printed
+        assert int(header.split(": ")[1].split()[0]) > 0  # "== name: N samples"
