@@ -138,7 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overhead-repeats", type=int, default=3, help="the machine is noisy: its spread"
     )
-    p.add_argument("--bound-one-stream-requests", type=int, default=4)
+    p.add_argument(
+        "--one-stream-requests",
+        type=int,
+        default=4,
+        help="one stream: this many requests one after another, on the bound and the service",
+    )
     p.add_argument("--max-batch-wait-ms", type=float, default=20)
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     return p
@@ -311,13 +316,13 @@ def run_bound(args, base: Path, prompts: list[str]) -> dict:
     timed(batch[:2])  # warm-up
     tokens, seconds = timed(batch)
     one_tokens, one_seconds = 0, 0.0
-    for prompt in prompts[: args.bound_one_stream_requests]:
+    for prompt in prompts[: args.one_stream_requests]:
         n, t = timed([prompt])
         one_tokens, one_seconds = one_tokens + n, one_seconds + t
     return {
         "static_batch_rows": len(batch),
         "static_batch_tokens_per_s": tokens / seconds,
-        "one_stream_requests": args.bound_one_stream_requests,
+        "one_stream_requests": args.one_stream_requests,
         "one_stream_tokens_per_s": one_tokens / one_seconds,
     }
 
@@ -490,7 +495,7 @@ def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names, 
             # here, not in the timed runs (as vLLM captures at start-up).
             asyncio.run(run_load(url, jobs[:1], 1, args.max_new_tokens))
             asyncio.run(run_load(url, jobs, args.clients, args.max_new_tokens))
-        one = asyncio.run(run_load(url, jobs[:1], 1, args.max_new_tokens))
+        one = asyncio.run(run_load(url, jobs[: args.one_stream_requests], 1, args.max_new_tokens))
         load = asyncio.run(run_load(url, jobs, args.clients, args.max_new_tokens))
         overhead = overhead_repeated(url, stack.inference_addr, args)
         hot = hot_load(url, store, names[0], args.max_new_tokens)
