@@ -60,6 +60,21 @@ def succeeded(http, body: dict) -> dict:
     return done
 
 
+def email_job(model, training_file, suffix: str, **tuneyard) -> dict:
+    """A two-step job on the email rows with a held-out quarter (the gate's probes)."""
+    return {
+        "model": str(model),
+        "training_file": str(training_file),
+        "suffix": suffix,
+        "tuneyard": {
+            "lora": {"r": 4, "alpha": 8},
+            "training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 128},
+            "data": {"eval_fraction": 0.25},
+            **tuneyard,
+        },
+    }
+
+
 class Events:
     def __init__(self):
         self.messages = []
@@ -88,18 +103,7 @@ def test_a_job_passes_its_gate_then_a_version_whose_served_template_differs_fail
     stack, http, tiny_llama, email_jsonl
 ):
     gateway, inference, store = stack
-    body = {
-        "model": str(tiny_llama),
-        "training_file": str(email_jsonl),
-        "suffix": "gated",
-        "tuneyard": {
-            "template": EMAIL_TEMPLATE,
-            "lora": {"r": 4, "alpha": 8},
-            "training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 128},
-            "data": {"eval_fraction": 0.25},
-        },
-    }
-    job = succeeded(http, body)
+    job = succeeded(http, email_job(tiny_llama, email_jsonl, "gated", template=EMAIL_TEMPLATE))
     passed = [m for m in events_of(http, job["id"]) if m.startswith("parity gate passed")]
     assert passed == [
         "parity gate passed: 3 of 3 held-out prompts identical over 32 greedy tokens (lowest "
@@ -252,18 +256,13 @@ def test_a_job_that_adds_tokens_passes_its_gate_and_another_tokenizer_is_refused
     from transformers import AutoTokenizer
 
     gateway, inference, store = stack
-    body = {
-        "model": str(tiny_llama),
-        "training_file": str(email_jsonl),
-        "suffix": "tagged",
-        "tuneyard": {
-            "template": {**EMAIL_TEMPLATE, "response": "<email>{{ email }}</email>"},
-            "added_tokens": ["<email>", "</email>"],
-            "lora": {"r": 4, "alpha": 8},
-            "training": {"max_steps": 2, "batch_size": 2, "max_seq_length": 128},
-            "data": {"eval_fraction": 0.25},
-        },
-    }
+    body = email_job(
+        tiny_llama,
+        email_jsonl,
+        "tagged",
+        template={**EMAIL_TEMPLATE, "response": "<email>{{ email }}</email>"},
+        added_tokens=["<email>", "</email>"],
+    )
     succeeded(http, body)
     gate = store.resolve("tagged@1").manifest().gate
     assert gate.state == "passed" and gate.agreement == 1.0, gate.reason
