@@ -130,12 +130,20 @@ class EngineBase:
                 param="logit_bias",
             )
         tokenizer = self._tokenizer(manifest_adapter)
+        vocab = max(self.vocab_size, len(tokenizer))  # an adapter's added tokens count
+        if unknown := sorted({t for t in request.continuation_ids if not 0 <= t < vocab}):
+            raise InvalidArgument(
+                f"continuation_ids names tokens outside the vocabulary (0 to {vocab - 1}): "
+                f"{unknown}",
+                param="continuation_ids",
+            )
         prompt, add_special = self._prompt(request, manifest_adapter, tokenizer)
         ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         if not ids:
             raise InvalidArgument("the input is empty after tokenization", param="inputs")
         if params.truncate is not None:
             ids = ids[-params.truncate :]
+        ids = ids + request.continuation_ids
         limit = self.settings.max_input_tokens
         if len(ids) > limit:
             raise InvalidArgument(

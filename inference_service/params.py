@@ -100,6 +100,8 @@ class GenerateInput:
     fields: dict[str, str] = field(default_factory=dict)
     messages: list[dict[str, str]] = field(default_factory=list)
     tools: list[dict] = field(default_factory=list)  # for the chat template, with messages
+    # Appended to the tokenized prompt: a continuation to score (see the proto).
+    continuation_ids: list[int] = field(default_factory=list)
 
     def check_one_input(self) -> None:
         given = [n for n in ("inputs", "fields", "messages") if getattr(self, n)]

@@ -153,8 +153,16 @@ class BatchScheduler:
                 if seq.params.decoder_input_details:
                     n = len(seq.prompt_ids)
                     targets = ids[i, width - n + 1 :]
-                    picked = logprobs[i, width - n : -1].gather(1, targets[:, None])[:, 0]
-                    seq.set_prefill(picked.tolist())
+                    scored = logprobs[i, width - n : -1]
+                    picked = scored.gather(1, targets[:, None])[:, 0]
+                    tops = []
+                    if top_n := seq.params.top_n_tokens:
+                        values, top_ids = torch.topk(scored, min(top_n, scored.shape[-1]))
+                        tops = [
+                            list(zip(t, v, strict=True))
+                            for t, v in zip(top_ids.tolist(), values.tolist(), strict=True)
+                        ]
+                    seq.set_prefill(picked.tolist(), tops)
         self._choose(batch, logits[:, -1])
         return batch
 

@@ -129,11 +129,19 @@ class Sequence:
     def done(self) -> bool:
         return self.finish_reason is not None or self._closed
 
-    def set_prefill(self, logprobs: list[float]) -> None:
-        """Prompt-token logprobs (the first has none: NaN)."""
+    def set_prefill(self, logprobs: list[float], tops: list[list[tuple[int, float]]] = ()) -> None:
+        """Prompt-token logprobs and, with top_n_tokens, each position's likeliest (id,
+        logprob) pairs, best first; the first token has neither (NaN, none)."""
+        tops = [[], *tops] if tops else [[] for _ in self.prompt_ids]
         self.prefill = [
-            TokenInfo(i, self.tokenizer.decode([i]), lp, i in self._special_ids)
-            for i, lp in zip(self.prompt_ids, [math.nan, *logprobs], strict=True)
+            TokenInfo(
+                i,
+                self.tokenizer.decode([i]),
+                lp,
+                i in self._special_ids,
+                [TokenInfo(t, self._token_text(t), v, t in self._special_ids) for t, v in top],
+            )
+            for i, lp, top in zip(self.prompt_ids, [math.nan, *logprobs], tops, strict=True)
         ]
 
     def add(self, token_id: int, logprob: float, top: list[tuple[int, float]] = ()) -> None:

@@ -99,6 +99,7 @@ def to_input(request: pb.GenerateRequest) -> GenerateInput:
         fields=dict(request.fields),
         messages=[{"role": m.role, "content": m.content} for m in request.messages],
         tools=_tools(request.tools),
+        continuation_ids=list(request.continuation_ids),
     )
 
 

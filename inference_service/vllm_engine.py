@@ -321,7 +321,7 @@ def request_body(seq: Sequence, model: str) -> dict:
     if p.logit_bias:
         body["logit_bias"] = {str(k): v for k, v in p.logit_bias.items()}
     if p.decoder_input_details:
-        body["prompt_logprobs"] = 0
+        body["prompt_logprobs"] = p.top_n_tokens or 0
     if p.grammar:
         kind, value = p.grammar
         body["structured_outputs"] = (
@@ -335,17 +335,25 @@ def request_body(seq: Sequence, model: str) -> dict:
 def feed(seq: Sequence, choice: dict) -> None:
     """Hand one streamed choice's tokens (ids, logprobs, alternatives) to the sequence."""
     prompt_logprobs = choice.get("prompt_logprobs")
+    n = seq.params.top_n_tokens or 0
     if prompt_logprobs and seq.params.decoder_input_details and not seq.prefill:
+        # Each entry holds the prompt's token and the n likeliest: {id: {"logprob", ...}}.
+        entries = prompt_logprobs[1:]
         seq.set_prefill(
             [
                 entry[str(token_id)]["logprob"]
-                for token_id, entry in zip(seq.prompt_ids[1:], prompt_logprobs[1:], strict=True)
+                for token_id, entry in zip(seq.prompt_ids[1:], entries, strict=True)
+            ],
+            [
+                sorted(((int(k), v["logprob"]) for k, v in entry.items()), key=lambda p: -p[1])[:n]
+                for entry in entries
             ]
+            if n
+            else (),
         )
     logprobs = choice.get("logprobs") or {}
     token_logprobs = logprobs.get("token_logprobs") or []
     tops = logprobs.get("top_logprobs") or []
-    n = seq.params.top_n_tokens or 0
     for i, token_id in enumerate(choice.get("token_ids") or []):
         if seq.done:
             return

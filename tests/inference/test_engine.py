@@ -248,6 +248,35 @@ def test_details_and_prefill(engine):
     assert plain.details.tokens == [] and plain.details.prefill == []
 
 
+def test_a_continuation_is_scored_as_the_engine_generated_it(engine, two_adapters):
+    """continuation_ids, teacher-forced: the prefill of prompt + the engine's own greedy
+    tokens gives each token the log-probability and the top-1 it had when generated."""
+    params = Parameters(max_new_tokens=6, details=True, top_n_tokens=1)
+    generated = engine.submit(
+        GenerateInput(inputs=PROMPTS[1], adapter_id="alpha", parameters=params)
+    ).result(60)
+    ids = [t.id for t in generated.details.tokens]
+    scoring = Parameters(max_new_tokens=1, decoder_input_details=True, top_n_tokens=2)
+    scored = engine.submit(
+        GenerateInput(
+            inputs=PROMPTS[1], adapter_id="alpha", continuation_ids=ids, parameters=scoring
+        )
+    ).result(60)
+    prompt_ids = engine.tokenizer(PROMPTS[1])["input_ids"]
+    prefill = scored.details.prefill
+    assert [t.id for t in prefill] == prompt_ids + ids
+    assert scored.details.prompt_tokens == len(prompt_ids) + len(ids)
+    tail = prefill[len(prompt_ids) :]
+    assert [t.logprob for t in tail] == pytest.approx(
+        [t.logprob for t in generated.details.tokens], abs=1e-4
+    )
+    assert [t.top[0].id for t in tail] == ids and all(len(t.top) == 2 for t in tail)
+    assert prefill[0].top == []
+    with pytest.raises(InvalidArgument, match=r"continuation_ids names tokens outside") as bad:
+        engine.submit(GenerateInput(inputs="x", continuation_ids=[3, 10**6]))
+    assert bad.value.param == "continuation_ids"
+
+
 def test_top_n_tokens(engine):
     params = Parameters(max_new_tokens=4, details=True, top_n_tokens=3)
     result = engine.submit(GenerateInput(inputs=PROMPTS[0], parameters=params)).result(60)

@@ -71,7 +71,8 @@ def test_sampling_penalties_bias_grammar_and_prompt_logprobs_map(tokenizer):
     assert body["repetition_penalty"] == 1.2
     assert (body["presence_penalty"], body["frequency_penalty"]) == (0.5, -0.5)
     assert body["logit_bias"] == {"3": -100.0} and body["logprobs"] == 3
-    assert body["prompt_logprobs"] == 0 and body["stream"] is False
+    # The prompt's tokens with as many alternatives as the generated ones.
+    assert body["prompt_logprobs"] == 3 and body["stream"] is False
     assert body["structured_outputs"]["json"] == {"type": "object"}
     regex = request_body(sequence(tokenizer, grammar=("regex", "[ab]+")), "base")
     assert regex["structured_outputs"] == {"regex": "[ab]+"}
@@ -88,7 +89,9 @@ def test_feed_hands_tokens_alternatives_and_prefill_to_the_sequence(tokenizer):
         tokenizer, max_new_tokens=2, top_n_tokens=2, decoder_input_details=True, details=True
     )
     ids = tokenizer("Best regards", add_special_tokens=False)["input_ids"][:2]
-    prompt = [None] + [{str(t): {"logprob": -1.5}} for t in seq.prompt_ids[1:]]
+    prompt = [None] + [
+        {str(t): {"logprob": -1.5}, "5": {"logprob": -0.5}} for t in seq.prompt_ids[1:]
+    ]
     feed(
         seq,
         {
@@ -109,6 +112,8 @@ def test_feed_hands_tokens_alternatives_and_prefill_to_the_sequence(tokenizer):
     assert [(t.id, t.logprob) for t in result.details.tokens[0].top] == [(ids[0], -0.1), (8, -2.0)]
     assert math.isnan(result.details.prefill[0].logprob)
     assert [t.logprob for t in result.details.prefill[1:]] == [-1.5] * (len(seq.prompt_ids) - 1)
+    tops = [[(a.id, a.logprob) for a in t.top] for t in result.details.prefill]
+    assert tops == [[]] + [[(5, -0.5), (t, -1.5)] for t in seq.prompt_ids[1:]]
     assert result.details.finish_reason == "length"
 
 

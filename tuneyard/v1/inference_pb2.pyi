@@ -82,7 +82,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("inputs", "adapter_id", "parameters", "fields", "messages", "tools")
+    __slots__ = ("inputs", "adapter_id", "parameters", "fields", "messages", "tools", "continuation_ids")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,13 +96,15 @@ class GenerateRequest(_message.Message):
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATION_IDS_FIELD_NUMBER: _ClassVar[int]
     inputs: str
     adapter_id: str
     parameters: GenerationParameters
     fields: _containers.ScalarMap[str, str]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     tools: str
-    def __init__(self, inputs: _Optional[str] = ..., adapter_id: _Optional[str] = ..., parameters: _Optional[_Union[GenerationParameters, _Mapping]] = ..., fields: _Optional[_Mapping[str, str]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tools: _Optional[str] = ...) -> None: ...
+    continuation_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, inputs: _Optional[str] = ..., adapter_id: _Optional[str] = ..., parameters: _Optional[_Union[GenerationParameters, _Mapping]] = ..., fields: _Optional[_Mapping[str, str]] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tools: _Optional[str] = ..., continuation_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("id", "text", "logprob", "special", "top_tokens")
