@@ -184,4 +184,20 @@ def load_model(
     model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     if quantization == "none":
         model.to(device)
+    if quantization == "4bit":
+        keep_4bit_compute_dtype(model, compute_dtype or dtype)
     return model
+
+
+def keep_4bit_compute_dtype(model, compute_dtype) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes runs every 4-bit layer in eval through a
+    fused kernel that computes in bf16 whatever the compute dtype (0.64 logits off an
+    fp32 forward on a tiny model): only a bf16 compute dtype may take it, so a float32
+    base computes in float32 on every CPU."""
+    import torch
+
+    if compute_dtype == torch.bfloat16:
+        return
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

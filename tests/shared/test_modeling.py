@@ -94,3 +94,30 @@ def test_auto_dtype_is_bf16_on_a_cpu_only_where_it_is_native(monkeypatch):
     assert modeling.pick_dtype("auto", "cpu") is torch.float32  # training keeps fp32
     assert modeling.pick_dtype("auto", "cuda") is torch.bfloat16
     assert modeling.pick_dtype("float16", "cpu") is torch.float16
+
+
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_a_4bit_base_computes_in_its_compute_dtype_on_a_cpu_with_avx512_bf16(
+    tiny_llama, monkeypatch, compute
+):
+    """bitsandbytes sends every 4-bit layer in eval on such a CPU (faked here) through a
+    fused kernel that computes in bf16: only a bf16 compute dtype may take it."""
+    import bitsandbytes.nn.modules as bnb_modules
+    import torch
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    from tuneyard import modeling
+
+    model = modeling.load_model(
+        modeling.resolve_base_model(str(tiny_llama)),
+        device="cpu",
+        dtype=torch.float32,
+        quantization="4bit",
+        compute_dtype=getattr(torch, compute),
+    )
+    fused = {
+        m.support_avx512bf16_for_cpu
+        for m in model.modules()
+        if isinstance(m, bnb_modules.Linear4bit)
+    }
+    assert fused == {compute == "bfloat16"}
