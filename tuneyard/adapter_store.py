@@ -76,36 +76,51 @@ class BaseQuantization(BaseModel):
 
 class GateProbe(BaseModel):
     """One held-out prompt of a parity gate: the row's template fields (or, for a chat
-    adapter, its messages and tools), the prompt they render to, and the trained model's
-    own greedy tokens and their log-probabilities."""
+    adapter, its messages and tools), the prompt they render to and its token ids, and the
+    trained model's own greedy tokens, their log-probabilities and margins. Once compared,
+    what the inference service made of the same: its prompt ids, and teacher-forced on the
+    trained model's tokens, its likeliest token and its log-probability of the trained
+    model's at each position."""
 
     fields: dict[str, str] = Field(default_factory=dict)
     messages: list[dict[str, str]] | None = None
     tools: list[dict] | None = None
     prompt: str
+    prompt_ids: list[int] = Field(default_factory=list)
     ids: list[int]
     logprobs: list[float]
-    served_ids: list[int] | None = None  # the inference service's, once compared
+    margins: list[float] = Field(default_factory=list)
+    """How far each token's log-probability stood above the next likeliest's."""
+    served_prompt_ids: list[int] | None = None
+    served_ids: list[int] | None = None
     served_logprobs: list[float] | None = None
 
 
 class ParityGate(BaseModel):
-    """Whether the inference service generates what the trained model generated, on a few
-    held-out prompts, before the name moves to a version. `pending` until the trainer has
-    compared; a version whose gate failed is published but not what its name means until
-    it is promoted."""
+    """Whether the inference service computes what the trained model computed, on a few
+    held-out prompts, before the name moves to a version: the same prompt tokens, and on
+    the trained model's own greedy tokens (teacher-forced) the same choice wherever the
+    choice was clear and log-probabilities within the tolerance of the two sides' dtypes.
+    `pending` until the trainer has compared; a version whose gate failed is published but
+    not what its name means until it is promoted."""
 
     state: Literal["pending", "passed", "failed", "skipped"] = "pending"
     tokens: int
-    """Greedy tokens compared per prompt."""
+    """Greedy tokens per prompt."""
     min_agreement: float
-    """The share of a prompt's first `tokens` positions that must hold the same token."""
+    """The share of a prompt's clear positions (margin over `min_margin`) where the
+    service's likeliest token must be the trained model's."""
+    min_margin: float = 0.5
+    logprob_tolerance: float | None = None
+    """The largest |log-probability difference| allowed; None: the default for the two
+    sides' dtypes (trainer_service/gate.py)."""
     probes: list[GateProbe] = Field(default_factory=list)
+    trained_dtype: str = ""
+    served_dtype: str = ""
     agreement: float | None = None
-    """The lowest share of identical positions over the prompts."""
+    """The lowest share over the prompts of clear positions where both sides agree."""
     max_logprob_diff: float | None = None
-    """The largest |log-probability difference| of a token both sides chose, before the
-    first disagreement."""
+    """The largest |log-probability difference| of a trained model's token."""
     reason: str = ""
     promoted: bool = False
 

@@ -201,9 +201,11 @@ class TrainingSpec(_Strict):
 
 
 class ParityGateSpec(_Strict):
-    """Before the adapter's name moves to the new version: the trained model and the
-    inference service each generate greedily for a few held-out prompts, rendered with
-    the adapter's template, and compare."""
+    """Before the adapter's name moves to the new version: the trained model generates
+    greedily for a few held-out prompts, rendered with the adapter's template, and the
+    inference service scores those same tokens after the prompt as it renders it
+    (teacher-forced). Below the bar the version is published, but its name does not move
+    to it until `POST /v1/adapters/{id}/promote`."""
 
     prompts: int = Field(4, ge=0, le=64)
     """Held-out prompts compared (eval rows, else training rows); 0: no gate, the name
@@ -211,9 +213,15 @@ class ParityGateSpec(_Strict):
     tokens: int = Field(32, ge=1, le=1024)
     """Greedy tokens generated per prompt."""
     min_agreement: float = Field(1.0, ge=0.0, le=1.0)
-    """The share of each prompt's first `tokens` positions that must hold the same token
-    on both sides; 1: identical. Below it the version is published, but its name does not
-    move to it until `POST /v1/adapters/{id}/promote`."""
+    """The share of each prompt's clear positions (the trained model's token ahead of the
+    next by more than `min_margin`) where the service's likeliest token must be the same;
+    1: all of them."""
+    min_margin: float = Field(0.5, ge=0.0)
+    """Nats: where the trained model's choice was closer than this, another dtype's
+    rounding may flip it, and only its log-probability is compared."""
+    logprob_tolerance: float | None = Field(None, gt=0.0)
+    """The largest |log-probability difference| allowed on any of the tokens; None: the
+    default for the two sides' dtypes (README, "Parity gate")."""
 
 
 class DpoSpec(_Strict):

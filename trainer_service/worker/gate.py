@@ -1,7 +1,8 @@
 """The worker's side of the parity gate: the trained model, still in memory, generates
-greedily for a few held-out prompts rendered with the adapter's template, and its tokens
-and their log-probabilities go into the manifest; the trainer then asks the inference
-service for the same prompts and compares (trainer_service/gate.py)."""
+greedily for a few held-out prompts rendered with the adapter's template, and the prompts'
+ids, its tokens, their log-probabilities and margins go into the manifest; the trainer
+then has the inference service score the same tokens after the same prompts and compares
+(trainer_service/gate.py)."""
 
 from trainer_service import preference
 from tuneyard.adapter_store import GateProbe, ParityGate
@@ -14,43 +15,22 @@ def gate_probes(spec: JobSpec, model, tokenizer, template, eval_rows, train_rows
     """The gate, `pending` with the trained model's generations; `skipped` (the name moves
     at once) when the job turns it off or no row has a prompt the service can be sent."""
     wanted = spec.parity_gate
-    gate = ParityGate(tokens=wanted.tokens, min_agreement=wanted.min_agreement)
+    gate = ParityGate(
+        tokens=wanted.tokens,
+        min_agreement=wanted.min_agreement,
+        min_margin=wanted.min_margin,
+        logprob_tolerance=wanted.logprob_tolerance,
+    )
     if not wanted.prompts:
         return gate.model_copy(update={"state": "skipped", "reason": "parity_gate.prompts is 0"})
-    import torch
-
     model.eval()
-    device = next(model.parameters()).device
-    eos = _eos_ids(model, tokenizer)
     probes = []
     for row in eval_rows or train_rows:
         if len(probes) == wanted.prompts:
             break
         probe = _probe_input(spec, template, tokenizer, row)
-        if probe is None:
-            continue
-        # As the inference service tokenizes it: a chat template writes its special tokens.
-        encoded = tokenizer(
-            probe.prompt, return_tensors="pt", add_special_tokens=probe.messages is None
-        )
-        ids = encoded["input_ids"].to(device)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=wanted.tokens,
-                do_sample=False,
-                eos_token_id=sorted(eos),
-                pad_token_id=tokenizer.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-        new = out.sequences[0, ids.shape[1] :].tolist()
-        logprobs = [
-            torch.log_softmax(logits[0].float(), dim=-1)[token].item()
-            for logits, token in zip(out.logits, new, strict=True)
-        ]
-        probes.append(probe.model_copy(update={"ids": new, "logprobs": logprobs}))
+        if probe is not None:
+            probes.append(generated(probe, model, tokenizer, wanted.tokens))
     if not probes:
         return gate.model_copy(
             update={
@@ -59,6 +39,40 @@ def gate_probes(spec: JobSpec, model, tokenizer, template, eval_rows, train_rows
             }
         )
     return gate.model_copy(update={"probes": probes})
+
+
+def generated(probe: GateProbe, model, tokenizer, tokens: int) -> GateProbe:
+    """The probe with the model's greedy tokens after its prompt: their ids,
+    log-probabilities and margins over the next likeliest, and the prompt's ids."""
+    import torch
+
+    # As the inference service tokenizes it: a chat template writes its special tokens.
+    encoded = tokenizer(
+        probe.prompt, return_tensors="pt", add_special_tokens=probe.messages is None
+    )
+    ids = encoded["input_ids"].to(next(model.parameters()).device)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=tokens,
+            do_sample=False,
+            eos_token_id=sorted(_eos_ids(model, tokenizer)),
+            pad_token_id=tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    new = out.sequences[0, ids.shape[1] :].tolist()
+    logprobs, margins = [], []
+    for logits, token in zip(out.logits, new, strict=True):
+        scores = torch.log_softmax(logits[0].float(), dim=-1)
+        chosen = scores[token].item()
+        scores[token] = -float("inf")
+        logprobs.append(chosen)
+        margins.append(chosen - scores.max().item())
+    return probe.model_copy(
+        update={"prompt_ids": ids[0].tolist(), "ids": new, "logprobs": logprobs, "margins": margins}
+    )
 
 
 def _probe_input(spec: JobSpec, template, tokenizer, row) -> GateProbe | None:

@@ -62,14 +62,18 @@ class JobSpec(_message.Message):
     def __init__(self, base_model: _Optional[str] = ..., adapter_name: _Optional[str] = ..., recipe: _Optional[str] = ..., data: _Optional[_Union[DataSpec, _Mapping]] = ..., template: _Optional[_Union[TemplateSpec, _Mapping]] = ..., lora: _Optional[_Union[LoraSpec, _Mapping]] = ..., training: _Optional[_Union[TrainingSpec, _Mapping]] = ..., quantization: _Optional[str] = ..., quantization_options: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., merge: _Optional[bool] = ..., evaluation: _Optional[_Union[_evaluation_pb2.EvaluationSpec, _Mapping]] = ..., dpo: _Optional[_Union[DpoSpec, _Mapping]] = ..., merge_dequantized: _Optional[bool] = ..., parity_gate: _Optional[_Union[ParityGateSpec, _Mapping]] = ..., added_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ParityGateSpec(_message.Message):
-    __slots__ = ("prompts", "tokens", "min_agreement")
+    __slots__ = ("prompts", "tokens", "min_agreement", "min_margin", "logprob_tolerance")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     prompts: int
     tokens: int
     min_agreement: float
-    def __init__(self, prompts: _Optional[int] = ..., tokens: _Optional[int] = ..., min_agreement: _Optional[float] = ...) -> None: ...
+    min_margin: float
+    logprob_tolerance: float
+    def __init__(self, prompts: _Optional[int] = ..., tokens: _Optional[int] = ..., min_agreement: _Optional[float] = ..., min_margin: _Optional[float] = ..., logprob_tolerance: _Optional[float] = ...) -> None: ...
 
 class DpoSpec(_message.Message):
     __slots__ = ("beta",)
