@@ -27,11 +27,13 @@ SCHEMA = {
 
 
 def serve_inference(tiny_llama, adapters_dir, port: int = 0, **overrides):
-    """The inference service in-process on tiny_llama, on CPU, answering in few tokens."""
+    """The inference service in-process on tiny_llama, on CPU in float32 (unless asked
+    otherwise, whatever the CPU and TUNEYARD_DTYPE), answering in few tokens."""
     settings = dict(
         base_model=str(tiny_llama),
         adapters_dir=adapters_dir,
         device="cpu",
+        dtype="float32",
         inference_port=port,
         inference_metrics_port=0,
         max_batch_wait_ms=5,

@@ -82,10 +82,13 @@ def edit_adapter_config(version, **changes):
 
 
 def make_engine(base_path: Path, adapters_dir: Path, **settings) -> Engine:
+    """float32 unless a test asks for another dtype: what a test compares must not depend on
+    the CPU (auto serves bf16 where it is native) nor on TUNEYARD_DTYPE."""
     values = dict(
         base_model=str(base_path),
         adapters_dir=adapters_dir,
         device="cpu",
+        dtype="float32",
         inference_metrics_port=0,
         max_batch_wait_ms=50,
     )

@@ -26,6 +26,7 @@ def running(tiny_llama, adapters_dir):
             inference_port=0,
             inference_metrics_port=0,
             device="cpu",
+            dtype="float32",
         )
     )
     yield server
@@ -232,3 +233,19 @@ def test_client_cancel_stops_the_work(stub, running):
         if s.name.endswith("_total")
     )
     assert generated < 1000  # it stopped long before max_new_tokens
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_serves_bf16_where_the_cpu_runs_it_natively(
+    tiny_llama, adapters_dir, monkeypatch, native
+):
+    """`auto` reads the CPU's flags (faked here, whatever this CPU has); Info says what it chose."""
+    from tests.inference.conftest import make_engine
+    from tuneyard import modeling
+
+    monkeypatch.setattr(modeling, "cpu_has_native_bf16", lambda: native)
+    engine = make_engine(tiny_llama, adapters_dir, dtype="auto")
+    try:
+        assert engine.info()["model_dtype"] == ("bfloat16" if native else "float32")
+    finally:
+        engine.stop()
