@@ -59,6 +59,10 @@ class GatewayClient:
                     if payload and payload != "[DONE]":
                         yield json.loads(payload)
 
+    def model(self, model_id: str) -> dict:
+        """An OpenAI model object: for an adapter's name, `root` is the version it means."""
+        return self._call("GET", f"/v1/models/{model_id}")
+
     # --- generation -------------------------------------------------------------------
     def generate(self, inputs: str, adapter_id: str | None = None, **parameters) -> dict:
         parameters = {"adapter_id": adapter_id, **parameters}

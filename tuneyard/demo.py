@@ -9,7 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tuneyard.client import GatewayClient
+from tuneyard.client import GatewayClient, GatewayError
 from tuneyard.config import CommonSettings
 from tuneyard.embedded_model import prepare
 from tuneyard.eval_table import format_table
@@ -69,8 +69,19 @@ def run() -> int:
             error = (job.get("error") or {}).get("message", "")
             print(f"job ended {job['status']}: {error}")
             return 1
-        adapter = job["fine_tuned_model"]
-        print(f"== published {adapter}; base model vs adapter on held-out products\n")
+        # Asked for by name, as a user would: the name moves to the new version once its
+        # parity gate passed (the job's events say why when it did not).
+        adapter = spec.adapter_name
+        try:
+            live = client.model(adapter)["root"]
+        except GatewayError as err:
+            live = str(err)
+        if live != job["fine_tuned_model"]:
+            print(
+                f"{job['fine_tuned_model']} is published, but {adapter!r} does not serve it: {live}"
+            )
+            return 1
+        print(f"== published {live} as {adapter!r}; base model vs adapter on held-out products\n")
         for row in rows[:SHOWN]:
             prompt = template.render_prompt(row)
             base = client.generate(prompt, None, max_new_tokens=MAX_NEW_TOKENS)
