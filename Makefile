@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 VLLM_VENV := .venv-vllm
 export TUNEYARD_HOME ?= $(CURDIR)/.tuneyard
 
-.PHONY: help venv vllm browser model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
+.PHONY: help venv vllm browser tools model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +41,13 @@ browser: ## Debian's chromium, for the console's browser tests
 	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
+# The deploy checks (tests/deploy) run Debian's docker-compose (`config -q`) and promtool
+# (package prometheus): installed from apt when missing, as the browser is.
+tools: ## Debian's docker-compose and promtool, for the deploy checks
+	@command -v docker-compose >/dev/null && command -v promtool >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update && \
+		$$SUDO apt-get install -y --no-install-recommends docker-compose prometheus; }
+
 model: venv ## prepare the embedded base model (SmolLM2-135M-Instruct) once
 	$(PY) -m tuneyard.embedded_model
 
@@ -50,8 +57,11 @@ proto: venv ## regenerate the gRPC stubs from proto/
 demo: model ## start the stack, train the example adapter, compare base and tuned output
 	$(PY) -m tuneyard.demo
 
-test: venv vllm browser ## the whole suite
+test: venv vllm browser tools ## the whole suite
 	$(PY) -m pytest -q
+
+test-fast: venv ## the inner loop: the suite without its slow, integration and vLLM tests
+	$(PY) -m pytest -q -m "not slow and not integration and not vllm"
 
 lint: venv ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -56,7 +56,7 @@ def exported_names(registries) -> set[str]:
 def test_the_exposition_passes_promtool_lint(registries):
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (see .ci/run)")
+        pytest.skip("promtool is not installed (make tools)")
     for registry in registries:
         exposition = generate_latest(registry).decode()
         result = subprocess.run(

@@ -25,7 +25,7 @@ VENV_BIN = Path(sys.executable).parent
 def tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path=str(VENV_BIN))
     if path is None:
-        pytest.skip(f"{name} is not installed (see .ci/run and pyproject's [dev] extra)")
+        pytest.skip(f"{name} is not installed (make tools, and pyproject's [dev] extra)")
     return path
 
 
