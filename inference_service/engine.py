@@ -119,7 +119,13 @@ class Engine(EngineBase):
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
         merged = own_merged_weights(settings)
-        log.info("loading %s on %s (%s)", merged or base.id, device, dtype)
+        log.info(
+            "loading %s on %s in %s (TUNEYARD_DTYPE=%s)",
+            merged or base.id,
+            device,
+            dtype,
+            settings.dtype,
+        )
         model = load_model(
             BaseModelRef(base.id, merged, base.revision) if merged else base,
             device=device,

@@ -108,7 +108,13 @@ class VllmEngine(EngineBase):
         base = resolve_base_model(settings.resolved_base_model)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)
-        log.info("serving %s with vLLM on %s (%s)", base.id, device, dtype)
+        log.info(
+            "serving %s with vLLM on %s in %s (TUNEYARD_DTYPE=%s)",
+            base.id,
+            device,
+            dtype,
+            settings.dtype,
+        )
         return cls(settings, base, load_tokenizer(base), device, dtype, metrics)
 
     def watch_readiness(self, callback) -> None:
