@@ -79,21 +79,11 @@ def gate(probes: list[GateProbe]) -> ParityGate:
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_llama, adapters_dir):
-    return {
-        "lora": make_adapter(tiny_llama, adapters_dir, "bf-lora", seed=1),
-        "wide": make_adapter(
-            tiny_llama,
-            adapters_dir,
-            "bf-wide",
-            seed=2,
-            r=8,
-            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"),
-        ),
-        "dora": make_adapter(tiny_llama, adapters_dir, "bf-dora", seed=3, use_dora=True),
-        "rslora": make_adapter(tiny_llama, adapters_dir, "bf-rslora", seed=4, r=8, use_rslora=True),
-        "tags": make_adapter(tiny_llama, adapters_dir, "bf-tags", seed=7, added_tokens=ADDED),
-    }
+def adapters(tiny_llama, adapters_dir, two_adapters, dora_and_rslora) -> dict:
+    alpha, beta = two_adapters
+    dora, rslora, _ = dora_and_rslora
+    tags = make_adapter(tiny_llama, adapters_dir, "tags", seed=7, added_tokens=ADDED)
+    return {"lora": alpha, "wide": beta, "dora": dora, "rslora": rslora, "tags": tags}
 
 
 @pytest.fixture(scope="module", params=["dynamic", "static"])

@@ -39,21 +39,6 @@ def greedy(engine, prompt: str, adapter_id: str = "", n: int = 8, **params) -> l
     return [t.id for t in result.details.tokens]
 
 
-@pytest.fixture(scope="module")
-def two_adapters(tiny_llama, adapters_dir):
-    return (
-        make_adapter(tiny_llama, adapters_dir, "alpha", seed=1),
-        make_adapter(
-            tiny_llama,
-            adapters_dir,
-            "beta",
-            seed=2,
-            r=8,
-            target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"),
-        ),
-    )
-
-
 def test_greedy_tokens_equal_peft(engine, tiny_llama, two_adapters):
     alpha, beta = two_adapters
     for version in (None, alpha, beta):
@@ -71,25 +56,6 @@ def test_mixed_batch_rows_equal_each_alone(engine, two_adapters):
     together = [[t.id for t in r.details.tokens] for r in results]
     assert max(batch_sizes) > 1, "the requests were not batched"
     assert together == alone
-
-
-@pytest.fixture(scope="module")
-def dora_and_rslora(tiny_llama, adapters_dir, two_adapters):
-    """A DoRA adapter (its magnitudes away from the weight norms: B grew after PEFT set
-    them), an rsLoRA one (alpha / sqrt(r)), and one that is both."""
-    return (
-        make_adapter(tiny_llama, adapters_dir, "dora", seed=3, use_dora=True),
-        make_adapter(tiny_llama, adapters_dir, "rslora", seed=4, r=8, use_rslora=True),
-        make_adapter(
-            tiny_llama,
-            adapters_dir,
-            "dora-rs",
-            seed=5,
-            target_modules=("q_proj", "o_proj", "gate_proj"),
-            use_dora=True,
-            use_rslora=True,
-        ),
-    )
 
 
 def test_dora_and_rslora_in_a_mixed_batch_equal_peft(engine, tiny_llama, dora_and_rslora):
