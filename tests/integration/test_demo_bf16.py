@@ -56,4 +56,7 @@ def test_the_demo_adapter_is_live_by_name_when_served_in_bf16(stack):
         prompt, adapter_id=name, max_new_tokens=4
     )
     assert answer.generated_text == tgi.generated_text
+    # Where users look for the dtype: /info, and how /v1/adapters says the base is held.
     assert httpx.get(f"{stack.gateway_url}/info", timeout=30).json()["model_dtype"] == "bfloat16"
+    listed = httpx.get(f"{stack.gateway_url}/v1/adapters", timeout=30).json()["data"]
+    assert {a["id"]: a["served_on"] for a in listed}[f"{name}@1"] == "none (bfloat16)"
