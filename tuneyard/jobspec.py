@@ -221,7 +221,7 @@ class ParityGateSpec(_Strict):
     rounding may flip it, and only its log-probability is compared."""
     logprob_tolerance: float | None = Field(None, gt=0.0)
     """The largest |log-probability difference| allowed on any of the tokens; None: the
-    default for the two sides' dtypes (README, "Parity gate")."""
+    default for the two sides' dtypes (README, "Same results on every machine")."""
 
 
 class DpoSpec(_Strict):
