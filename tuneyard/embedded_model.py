@@ -56,6 +56,11 @@ def prepare(home: Path, dtype: str = "bfloat16") -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        # mkdtemp's folder and the safetensors file are private to their owner: services
+        # running as another user (the image's, when root prepared it at build time)
+        # could not read them.
+        for path in [staging, *staging.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -15,6 +15,9 @@ def test_gguf_becomes_a_plain_model_folder_once(tmp_path):
     assert "quantization_config" not in config
     assert (folder / "model.safetensors").stat().st_size > 200_000_000
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging left"
+    # Readable by every user: the image prepares it as root, its services run as another.
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o004 for p in folder.iterdir())
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
