@@ -24,7 +24,10 @@ def _print(obj) -> None:
 
 
 def cmd_train(args, client: GatewayClient) -> int:
-    job = client.create_job(JobSpec.from_yaml(args.spec))
+    spec = JobSpec.from_yaml(args.spec)
+    if not args.server_paths:
+        spec = with_uploads(spec, client)
+    job = client.create_job(spec)
     print(f"created {job['id']} ({job['status']})", file=sys.stderr)
     if not args.follow:
         _print(job)
@@ -32,6 +35,21 @@ def cmd_train(args, client: GatewayClient) -> int:
     job = follow_job(client, job["id"])
     _print(job)
     return 0 if job["status"] == "succeeded" else 1
+
+
+def with_uploads(spec: JobSpec, client: GatewayClient) -> JobSpec:
+    """The spec with its data files that are on this machine uploaded and named by id: a
+    stack elsewhere (compose, Kubernetes) reads only uploads and its own data folders."""
+    changes = {}
+    for path_field, id_field in (("path", "file_id"), ("eval_path", "eval_file_id")):
+        path = Path(getattr(spec.data, path_field))
+        if path.parts and path.is_file():
+            uploaded = client.upload_file(path)
+            print(f"uploaded {path} as {uploaded['id']}", file=sys.stderr)
+            changes.update({path_field: "", id_field: uploaded["id"]})
+    if not changes:
+        return spec
+    return spec.model_copy(update={"data": spec.data.model_copy(update=changes)})
 
 
 def cmd_validate(args, client: GatewayClient) -> int:
@@ -126,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", type=Path)
     p.add_argument("--follow", action="store_true", help="show progress until it ends")
+    p.add_argument(
+        "--server-paths",
+        action="store_true",
+        help="send data.path / data.eval_path as they are, for the trainer to read from its "
+        "own data folders, instead of uploading the local files",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate", help="validate a job spec's data without creating a job")

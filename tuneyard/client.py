@@ -3,6 +3,7 @@
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -31,6 +32,13 @@ class GatewayClient:
     # --- jobs -----------------------------------------------------------------------
     def create_job(self, spec: JobSpec) -> dict:
         return self._call("POST", "/v1/fine_tuning/jobs", json=_job_body(spec))
+
+    def upload_file(self, path: Path, purpose: str = "fine-tune") -> dict:
+        """POST /v1/files: the file object, whose id a job's data.file_id can name."""
+        with open(path, "rb") as handle:
+            return self._call(
+                "POST", "/v1/files", files={"file": (path.name, handle)}, data={"purpose": purpose}
+            )
 
     def validate_job(self, spec: JobSpec) -> dict:
         """The trainer's validation report for the spec; no job is created."""

@@ -516,3 +516,36 @@ def test_bad_metadata_and_validation_file_are_refused_naming_the_field(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "validation_file" and "line 2" in error["message"], error
+
+
+def test_cli_train_uploads_local_data_files_and_names_them_by_id(
+    gateway, http, tiny_llama, email_jsonl, tmp_path, capsys
+):
+    """As a user of a stack on another machine needs: the spec's local data.path and
+    data.eval_path are uploaded, and the job names the files by id; --server-paths sends
+    the paths for the trainer to read itself."""
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text(email_jsonl.read_text())
+    spec = {
+        "base_model": str(tiny_llama),
+        "adapter_name": "cli-uploaded",
+        "data": {"path": email_jsonl.name, "eval_path": str(heldout)},  # relative to the spec
+        **TUNEYARD,
+    }
+    path = email_jsonl.parent / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert cli(["--url", gateway.url, "train", str(path)]) == 0
+    captured = capsys.readouterr()
+    job = json.loads(captured.out)
+    training, validation = job["training_file"], job["validation_file"]
+    assert training.startswith("file-") and validation.startswith("file-")
+    assert not {"path", "eval_path"} & set(job["tuneyard"]["spec"]["data"])
+    assert f"uploaded {email_jsonl} as {training}" in captured.err
+    uploaded = http.get(f"/v1/files/{training}/content")
+    assert uploaded.status_code == 200 and uploaded.text == email_jsonl.read_text()
+    http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+
+    assert cli(["--url", gateway.url, "train", "--server-paths", str(path)]) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert (job["training_file"], job["validation_file"]) == (str(email_jsonl), str(heldout))
+    http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
