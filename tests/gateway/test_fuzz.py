@@ -199,12 +199,21 @@ def _fuzz(operation, mode: GenerationMode, url: str, tally: Tally) -> None:
         headers = {} if about_auth else _auth(key)
         response = case.call(base_url=url, headers=headers, timeout=60)
         tally.record(label, case, response)
+        if _not_http(response):
+            return
         case.validate_response(response, checks=checks, headers=headers)
 
     try:
         run()
     except Unsatisfiable:  # nothing to negate: the operation takes no input
         assert not mode.is_positive
+
+
+def _not_http(response) -> bool:
+    """uvicorn's own answer to bytes its parser refuses (a made-up header such as
+    `Content-Length: 0..0`): the request never reached the gateway's app, whose answers
+    are the ones the schema documents."""
+    return response.status_code == 400 and response.text == "Invalid HTTP request received."
 
 
 def test_every_operation_with_generated_input(stack, api, tally):
