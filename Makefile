@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 VLLM_VENV := .venv-vllm
 export TUNEYARD_HOME ?= $(CURDIR)/.tuneyard
 
-.PHONY: help venv vllm browser tools model proto demo test test-fast lint format bench gpu-smoke up up-cpu down logs deploy-check clean
+.PHONY: help venv vllm browser tools model proto demo test test-fast lint format bench gpu-smoke image base-image up up-cpu down logs deploy-check clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,11 +42,16 @@ browser: ## Debian's chromium, for the console's browser tests
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
 # The deploy checks (tests/deploy) run Debian's docker-compose (`config -q`) and promtool
-# (package prometheus): installed from apt when missing, as the browser is.
-tools: ## Debian's docker-compose and promtool, for the deploy checks
+# (package prometheus); the docker tests (tests/docker) a real engine (docker.io, with the
+# recommends it was seen working with) and debootstrap for their base image: installed from
+# apt when missing, as the browser is.
+tools: ## Debian's docker-compose, promtool, Docker engine and debootstrap
 	@command -v docker-compose >/dev/null && command -v promtool >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update && \
 		$$SUDO apt-get install -y --no-install-recommends docker-compose prometheus; }
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update && \
+		$$SUDO apt-get install -y docker.io debootstrap; }
 
 model: venv ## prepare the embedded base model (SmolLM2-135M-Instruct) once
 	$(PY) -m tuneyard.embedded_model
@@ -61,7 +66,7 @@ test: venv vllm browser tools ## the whole suite
 	$(PY) -m pytest -q
 
 test-fast: venv ## the inner loop: the suite without its slow, integration and vLLM tests
-	$(PY) -m pytest -q -m "not slow and not integration and not vllm"
+	$(PY) -m pytest -q -m "not slow and not integration and not vllm and not docker"
 
 lint: venv ## ruff check and format check
 	$(VENV)/bin/ruff check .
@@ -83,13 +88,36 @@ clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
 
 # --- deploy (docker compose; see deploy/README.md) -------------------------------------
-COMPOSE ?= docker compose
-COMPOSE_FILES = -f docker-compose.yml -f $(if $(UP_CPU),docker-compose.cpu.yml,docker-compose.gpu.yml)
+# Compose v2 (`docker compose`) where installed, else Debian's docker-compose (v1).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo docker compose || echo docker-compose)
+DOCKER ?= docker
+FLAVOR = $(if $(UP_CPU),cpu,gpu)
+# A CA bundle the containers trust (TLS-inspecting proxy): docker-compose.ca.yml mounts it.
+export TUNEYARD_CA_BUNDLE := $(CA_BUNDLE)
+COMPOSE_FILES = -f docker-compose.yml -f docker-compose.$(FLAVOR).yml \
+	$(if $(CA_BUNDLE),-f docker-compose.ca.yml)
+# Build arguments, each only where given (deploy/README.md, "Building behind a proxy or
+# air-gapped"). Not pip's own PIP_* names, which a shell may hold for the host's pip;
+# EXTRA_INDEX_URL= (given, empty) drops the CPU image's PyTorch index.
+BUILD_ARGS = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	$(if $(INDEX_URL),--build-arg PIP_INDEX_URL=$(INDEX_URL)) \
+	$(if $(filter undefined,$(origin EXTRA_INDEX_URL)),,--build-arg PIP_EXTRA_INDEX_URL=$(EXTRA_INDEX_URL)) \
+	$(if $(FIND_LINKS),--build-arg PIP_FIND_LINKS=$(FIND_LINKS)) \
+	$(if $(TRUSTED_HOST),--build-arg PIP_TRUSTED_HOST=$(TRUSTED_HOST)) \
+	$(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE))
+comma := ,
 
-up: ## start the stack with Docker on a GPU host (UP_CPU=1: without a GPU)
-	$(COMPOSE) $(COMPOSE_FILES) up -d --build
+image: ## build tuneyard:gpu (UP_CPU=1: tuneyard:cpu) with BuildKit
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f deploy/Dockerfile.$(FLAVOR) -t tuneyard:$(FLAVOR) $(BUILD_ARGS) .
 
-up-cpu: ## start the stack with Docker on a machine without a GPU
+base-image: ## tuneyard-base:bookworm from Debian's packages, for BASE_IMAGE= (needs root, debootstrap)
+	deploy/debian-base.sh tuneyard-base:bookworm
+
+# SERVICES="inference trainer gateway": only those (Prometheus and Grafana are pulled images).
+up: image ## build and start the stack with Docker on a GPU host (UP_CPU=1: without a GPU)
+	$(COMPOSE) $(COMPOSE_FILES) up -d $(SERVICES)
+
+up-cpu: ## build and start the stack with Docker on a machine without a GPU
 	$(MAKE) up UP_CPU=1
 
 down: ## stop the stack (volumes are kept)
