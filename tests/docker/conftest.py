@@ -114,7 +114,7 @@ def free_port(host: str) -> int:
 @dataclass
 class BuildInputs:
     make_vars: list[str]  # as an operator passes them to `make image` / `make up-cpu`
-    torch_wheels: Path | None  # the local folder the CPU torch came from, if any
+    ca_bundle: str  # the CA_BUNDLE among them, "" if none
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +142,7 @@ def build_inputs(docker, base_image):
             f"FIND_LINKS=http://{host}:{port}/",
             f"TRUSTED_HOST={host}:{port}",
         ]
-    yield BuildInputs(make_vars + [f"DOCKER={docker}"], wheels)
+    yield BuildInputs(make_vars + [f"DOCKER={docker}"], config.get("cert", ""))
     if server is not None:
         server.terminate()
         server.wait(timeout=10)

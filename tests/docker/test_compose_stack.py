@@ -17,7 +17,7 @@ import pytest
 import yaml
 from huggingface_hub import InferenceClient
 
-from tests.docker.conftest import ROOT, free_port, sh
+from tests.docker.conftest import ROOT, BuildInputs, free_port, sh
 from tuneyard.statuses import TERMINAL
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -34,11 +34,14 @@ SAVE_STEPS = 4
 class Stack:
     """One compose project of the three services, and what the tests measured on it."""
 
-    def __init__(self, docker: str, compose: list[str], make_vars: list[str], port: int):
+    def __init__(self, docker: str, compose: list[str], build: BuildInputs, port: int):
         self.docker = docker
-        self.make_vars = make_vars + [f"TUNEYARD_PORT={port}", f"SERVICES={' '.join(SERVICES)}"]
+        self.make_vars = build.make_vars + [
+            f"TUNEYARD_PORT={port}",
+            f"SERVICES={' '.join(SERVICES)}",
+        ]
         self.url = f"http://127.0.0.1:{port}"
-        ca = next((v.split("=", 1)[1] for v in make_vars if v.startswith("CA_BUNDLE=")), "")
+        ca = build.ca_bundle
         self.env = {
             **os.environ,
             "COMPOSE_PROJECT_NAME": PROJECT,
@@ -85,7 +88,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(docker, compose, build_inputs):
-    stack = Stack(docker, compose, build_inputs.make_vars, free_port("127.0.0.1"))
+    stack = Stack(docker, compose, build_inputs, free_port("127.0.0.1"))
     stack.compose("down", "-v", "--remove-orphans")  # a previous run's leftovers
     try:
         stack.report["build_s"] = round(stack.make("image", "UP_CPU=1", timeout=1500), 1)
