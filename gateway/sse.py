@@ -17,14 +17,21 @@ def encode(data: dict | str) -> str:
     return f"data:{text}\n\n"
 
 
-def event_response(path: str, events: AsyncIterator[dict], done_marker: bool = False):
-    """Stream `events`; an error after the first event becomes a last error event in the
-    called API's error shape. `done_marker` ends the stream with OpenAI's `data: [DONE]`."""
+def event_response(path: str, events: AsyncIterator[dict | list[dict]], done_marker: bool = False):
+    """Stream `events`; a list is a group of events that came together (the tokens of one
+    backend message), written in one piece: the client reads the same events, the server
+    and the network carry one write instead of one per token. An error after the first
+    event becomes a last error event in the called API's error shape. `done_marker` ends
+    the stream with OpenAI's `data: [DONE]`."""
 
     async def body():
         try:
             async for event in events:
-                yield encode(event)
+                if isinstance(event, list):
+                    if event:
+                        yield "".join(map(encode, event))
+                else:
+                    yield encode(event)
         except TuneyardError as err:
             yield encode(error_event(path, err))
             return

@@ -167,15 +167,17 @@ class OpenAIServing:
                 async for index, message in messages:
                     if first_token_s[index] is None:
                         first_token_s[index] = time.perf_counter() - start
-                    token = message.token
-                    # With logprobs, a token that adds no text yet (part of a character)
-                    # still gets its chunk: the streamed logprobs equal the whole answer's.
-                    wanted = token.text or self.body.top_n is not None
-                    if not token.special and wanted:
-                        choice = self.token_choice(index, token, offsets[index])
-                        if choice is not None:
-                            offsets[index] += len(token.text)
-                            yield chunk(choice)
+                    group = []
+                    for token in message.tokens:
+                        # With logprobs, a token that adds no text yet (part of a character)
+                        # still gets its chunk: the streamed logprobs equal the whole answer's.
+                        wanted = token.text or self.body.top_n is not None
+                        if not token.special and wanted:
+                            choice = self.token_choice(index, token, offsets[index])
+                            if choice is not None:
+                                offsets[index] += len(token.text)
+                                group.append(chunk(choice))
+                    yield group
                     if message.HasField("generated_text"):
                         details = message.details
                         self.metrics.observe_generation(

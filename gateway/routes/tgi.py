@@ -251,21 +251,25 @@ async def generate_stream(request: Request, req: GenerateRequest):
     async def events():
         first_token_s = None
         index = 0
+        alternatives, top_n = req.params.return_k_alternatives or 0, req.params.top_n_tokens
         async for message in messages:
-            index += 1
             if first_token_s is None:
                 first_token_s = time.perf_counter() - start
-            event = {
-                "index": index,
-                "token": token_json(message.token, req.params.return_k_alternatives or 0),
-                "generated_text": None,
-                "details": None,
-            }
-            if req.params.top_n_tokens:
-                event["top_tokens"] = top_tokens_json(message.token, req.params.top_n_tokens)
+            group = []
+            for token in message.tokens:
+                index += 1
+                event = {
+                    "index": index,
+                    "token": token_json(token, alternatives),
+                    "generated_text": None,
+                    "details": None,
+                }
+                if top_n:
+                    event["top_tokens"] = top_tokens_json(token, top_n)
+                group.append(event)
             if message.HasField("generated_text"):
-                event["generated_text"] = message.generated_text
-                event["details"] = stream_details_json(message.details)
+                group[-1]["generated_text"] = message.generated_text
+                group[-1]["details"] = stream_details_json(message.details)
                 metrics.observe_generation(
                     req.params.adapter_id or "",
                     message.details.generated_tokens,
@@ -273,7 +277,7 @@ async def generate_stream(request: Request, req: GenerateRequest):
                     first_token_s,
                     time.perf_counter() - start,
                 )
-            yield event
+            yield group
 
     return event_response(request.url.path, events())
 

@@ -147,14 +147,14 @@ class GenerateResponse(_message.Message):
     def __init__(self, generated_text: _Optional[str] = ..., details: _Optional[_Union[GenerateDetails, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
-    __slots__ = ("token", "generated_text", "details")
-    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("tokens", "generated_text", "details")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TEXT_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
-    token: Token
+    tokens: _containers.RepeatedCompositeFieldContainer[Token]
     generated_text: str
     details: GenerateDetails
-    def __init__(self, token: _Optional[_Union[Token, _Mapping]] = ..., generated_text: _Optional[str] = ..., details: _Optional[_Union[GenerateDetails, _Mapping]] = ...) -> None: ...
+    def __init__(self, tokens: _Optional[_Iterable[_Union[Token, _Mapping]]] = ..., generated_text: _Optional[str] = ..., details: _Optional[_Union[GenerateDetails, _Mapping]] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("id", "name", "version", "loaded", "rank", "target_modules", "size_bytes", "last_used_at", "base_model", "created_at", "state", "recipe", "template_fields", "trained_on", "served_on", "faithful", "gate", "live")
