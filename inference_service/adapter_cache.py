@@ -211,6 +211,18 @@ class AdapterCache:
             last = keys[-1]
             return AdapterInfo(id=last, name=name, version=last.partition("@")[2], state="deleted")
 
+    def ranks_on_volume(self) -> list[int]:
+        """The rank of every version on the volume trained on this base, from its config
+        (no weights read); versions that cannot be read are left out."""
+        ranks = []
+        for version in self.store.all_versions():
+            try:
+                if self._on_this_base(version.manifest()):
+                    ranks.append(configured_lora(version.path)[0])
+            except (OSError, ValueError):
+                continue
+        return ranks
+
     def list(self) -> list[AdapterInfo]:
         with self._lock:
             return [self._info(v) for v in self.store.all_versions()]

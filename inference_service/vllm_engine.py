@@ -42,7 +42,14 @@ from .metrics import Metrics
 from .peft_files import LoraWeights
 from .sequence import RequestCancelled, Sequence
 from .settings import InferenceSettings
-from .vllm_server import SERVED_BASE, VllmServer, server_args, vllm_installed, vllm_python
+from .vllm_server import (
+    SERVED_BASE,
+    VllmServer,
+    server_args,
+    vllm_installed,
+    vllm_lora_rank,
+    vllm_python,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +92,27 @@ class VllmEngine(EngineBase):
             own = (version.path / MERGED / "config.json").is_file()
             self.merged = self.adapters.read(version, merged_weights=own)
             model_path = merged_weights(base, self.merged.version.path, self.merged.key, settings)
-        dtype_name = str(dtype).removeprefix("torch.")
-        self.server = VllmServer(settings, server_args(settings, model_path, device, dtype_name))
+        self._args = lambda rank: server_args(
+            settings, model_path, device, str(dtype).removeprefix("torch."), rank
+        )
+        # The child's --max-lora-rank: the largest rank on the volume, grown by a planned
+        # restart when a larger adapter comes (_fit_rank). A server someone else runs is
+        # taken to be started for the largest rank allowed.
+        if settings.vllm_url:
+            self.lora_rank = vllm_lora_rank(settings.max_adapter_rank)
+        else:
+            cap = settings.max_adapter_rank
+            ranks = [r for r in self.adapters.ranks_on_volume() if r <= cap]
+            self.lora_rank = vllm_lora_rank(max(ranks, default=1))
+        self.server = VllmServer(settings, self._args(self.lora_rank))
         self._admin = httpx.Client(base_url=self.server.url, timeout=120)
-        self.loras.connect(self.adapters.store, self.server, self._admin)
+        self.loras.connect(self.adapters.store, self.server, self._admin, self)
         self._slots = threading.BoundedSemaphore(settings.max_queue + settings.max_batch_size)
+        # Requests sent to vLLM and not yet answered, and whether a planned restart holds
+        # new ones back: it waits for the first to reach 0.
+        self._flow = threading.Condition()
+        self._in_flight = 0
+        self._restarting = False
         self._running: dict[Sequence, asyncio.Task] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-io", daemon=True)
@@ -140,16 +163,51 @@ class VllmEngine(EngineBase):
 
     def _queue(self, seq: Sequence) -> None:
         body = request_body(seq, seq.adapter_key or SERVED_BASE)
-        if not self.server.ready:
-            raise Unavailable("the vllm engine is starting or restarting; retry shortly")
         if seq.adapter_key:
-            self.loras.ensure(seq.adapter_key)
-        if not self._slots.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"{self.settings.max_queue + self.settings.max_batch_size} requests are in "
-                "flight; retry later"
-            )
+            self._fit_rank(self.loras.rank_of(seq.adapter_key))
+        with self._flow:  # a planned restart holds new requests back: they wait
+            timeout = self.settings.vllm_start_timeout_s
+            if not self._flow.wait_for(lambda: not self._restarting, timeout):
+                raise Unavailable("the vllm engine is restarting; retry shortly")
+            if not self.server.ready:
+                raise Unavailable("the vllm engine is starting or restarting; retry shortly")
+            if seq.adapter_key:
+                self.loras.ensure(seq.adapter_key)
+            if not self._slots.acquire(blocking=False):
+                raise ResourceExhausted(
+                    f"{self.settings.max_queue + self.settings.max_batch_size} requests are "
+                    "in flight; retry later"
+                )
+            self._in_flight += 1
         asyncio.run_coroutine_threadsafe(self._start(seq, body), self._loop)
+
+    def _fit_rank(self, rank: int) -> None:
+        """Restart the vLLM child with a larger --max-lora-rank when an adapter needs one:
+        new requests wait, those in flight finish first, then the child restarts (adapters
+        are loaded again on their next use). Only one restart runs at a time."""
+        needed = vllm_lora_rank(rank)
+        with self._flow:
+            while needed > self.lora_rank and self._restarting:
+                self._flow.wait()
+            if needed <= self.lora_rank:
+                return
+            if self.settings.vllm_url:
+                raise FailedPrecondition(
+                    f"adapter rank {rank} needs --max-lora-rank {needed}, and the vLLM "
+                    f"server at {self.server.url} is not ours to restart"
+                )
+            self._restarting = True
+            self._flow.wait_for(lambda: self._in_flight == 0)
+        try:
+            log.info("restarting vLLM for adapters of rank %d (was %d)", needed, self.lora_rank)
+            self.server.restart(self._args(needed))
+            if not self.server.wait_ready(self.settings.vllm_start_timeout_s):
+                raise Unavailable("the vllm engine did not come back after its restart")
+            self.lora_rank = needed
+        finally:
+            with self._flow:
+                self._restarting = False
+                self._flow.notify_all()
 
     # The event loop's side.
 
@@ -183,6 +241,9 @@ class VllmEngine(EngineBase):
         finally:
             self._running.pop(seq, None)
             self._slots.release()
+            with self._flow:
+                self._in_flight -= 1
+                self._flow.notify_all()
 
     async def _generate(self, seq: Sequence, body: dict) -> None:
         if not body["stream"]:
@@ -244,10 +305,13 @@ class VllmLoras:
         self.server: VllmServer | None = None
         self.admin: httpx.Client | None = None
         self._loaded_in: dict[str, int] = {}  # key -> the vLLM generation that has it
+        self._ranks: dict[str, int] = {}  # key -> its rank, once read
         self._lock = threading.Lock()
 
-    def connect(self, store: AdapterStore, server: VllmServer, admin: httpx.Client) -> None:
-        self.store, self.server, self.admin = store, server, admin
+    def connect(
+        self, store: AdapterStore, server: VllmServer, admin: httpx.Client, engine: "VllmEngine"
+    ) -> None:
+        self.store, self.server, self.admin, self.engine = store, server, admin, engine
 
     def check(self, weights: LoraWeights) -> None:
         if weights.tokens is not None:
@@ -263,8 +327,15 @@ class VllmLoras:
             )
 
     def add(self, key: str, weights: LoraWeights) -> None:
-        """Checked already (AdapterCache.read); vLLM reads the version's own folder."""
-        self.ensure(key)
+        """Checked already (AdapterCache.read); vLLM reads the version's own folder. One
+        larger than the child's rank is loaded after its restart, by the first request
+        for it (the cache's lock is held here, and finishing requests take it)."""
+        self._ranks[key] = weights.rank
+        if vllm_lora_rank(weights.rank) <= self.engine.lora_rank:
+            self.ensure(key)
+
+    def rank_of(self, key: str) -> int:
+        return self._ranks[key]
 
     def ensure(self, key: str) -> None:
         with self._lock:

@@ -53,11 +53,18 @@ def vllm_installed(settings: InferenceSettings) -> bool:
     return check.returncode == 0
 
 
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest --max-lora-rank vLLM takes that holds adapters of `rank`."""
+    return next((r for r in _LORA_RANKS if r >= rank), _LORA_RANKS[-1])
+
+
 def server_args(
-    settings: InferenceSettings, model_path: Path, device: str, dtype: str
+    settings: InferenceSettings, model_path: Path, device: str, dtype: str, lora_rank: int
 ) -> list[str]:
-    """The vLLM server's command line for these settings (the child's port comes after)."""
-    rank = next((r for r in _LORA_RANKS if r >= settings.max_adapter_rank), _LORA_RANKS[-1])
+    """The vLLM server's command line for these settings (the child's port comes after).
+    `lora_rank`: its --max-lora-rank. vLLM sizes every LoRA kernel by it, so it is the
+    largest rank served, not the largest allowed: rank 64 for rank-16 adapters made vLLM
+    4x slower on a CPU."""
     args = [
         vllm_python(settings),
         "-m",
@@ -89,7 +96,7 @@ def server_args(
         args += [
             "--enable-lora",
             "--max-lora-rank",
-            str(rank),
+            str(vllm_lora_rank(lora_rank)),
             "--max-loras",
             str(min(settings.max_loaded_adapters, settings.max_batch_size)),
             "--max-cpu-loras",
@@ -140,6 +147,7 @@ class VllmServer:
             self.port = settings.vllm_port or free_port()
             self.url = f"http://127.0.0.1:{self.port}"
         self._args = [*args, "--host", "127.0.0.1", "--port", str(self.port)]
+        self._planned = threading.Event()  # the child's next exit is restart()'s
         self.ready = False
         # Bumped at each (re)start: runtime-loaded adapters must be loaded again after one.
         self.generation = 0
@@ -163,6 +171,21 @@ class VllmServer:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._end_child()
+        self._watcher.join(timeout=5)
+        self._kill_group()
+
+    def restart(self, args: list[str]) -> None:
+        """A planned restart with a new command line: not ready from now on, the child
+        stopped cleanly; the watcher starts the new one at once (no back-off, not counted
+        as a crash). `wait_ready` then waits for it."""
+        self._args = [*args, "--host", "127.0.0.1", "--port", str(self.port)]
+        self._planned.set()
+        self._set_ready(False)
+        self._end_child()
+        self._kill_group()
+
+    def _end_child(self) -> None:
         process = self._process
         if process is not None and process.poll() is None:
             process.terminate()  # vLLM's server then stops its engine processes
@@ -171,8 +194,6 @@ class VllmServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self._watcher.join(timeout=5)
-        self._kill_group()
 
     def _kill_group(self) -> None:
         """What is left of the child's process group (its engine core and workers, which
@@ -222,7 +243,10 @@ class VllmServer:
         with httpx.Client() as client:
             while not self._stopping.is_set():
                 if self.port and (self._process is None or self._process.poll() is not None):
-                    if self._process is not None:
+                    if self._planned.is_set():
+                        self._planned.clear()
+                        log.info("restarting vLLM with new arguments")
+                    elif self._process is not None:
                         log.error(
                             "vLLM exited with code %s; restarting in %.0f s",
                             self._process.returncode,

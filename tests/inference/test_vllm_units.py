@@ -13,7 +13,7 @@ from inference_service.sequence import Sequence
 from inference_service.server import engine_kind
 from inference_service.settings import InferenceSettings
 from inference_service.vllm_engine import feed, request_body, vllm_error, vllm_gauges
-from inference_service.vllm_server import server_args
+from inference_service.vllm_server import server_args, vllm_lora_rank
 from tests.conftest import make_tokenizer
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
@@ -158,23 +158,38 @@ def test_server_args_follow_the_settings():
         Path("/models/base"),
         "cuda",
         "bfloat16",
+        lora_rank=20,
     )
     flag = {name: args[i + 1] for i, name in enumerate(args[:-1]) if name.startswith("--")}
     assert flag["--model"] == "/models/base" and flag["--dtype"] == "bfloat16"
     assert flag["--max-lora-rank"] == "32"  # vLLM's next size up from 20
     assert flag["--max-model-len"] == "4096" and flag["--max-num-seqs"] == "32"
     assert flag["--max-cpu-loras"] == "8" and "--gpu-memory-utilization" in args
-    merged = server_args(settings(merged_adapter="a"), Path("/m"), "cpu", "float32")
+    merged = server_args(settings(merged_adapter="a"), Path("/m"), "cpu", "float32", 8)
     assert "--enable-lora" not in merged and "--gpu-memory-utilization" not in merged
-    quantized = server_args(settings(quantization="4bit"), Path("/m"), "cuda", "bfloat16")
+    quantized = server_args(settings(quantization="4bit"), Path("/m"), "cuda", "bfloat16", 8)
     assert quantized[quantized.index("--quantization") + 1] == "bitsandbytes"
     with pytest.raises(FailedPrecondition, match="4 bit"):
-        server_args(settings(quantization="8bit"), Path("/m"), "cuda", "bfloat16")
+        server_args(settings(quantization="8bit"), Path("/m"), "cuda", "bfloat16", 8)
     # Its in-flight 4 bit is NF4 with double quantization: adapters compare against that.
     with pytest.raises(FailedPrecondition, match="NF4 with double quantization only"):
-        server_args(settings(quantization="4bit", quant_type="fp4"), Path("/m"), "cuda", "")
-    extra = server_args(settings(vllm_extra_args="--enforce-eager --seed 3"), Path("/m"), "cpu", "")
+        server_args(settings(quantization="4bit", quant_type="fp4"), Path("/m"), "cuda", "", 8)
+    extra = server_args(
+        settings(vllm_extra_args="--enforce-eager --seed 3"), Path("/m"), "cpu", "", 8
+    )
     assert extra[-3:] == ["--enforce-eager", "--seed", "3"]
+
+
+def test_the_lora_rank_rounds_up_to_what_vllm_takes():
+    assert [vllm_lora_rank(r) for r in (1, 8, 9, 16, 17, 300, 512)] == [
+        8,
+        8,
+        16,
+        16,
+        32,
+        320,
+        512,
+    ]
 
 
 def test_auto_engine_is_native_without_cuda():

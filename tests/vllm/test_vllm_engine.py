@@ -239,6 +239,68 @@ def test_metrics_carry_the_engines_gauges(vllm_service):
         assert f"tuneyard_inference_{name}" in text
 
 
+def test_a_larger_adapter_restarts_vllm_as_planned(vllm_service, smollm, vllm_adapters_dir):
+    """vLLM was started for the rank on the volume (8), not the largest allowed (16): an
+    adapter of rank 16 restarts it with --max-lora-rank 16. The stream in flight finishes,
+    a request coming during the restart waits and is answered, nothing fails, and the
+    adapters served before answer as they did."""
+    engine, server = vllm_service.engine, vllm_service.engine.server
+    assert engine.lora_rank == 8 and "--max-lora-rank" in server._args
+    generation, restarts = server.generation, server.restarts
+
+    def generate(adapter: str, max_new: int = 8) -> pb.GenerateResponse:
+        with grpc.insecure_channel(f"127.0.0.1:{vllm_service.port}") as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            request = pb.GenerateRequest(
+                inputs=PROMPTS[0],
+                adapter_id=adapter,
+                parameters=pb.GenerationParameters(max_new_tokens=max_new),
+            )
+            return stub.Generate(request, timeout=START_TIMEOUT_S)
+
+    before = generate("alpha").generated_text
+    replies: dict[str, object] = {}
+
+    def ask(adapter: str) -> None:
+        try:
+            replies[adapter] = generate(adapter)
+        except grpc.RpcError as err:
+            replies[adapter] = err
+
+    with grpc.insecure_channel(f"127.0.0.1:{vllm_service.port}") as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        stream = stub.GenerateStream(
+            pb.GenerateRequest(
+                inputs=PROMPTS[1],
+                adapter_id="beta",
+                parameters=pb.GenerationParameters(max_new_tokens=48),
+            ),
+            timeout=START_TIMEOUT_S,
+        )
+        first = next(stream)  # in flight
+        broad = make_adapter(smollm, vllm_adapters_dir, "broad", seed=7, r=16)
+        asking = [threading.Thread(target=ask, args=("broad",))]
+        asking[0].start()
+        deadline = time.monotonic() + 60
+        while not engine._restarting:  # the restart waits for the stream
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        asking.append(threading.Thread(target=ask, args=("gamma",)))  # comes meanwhile
+        asking[1].start()
+        rest = list(stream)
+    assert len(first.tokens) + sum(len(m.tokens) for m in rest) == 48
+    assert rest[-1].details.finish_reason == pb.LENGTH
+    for thread in asking:
+        thread.join(timeout=START_TIMEOUT_S)
+    assert isinstance(replies["broad"], pb.GenerateResponse), replies["broad"]
+    assert replies["broad"].details.adapter == broad.id
+    assert isinstance(replies["gamma"], pb.GenerateResponse), replies["gamma"]
+    assert engine.lora_rank == 16
+    assert server.generation == generation + 1 and server.restarts == restarts  # planned
+    assert server._args[server._args.index("--max-lora-rank") + 1] == "16"
+    assert generate("alpha").generated_text == before
+
+
 def _health(port: int) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
