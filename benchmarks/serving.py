@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import httpx
+import psutil
 import torch
 
 from tuneyard.adapter_store import AdapterStore, Manifest
@@ -145,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
         help="one stream: this many requests one after another, on the bound and the service",
     )
     p.add_argument("--max-batch-wait-ms", type=float, default=20)
+    p.add_argument(
+        "--gateway-workers", type=int, default=1, help="TUNEYARD_GATEWAY_WORKERS of the service"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     return p
 
@@ -384,6 +388,114 @@ async def run_load(url: str, jobs: list[tuple[str, str]], clients: int, max_new:
     }
 
 
+def cpu_seconds(stack: LocalStack) -> dict[str, float]:
+    """CPU time (user + system) each process has used so far: the services (the gateway
+    with its workers), the vLLM child with everything it started (where it runs), and this
+    process, the load client. A process that ended meanwhile is not counted."""
+    used = {"client": time.process_time()}
+    for service in stack.services:
+        process = psutil.Process(service.process.pid)
+        used[service.name] = sum(process.cpu_times()[:2])
+        children = sum(sum(c.cpu_times()[:2]) for c in process.children(recursive=True))
+        if service.name == "inference" and children:
+            used["vllm"] = children
+        else:  # the gateway's workers
+            used[service.name] += children
+    return used
+
+
+def measured_load(stack: LocalStack, jobs, clients: int, max_new: int) -> dict:
+    """`run_load`, with each process's CPU time per generated token (`cpu_us_per_token`):
+    the layer's cost apart from the client's."""
+    before = cpu_seconds(stack)
+    load = asyncio.run(run_load(stack.gateway_url, jobs, clients, max_new))
+    after = cpu_seconds(stack)
+    per_token = {
+        name: (after[name] - before.get(name, 0.0)) * 1e6 / load["tokens"] for name in after
+    }
+    per_token["layer"] = sum(v for name, v in per_token.items() if name != "client")
+    load["cpu_us_per_token"] = per_token
+    return load
+
+
+async def stream_completion(http: httpx.AsyncClient, prompt: str, model: str, max_new: int):
+    """(seconds to the first token, completion tokens) of one streamed OpenAI completion."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_new,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start, first, usage = time.perf_counter(), None, None
+    async with http.stream("POST", "/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            chunk = json.loads(line.removeprefix("data:"))
+            if first is None and chunk["choices"]:
+                first = time.perf_counter() - start
+            usage = chunk.get("usage") or usage
+    return first, usage["completion_tokens"]
+
+
+async def run_openai_load(url: str, jobs, clients: int, max_new: int) -> dict:
+    """`run_load` through OpenAI's streamed completions: the client both sides of the
+    vLLM comparison speak."""
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+
+        async def client(mine):
+            return [await stream_completion(http, p, name, max_new) for name, p in mine]
+
+        start = time.perf_counter()
+        done = await asyncio.gather(*(client(jobs[i::clients]) for i in range(clients)))
+        seconds = time.perf_counter() - start
+    results = [r for per_client in done for r in per_client]
+    tokens = sum(n for _, n in results)
+    return {
+        "requests": len(results),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "ttft_p50_s": percentile([first for first, _ in results], 50),
+    }
+
+
+def run_raw_vllm(args, base: Path, store: AdapterStore, jobs, names) -> dict:
+    """vLLM's own OpenAI server, run by hand as its docs say: the same model, adapters
+    (--lora-modules at their rank), prompts, engine flags and client as the vllm engine."""
+    from inference_service.settings import InferenceSettings
+    from inference_service.vllm_server import VllmServer, server_args
+
+    env = service_env(args, store, names, "vllm")
+    fields = {k.removeprefix("TUNEYARD_").lower(): v for k, v in env.items()}
+    settings = InferenceSettings(
+        **{k: v for k, v in fields.items() if k in InferenceSettings.model_fields}
+    )
+    modules = [f"{name}={store.resolve(name).path}" for name in names]
+    command = server_args(settings, base, args.device, args.dtype, args.rank)
+    server = VllmServer(settings, [*command, "--lora-modules", *modules])
+    server.start()
+    try:
+        if not server.wait_ready(900):
+            raise RuntimeError("raw vLLM did not start")
+        url = server.url
+        asyncio.run(run_openai_load(url, [(n, jobs[0][1]) for n in names], len(names), 2))
+        process = psutil.Process(server.pid)
+        tree = [process, *process.children(recursive=True)]
+        before = sum(sum(p.cpu_times()[:2]) for p in tree)
+        load = asyncio.run(run_openai_load(url, jobs, args.clients, args.max_new_tokens))
+        used = sum(sum(p.cpu_times()[:2]) for p in tree) - before
+        load["cpu_us_per_token"] = {"vllm": used * 1e6 / load["tokens"]}
+    finally:
+        server.stop()
+    return {"concurrent": load}
+
+
 def gateway_overhead(url: str, inference_addr: str, n: int) -> dict:
     """Alternate 1-token requests through the gateway and straight over gRPC.
 
@@ -473,9 +585,8 @@ def service_env(args, store: AdapterStore, names: list[str], engine: str) -> dic
         "TUNEYARD_MAX_BATCH_WAIT_MS": str(args.max_batch_wait_ms),
         "TUNEYARD_MAX_QUEUE": str(4 * args.clients),
         "TUNEYARD_MAX_LOADED_ADAPTERS": str(len(names) + 2),
-        # The adapters' rank: vLLM sizes its LoRA kernels by the largest rank allowed.
-        "TUNEYARD_MAX_ADAPTER_RANK": str(args.rank),
         "TUNEYARD_LOG_LEVEL": "WARNING",
+        "TUNEYARD_GATEWAY_WORKERS": str(args.gateway_workers),
     }
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -496,10 +607,15 @@ def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names, 
             asyncio.run(run_load(url, jobs[:1], 1, args.max_new_tokens))
             asyncio.run(run_load(url, jobs, args.clients, args.max_new_tokens))
         one = asyncio.run(run_load(url, jobs[: args.one_stream_requests], 1, args.max_new_tokens))
-        load = asyncio.run(run_load(url, jobs, args.clients, args.max_new_tokens))
+        load = measured_load(stack, jobs, args.clients, args.max_new_tokens)
+        if engine == "vllm":  # as raw vLLM is measured: the same client and route
+            openai_load = asyncio.run(run_openai_load(url, jobs, args.clients, args.max_new_tokens))
         overhead = overhead_repeated(url, stack.inference_addr, args)
         hot = hot_load(url, store, names[0], args.max_new_tokens)
-    return {"one_stream": one, "concurrent": load, "gateway_overhead": overhead, "hot_load": hot}
+    run = {"one_stream": one, "concurrent": load, "gateway_overhead": overhead, "hot_load": hot}
+    if engine == "vllm":
+        run["openai_concurrent"] = openai_load
+    return run
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -521,6 +637,10 @@ def table(result: dict) -> str:
             f"{result['config']['adapters']} adapters (tokens/s)",
             f"{load['tokens_per_s']:.1f}",
         ),
+        (
+            "CPU us per token: " + ", ".join(load["cpu_us_per_token"]),
+            " / ".join(f"{v:.0f}" for v in load["cpu_us_per_token"].values()),
+        ),
         ("speed-up over naive", f"{result['speedup']:.1f}x"),
         ("concurrent / bound static batch", f"{ratios['concurrent_vs_bound']:.2f}"),
         ("one stream / bound one prompt", f"{ratios['one_stream_vs_bound']:.2f}"),
@@ -539,6 +659,17 @@ def table(result: dict) -> str:
         ("gateway overhead, p50 of pairs (ms)", f"{over['paired_overhead_p50_ms']:.2f}"),
         (f"hot load of {hot['adapter']} to first token (ms)", f"{hot['seconds'] * 1000:.0f}"),
     ]
+    if "raw_vllm" in result:
+        ours, raw = result["raw_vllm"]["vllm_engine"], result["raw_vllm"]["concurrent"]
+        rows += [
+            ("raw vLLM OpenAI server, concurrent (tokens/s)", f"{raw['tokens_per_s']:.1f}"),
+            ("vllm engine, same client and route (tokens/s)", f"{ours['tokens_per_s']:.1f}"),
+            ("vllm engine / raw vLLM", f"{ratios['vllm_engine_vs_raw_vllm']:.2f}"),
+            (
+                "TTFT p50: vllm engine / raw vLLM (ms)",
+                f"{ours['ttft_p50_s'] * 1000:.0f} / {raw['ttft_p50_s'] * 1000:.0f}",
+            ),
+        ]
     for engine, run in result.get("engines", {}).items():
         load, over = run["concurrent"], run["gateway_overhead"]
         rows += [
@@ -595,6 +726,7 @@ def main(argv=None) -> dict:
             engine: run_service(args, base, work / f"home-{engine}", store, jobs, names, engine)
             for engine in args.engines
         }
+        raw_vllm = run_raw_vllm(args, base, store, jobs, names) if "vllm" in engines else None
         service = engines[args.engines[0]]
         naive = combine(before, run_naive(args, base, store, naive_jobs[1::2]))
     finally:
@@ -607,6 +739,7 @@ def main(argv=None) -> dict:
         "service": service,
         "speedup": service["concurrent"]["tokens_per_s"] / naive["tokens_per_s"],
         "bound": bound,
+        "cpu_us_per_token": service["concurrent"]["cpu_us_per_token"],
         "ratios": {
             "concurrent_vs_bound": service["concurrent"]["tokens_per_s"]
             / bound["static_batch_tokens_per_s"],
@@ -616,6 +749,11 @@ def main(argv=None) -> dict:
     }
     if len(engines) > 1:
         result["engines"] = engines
+    if raw_vllm is not None:
+        ours, raw = engines["vllm"]["openai_concurrent"], raw_vllm["concurrent"]
+        result["raw_vllm"] = {**raw_vllm, "vllm_engine": ours}
+        result["ratios"]["vllm_engine_vs_raw_vllm"] = ours["tokens_per_s"] / raw["tokens_per_s"]
+        result["ratios"]["vllm_engine_ttft_vs_raw_vllm"] = ours["ttft_p50_s"] / raw["ttft_p50_s"]
     result["targets"] = check_targets(result, args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"serving-{time.strftime('%Y%m%d-%H%M%S')}.json"
