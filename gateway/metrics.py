@@ -4,10 +4,12 @@ apps in one process). Requests are counted by route template, never by raw path,
 metrics (queue, batch size, adapters loaded, evictions) are on the inference service's
 /metrics; Prometheus scrapes both."""
 
+import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tuneyard.metrics import AdapterLabels
 
@@ -16,6 +18,11 @@ _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 
 
 class GatewayMetrics:
+    """With several gateway workers (PROMETHEUS_MULTIPROC_DIR set before they start), each
+    worker writes its values to that folder and /metrics, answered by any one of them,
+    sums them all: counters and histograms over every worker, live or gone; gauges over
+    the live ones (in flight) or their largest (replicas, which each worker tracks)."""
+
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
     def __init__(self, max_adapter_values: int):
@@ -71,6 +78,7 @@ class GatewayMetrics:
             prefix + "requests_in_flight",
             "HTTP requests being served now (waiting or generating).",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.adapter_load_duration = Histogram(
             prefix + "adapter_load_duration_seconds",
@@ -83,11 +91,13 @@ class GatewayMetrics:
             prefix + "inference_replicas",
             "Inference replicas the gateway knows of.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.replicas_up = Gauge(
             prefix + "inference_replicas_up",
             "Inference replicas not marked down.",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         # Labelled by replica address: bounded by the replica count (gone ones are removed).
         self.replica_requests = Counter(
@@ -121,7 +131,12 @@ class GatewayMetrics:
                 self.time_per_output_token.labels(adapter).observe(per_token)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, path=folder)
+        return generate_latest(every_worker)
 
 
 class MetricsMiddleware:

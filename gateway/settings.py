@@ -15,6 +15,13 @@ class GatewaySettings(CommonSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8080, ge=0, le=65535)
+    gateway_workers: int = Field(
+        1,
+        ge=1,
+        description="Gateway processes sharing the port, each with one event loop: the "
+        "HTTP and SSE work of a busy host spread over its cores. Their metrics are summed "
+        "on /metrics.",
+    )
     inference_addr: str = Field(
         "127.0.0.1:50052",
         description="The inference replicas: host:port, a list a:1,b:2, or dns:///name:port "
