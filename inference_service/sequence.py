@@ -1,17 +1,15 @@
 """One request in flight: its tokens, its text as it grows, when it stops, what it returns.
 
 The engine thread feeds a Sequence one token at a time and posts each to the sequence's
-own queue; the reader (a thread, or a coroutine on the gRPC server's loop) takes whatever
-has come since it last looked, so a reader that falls behind catches up in one message
-instead of one per token.
+own queue; the waiting gRPC thread takes whatever has come since it last looked, so a
+reader that falls behind catches up in one message instead of one per token.
 """
 
-import asyncio
 import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from tuneyard.errors import TuneyardError, Unavailable
@@ -98,9 +96,6 @@ class Sequence:
         self.first_token_at: float | None = None
         self.cancelled = threading.Event()
         self._out: queue.Queue = queue.Queue()
-        # Set by a coroutine reader about to wait, taken by the next post: a reader is
-        # woken once per wait, not once per token, whatever the engine posts meanwhile.
-        self._wake: Callable[[], None] | None = None
         self._closed = False
         # Named special tokens and added ones flagged special (chat markers): the decoded
         # text skips both.
@@ -173,20 +168,14 @@ class Sequence:
         token.top = [TokenInfo(i, self._token_text(i), lp, i in self._special_ids) for i, lp in top]
         self.tokens.append(token)
         if self.finish_reason is None:
-            self._post(token)
+            self._out.put(token)
             return
-        self._post(StreamChunk([token], self._full_text(), self.details()))
+        self._out.put(StreamChunk([token], self._full_text(), self.details()))
         self._close("ok")
 
     def fail(self, error: Exception) -> None:
-        self._post(error)
+        self._out.put(error)
         self._close("cancelled" if isinstance(error, RequestCancelled) else "error")
-
-    def _post(self, item: "TokenInfo | StreamChunk | Exception") -> None:
-        self._out.put(item)
-        wake, self._wake = self._wake, None
-        if wake is not None:
-            wake()
 
     def _next_text(self) -> str:
         """The text the newest token adds; a token that ends inside a multi-byte character
@@ -261,36 +250,6 @@ class Sequence:
             if error is not None:
                 raise _reader_error(error)
 
-    async def astream(self) -> AsyncIterator[StreamChunk]:
-        """`stream` for a coroutine: the engine thread wakes the event loop only when this
-        reader waits for a token, never for one it has not asked for yet."""
-        loop = asyncio.get_running_loop()
-        posted = asyncio.Event()
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(posted.set)
-
-        try:
-            while True:
-                try:
-                    item = self._out.get_nowait()
-                except queue.Empty:
-                    # Asked for before looking again: a token posted in between wakes us.
-                    posted.clear()
-                    self._wake = wake
-                    if self._out.empty():
-                        await posted.wait()
-                    continue
-                chunk, error = self._gather(item)
-                if chunk is not None:
-                    yield chunk
-                    if chunk.details is not None:
-                        return
-                if error is not None:
-                    raise _reader_error(error)
-        finally:
-            self._wake = None  # a reader gone away is not woken
-
     def _gather(self, item) -> tuple[StreamChunk | None, Exception | None]:
         """`item` and every token already waiting behind it, as one chunk; and the error
         that ended them, if one did."""
@@ -307,12 +266,6 @@ class Sequence:
 
     def result(self, timeout: float | None = None) -> Generation:
         for chunk in self.stream(timeout):
-            if chunk.details is not None:
-                return Generation(chunk.generated_text or "", chunk.details)
-        raise Unavailable("generation ended without a result")
-
-    async def aresult(self) -> Generation:
-        async for chunk in self.astream():
             if chunk.details is not None:
                 return Generation(chunk.generated_text or "", chunk.details)
         raise Unavailable("generation ended without a result")

@@ -3,9 +3,10 @@
 import logging
 from dataclasses import dataclass
 
+import grpc
 from grpc_health.v1 import health_pb2
 
-from tuneyard.grpc_server import LoopServer, add_health_and_reflection, run_until_signal
+from tuneyard.grpc_server import add_health_and_reflection, build_server, run_until_signal
 from tuneyard.modeling import pick_device
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
@@ -25,7 +26,7 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 
 @dataclass
 class RunningServer:
-    server: LoopServer
+    server: grpc.Server
     health: object
     engine: EngineBase
     metrics: Metrics
@@ -38,7 +39,7 @@ class RunningServer:
 
     def stop(self, grace: float = 5) -> None:
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace)
+        self.server.stop(grace).wait()
         self.engine.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -62,10 +63,9 @@ def serve(settings: InferenceSettings) -> RunningServer:
     metrics = Metrics(settings.metrics_max_adapters)
     kind = engine_kind(settings)
     engine = (VllmEngine if kind == "vllm" else Engine).load(settings, metrics)
-    server = LoopServer(max_workers=max(16, settings.max_queue + settings.max_batch_size))
-    servicer = InferenceServicer(engine)
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server.server)
-    health = add_health_and_reflection(server.server, [SERVICE_NAME])
+    server = build_server(max_workers=max(16, settings.max_queue + settings.max_batch_size))
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
 
     def readiness(ready: bool) -> None:
         status = (
@@ -78,12 +78,8 @@ def serve(settings: InferenceSettings) -> RunningServer:
 
     engine.watch_readiness(readiness)
     address = f"{settings.inference_host}:{settings.inference_port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:  # grpc.aio raises where the sync server returned 0
-        port = 0
+    port = server.add_insecure_port(address)
     if port == 0:
-        server.stop(0)
         engine.stop()
         raise RuntimeError(f"cannot bind {address}")
     server.start()

@@ -1,12 +1,11 @@
 """InferenceService over gRPC: proto messages in and out, the engine does the work."""
 
-import asyncio
 import json
 
 import grpc
 
 from tuneyard.errors import InvalidArgument
-from tuneyard.grpc_server import maps_async_errors, maps_async_stream_errors, maps_errors
+from tuneyard.grpc_server import maps_errors, maps_stream_errors
 from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS
 from tuneyard.v1 import inference_pb2 as pb
 from tuneyard.v1 import inference_pb2_grpc
@@ -14,56 +13,42 @@ from tuneyard.v1 import inference_pb2_grpc
 from .adapter_cache import AdapterInfo
 from .engine_base import EngineBase
 from .params import GenerateInput, Parameters
-from .sequence import Details, RequestCancelled, Sequence, TokenInfo
+from .sequence import Details, RequestCancelled, TokenInfo
 
 FINISH_REASONS = {"length": pb.LENGTH, "eos_token": pb.EOS_TOKEN, "stop_sequence": pb.STOP_SEQUENCE}
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Generate and GenerateStream are coroutines on the server's event loop, which carries
-    every stream; submitting (tokenizing, maybe loading an adapter) runs in its pool. The
-    other calls are plain methods, run in that pool too."""
-
     def __init__(self, engine: EngineBase):
         self.engine = engine
 
-    async def _submit(self, request, route: str) -> Sequence:
-        submitted = asyncio.get_running_loop().run_in_executor(
-            None, self.engine.submit, to_input(request), route
-        )
+    @maps_errors
+    def Generate(self, request, context):
+        seq = self.engine.submit(to_input(request), route="Generate")
+        context.add_callback(seq.cancel)  # runs when the client goes away, too
         try:
-            return await asyncio.shield(submitted)
-        except asyncio.CancelledError:  # the client went away meanwhile
-            submitted.add_done_callback(_cancel_submitted)
-            raise
-
-    @maps_async_errors
-    async def Generate(self, request, context):
-        seq = await self._submit(request, "Generate")
-        try:
-            result = await seq.aresult()
+            result = seq.result()
         except RequestCancelled as err:
-            await context.abort(grpc.StatusCode.CANCELLED, str(err))
-        finally:
-            seq.cancel()  # a no-op once finished; stops the work if the client went away
+            context.abort(grpc.StatusCode.CANCELLED, str(err))
         return pb.GenerateResponse(
             generated_text=result.generated_text, details=to_details(result.details)
         )
 
-    @maps_async_stream_errors
-    async def GenerateStream(self, request, context):
-        seq = await self._submit(request, "GenerateStream")
+    @maps_stream_errors
+    def GenerateStream(self, request, context):
+        seq = self.engine.submit(to_input(request), route="GenerateStream")
+        context.add_callback(seq.cancel)
         try:
-            async for chunk in seq.astream():
+            for chunk in seq.stream():
                 message = pb.GenerateStreamResponse(tokens=[to_token(t) for t in chunk.tokens])
                 if chunk.details is not None:
                     message.generated_text = chunk.generated_text
                     message.details.CopyFrom(to_details(chunk.details))
                 yield message
         except RequestCancelled as err:
-            await context.abort(grpc.StatusCode.CANCELLED, str(err))
+            context.abort(grpc.StatusCode.CANCELLED, str(err))
         finally:
-            seq.cancel()
+            seq.cancel()  # a no-op once finished; stops the work if the stream is closed early
 
     @maps_errors
     def LoadAdapter(self, request, context):
@@ -89,11 +74,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return pb.TokenizeResponse(
             tokens=[pb.InputToken(id=i, text=t, start=a, stop=b) for i, t, a, b in tokens]
         )
-
-
-def _cancel_submitted(submitted: asyncio.Future) -> None:
-    if not submitted.cancelled() and submitted.exception() is None:
-        submitted.result().cancel()
 
 
 def to_input(request: pb.GenerateRequest) -> GenerateInput:

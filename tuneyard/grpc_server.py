@@ -1,7 +1,6 @@
 """What every tuneyard gRPC server has: health, reflection, error mapping, clean stop; and
 how its clients read a failed call back (call_error)."""
 
-import asyncio
 import functools
 import logging
 import signal
@@ -26,49 +25,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-_MESSAGE_LIMITS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-]
-
-
 def build_server(max_workers: int = 16) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=_MESSAGE_LIMITS)
-
-
-class LoopServer:
-    """A grpc.aio server on an event loop of its own thread, started and stopped from
-    plain code. Coroutine handlers run on that loop: one thread carries every stream, and
-    a message costs no thread switch. Plain handlers (and the health service) run in a
-    pool of `max_workers` threads, which is also the loop's default executor, for the
-    blocking work that async handlers hand off. Services are added to `server`."""
-
-    def __init__(self, max_workers: int = 16):
-        self.pool = futures.ThreadPoolExecutor(max_workers=max_workers)
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_default_executor(self.pool)
-        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
-        self._thread.start()
-        self.server = self._run(self._build())
-
-    async def _build(self) -> grpc.aio.Server:
-        return grpc.aio.server(migration_thread_pool=self.pool, options=_MESSAGE_LIMITS)
-
-    def _run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def add_insecure_port(self, address: str) -> int:
-        return self.server.add_insecure_port(address)
-
-    def start(self) -> None:
-        self._run(self.server.start())
-
-    def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls, let those in flight finish for `grace` s, then end the loop."""
-        self._run(self.server.stop(grace))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ],
+    )
 
 
 def add_health_and_reflection(server: grpc.Server, service_names: list[str]):
@@ -120,60 +84,15 @@ def maps_stream_errors(method: Callable) -> Callable:
     return wrapper
 
 
-def maps_async_errors(method: Callable) -> Callable:
-    """`maps_errors` for coroutine methods (a LoopServer's)."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:  # the method aborted the call itself
-            raise
-        except TuneyardError as err:
-            await context.abort(*_status(context, err))
-        except Exception:
-            await context.abort(*_unexpected(method.__name__))
-
-    return wrapper
-
-
-def maps_async_stream_errors(method: Callable) -> Callable:
-    """`maps_errors` for async-generator methods (a LoopServer's server streams)."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context):
-        try:
-            async for message in method(self, request, context):
-                yield message
-        except grpc.aio.AbortError:
-            raise
-        except TuneyardError as err:
-            await context.abort(*_status(context, err))
-        except Exception:
-            await context.abort(*_unexpected(method.__name__))
-
-    return wrapper
-
-
 def _abort_unexpected(context, rpc: str) -> None:
     if context.code() is not None:  # the method aborted the call itself
         raise
-    context.abort(*_unexpected(rpc))
-
-
-def _unexpected(rpc: str) -> tuple[grpc.StatusCode, str]:
     request_id, message = internal_error_message()
     log.exception("%s failed; request id %s", rpc, request_id)
-    return grpc.StatusCode.INTERNAL, message
+    context.abort(grpc.StatusCode.INTERNAL, message)
 
 
 def _abort(context, err: TuneyardError) -> None:
-    context.abort(*_status(context, err))
-
-
-def _status(context, err: TuneyardError) -> tuple[grpc.StatusCode, str]:
-    """The status a TuneyardError ends a call with; its `param` and `line` go into the
-    call's trailing metadata."""
     metadata = []
     if err.param and err.param.isascii() and err.param.isprintable():  # what metadata takes
         metadata.append((PARAM_KEY, err.param))
@@ -185,7 +104,7 @@ def _status(context, err: TuneyardError) -> tuple[grpc.StatusCode, str]:
     message = redact_paths(err.message)
     if message != err.message:
         log.info("%s: %s", err.code, err.message)
-    return getattr(grpc.StatusCode, err.code), message
+    context.abort(getattr(grpc.StatusCode, err.code), message)
 
 
 def call_error(service: str, err: grpc.RpcError) -> TuneyardError:
