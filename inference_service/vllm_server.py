@@ -132,6 +132,24 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def _end(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.terminate()  # vLLM's server then stops its engine processes
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _kill_group(process: subprocess.Popen | None) -> None:
+    """What is left of a child's process group (its engine core and workers, which
+    outlive a killed server and would hold its memory and cores)."""
+    if process is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 class VllmServer:
     def __init__(
         self,
@@ -171,9 +189,9 @@ class VllmServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._end_child()
+        _end(self._process)
         self._watcher.join(timeout=5)
-        self._kill_group()
+        _kill_group(self._process)  # the last child the watcher started
 
     def restart(self, args: list[str]) -> None:
         """A planned restart with a new command line: not ready from now on, the child
@@ -182,25 +200,11 @@ class VllmServer:
         self._args = [*args, "--host", "127.0.0.1", "--port", str(self.port)]
         self._planned.set()
         self._set_ready(False)
-        self._end_child()
-        self._kill_group()
-
-    def _end_child(self) -> None:
+        # This child, held here: once it exits the watcher may already start the next,
+        # which the kill of this one's process group must not reach.
         process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()  # vLLM's server then stops its engine processes
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def _kill_group(self) -> None:
-        """What is left of the child's process group (its engine core and workers, which
-        outlive a killed server and would hold its memory and cores)."""
-        if self._process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._process.pid, signal.SIGKILL)
+        _end(process)
+        _kill_group(process)
 
     def _spawn(self) -> None:
         env = {
@@ -253,7 +257,7 @@ class VllmServer:
                             backoff,
                         )
                         self._set_ready(False)
-                        self._kill_group()
+                        _kill_group(self._process)
                         self.restarts += 1
                         if self._stopping.wait(backoff):
                             return
