@@ -365,12 +365,16 @@ async def stream_one(http: httpx.AsyncClient, prompt: str, adapter: str, max_new
     raise RuntimeError("the stream ended without details")
 
 
-async def run_load(url: str, jobs: list[tuple[str, str]], clients: int, max_new: int) -> dict:
+async def run_load(
+    url: str, jobs: list[tuple[str, str]], clients: int, max_new: int, stream=stream_one
+) -> dict:
+    """`clients` concurrent clients, each streaming its share of `jobs` one after another
+    with `stream` (TGI's `stream_one`, or OpenAI's `stream_completion`)."""
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
 
         async def client(mine):
-            return [await stream_one(http, prompt, name, max_new) for name, prompt in mine]
+            return [await stream(http, prompt, name, max_new) for name, prompt in mine]
 
         start = time.perf_counter()
         done = await asyncio.gather(*(client(jobs[i::clients]) for i in range(clients)))
@@ -442,29 +446,6 @@ async def stream_completion(http: httpx.AsyncClient, prompt: str, model: str, ma
     return first, usage["completion_tokens"]
 
 
-async def run_openai_load(url: str, jobs, clients: int, max_new: int) -> dict:
-    """`run_load` through OpenAI's streamed completions: the client both sides of the
-    vLLM comparison speak."""
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-
-        async def client(mine):
-            return [await stream_completion(http, p, name, max_new) for name, p in mine]
-
-        start = time.perf_counter()
-        done = await asyncio.gather(*(client(jobs[i::clients]) for i in range(clients)))
-        seconds = time.perf_counter() - start
-    results = [r for per_client in done for r in per_client]
-    tokens = sum(n for _, n in results)
-    return {
-        "requests": len(results),
-        "tokens": tokens,
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
-        "ttft_p50_s": percentile([first for first, _ in results], 50),
-    }
-
-
 def run_raw_vllm(args, base: Path, store: AdapterStore, jobs, names) -> dict:
     """vLLM's own OpenAI server, run by hand as its docs say: the same model, adapters
     (--lora-modules at their rank), prompts, engine flags and client as the vllm engine."""
@@ -484,11 +465,15 @@ def run_raw_vllm(args, base: Path, store: AdapterStore, jobs, names) -> dict:
         if not server.wait_ready(900):
             raise RuntimeError("raw vLLM did not start")
         url = server.url
-        asyncio.run(run_openai_load(url, [(n, jobs[0][1]) for n in names], len(names), 2))
+        asyncio.run(
+            run_load(url, [(n, jobs[0][1]) for n in names], len(names), 2, stream_completion)
+        )
         process = psutil.Process(server.pid)
         tree = [process, *process.children(recursive=True)]
         before = sum(sum(p.cpu_times()[:2]) for p in tree)
-        load = asyncio.run(run_openai_load(url, jobs, args.clients, args.max_new_tokens))
+        load = asyncio.run(
+            run_load(url, jobs, args.clients, args.max_new_tokens, stream_completion)
+        )
         used = sum(sum(p.cpu_times()[:2]) for p in tree) - before
         load["cpu_us_per_token"] = {"vllm": used * 1e6 / load["tokens"]}
     finally:
@@ -609,7 +594,9 @@ def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names, 
         one = asyncio.run(run_load(url, jobs[: args.one_stream_requests], 1, args.max_new_tokens))
         load = measured_load(stack, jobs, args.clients, args.max_new_tokens)
         if engine == "vllm":  # as raw vLLM is measured: the same client and route
-            openai_load = asyncio.run(run_openai_load(url, jobs, args.clients, args.max_new_tokens))
+            openai_load = asyncio.run(
+                run_load(url, jobs, args.clients, args.max_new_tokens, stream_completion)
+            )
         overhead = overhead_repeated(url, stack.inference_addr, args)
         hot = hot_load(url, store, names[0], args.max_new_tokens)
     run = {"one_stream": one, "concurrent": load, "gateway_overhead": overhead, "hot_load": hot}

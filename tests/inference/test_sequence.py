@@ -20,10 +20,9 @@ def tokenizer():
     return make_tokenizer()
 
 
-def feed(tokenizer, text: str, **params) -> tuple[Sequence, list, StreamChunk | None]:
-    """The sequence, the tokens it streamed and its last chunk."""
+def _sequence(tokenizer, **params) -> Sequence:
     params = Parameters(**params)
-    seq = Sequence(
+    return Sequence(
         tokenizer=tokenizer,
         prompt_text="p",
         prompt_ids=[5],
@@ -34,6 +33,11 @@ def feed(tokenizer, text: str, **params) -> tuple[Sequence, list, StreamChunk | 
         seed=None,
         adapter_key=None,
     )
+
+
+def feed(tokenizer, text: str, **params) -> tuple[Sequence, list, StreamChunk | None]:
+    """The sequence, the tokens it streamed and its last chunk."""
+    seq = _sequence(tokenizer, **params)
     for token_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
         if seq.done:
             break
@@ -120,21 +124,6 @@ def test_sentencepiece_style_leading_space_is_kept():
     for token_id in generated[len(prompt) :]:
         seq.add(token_id, -1.0)
     assert seq.text == " brown fox"
-
-
-def _sequence(tokenizer, **params) -> Sequence:
-    params = Parameters(**params)
-    return Sequence(
-        tokenizer=tokenizer,
-        prompt_text="p",
-        prompt_ids=[5],
-        params=params,
-        max_new_tokens=params.max_new_tokens or 1000,
-        eos_ids={tokenizer.eos_token_id},
-        chooser=None,
-        seed=None,
-        adapter_key=None,
-    )
 
 
 def test_a_reader_that_fell_behind_gets_every_waiting_token_in_one_chunk(tokenizer):
