@@ -123,13 +123,17 @@ def server_args(
     return args + shlex.split(settings.vllm_extra_args)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the thread that started it ends (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Run first in the child, a fresh process (a `preexec_fn` runs Python between fork and exec
+# of this threaded service, where a lock another thread held can crash it): SIGTERM when
+# the thread that started it ends (Linux), then exec vLLM's server in its place.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit("the service that started vLLM is gone")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 def _end(process: subprocess.Popen | None) -> None:
@@ -221,9 +225,8 @@ class VllmServer:
         self._unhealthy_since = time.monotonic()
         # Its own session: a signal to the service's process group is not its stop (stop()
         # is); and it dies with the service, even a killed one, rather than hold the GPU.
-        self._process = subprocess.Popen(
-            self._args, env=env, start_new_session=True, preexec_fn=_die_with_parent
-        )
+        command = [self._args[0], "-c", _DIE_WITH_PARENT, str(os.getpid()), *self._args]
+        self._process = subprocess.Popen(command, env=env, start_new_session=True)
 
     def _set_ready(self, ready: bool) -> None:
         if ready != self.ready:
