@@ -16,6 +16,8 @@ GPU host: `--model llama-1b --device cuda --clients 64 --adapters 8` (bf16 there
 (a randomly initialised 1.1B Llama). `--model llama-tiny` runs that same path on a CPU.
 `--engine native,vllm` measures the service once per engine, on the same prompts and
 adapters, side by side (`engines` in the JSON; `service` is the first one's).
+`--hot-load-stall` measures only the streams' inter-token gaps, quiet and while large new
+adapters load one after another (`hot_load_stall` in the JSON).
 Writes benchmarks/results/serving-<time>.json and prints a table.
 """
 
@@ -50,6 +52,8 @@ CPU_TARGETS = {
     "one_stream_vs_bound_min": 1.0,
 }
 GPU_TARGETS = {"one_stream_tokens_per_s_min": 200.0, "concurrent_tokens_per_s_min": 5000.0}
+# A large adapter loading beside running streams: their inter-token gaps, loading / quiet.
+STALL_TARGETS = {"gap_p99_max": 1.5, "gap_max_max": 2.0}
 # Randomly initialised Llamas: TinyLlama-1.1B's shape, and a tiny one for CPU smoke runs.
 LLAMA_SHAPES = {
     "llama-1b": dict(
@@ -149,6 +153,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gateway-workers", type=int, default=1, help="TUNEYARD_GATEWAY_WORKERS of the service"
     )
+    p.add_argument(
+        "--hot-load-stall",
+        action="store_true",
+        help="only the hot-load stall phase: --clients streams over --adapters adapters, "
+        "quiet, then while --stall-adapters adapters of rank --stall-rank load one by one",
+    )
+    p.add_argument("--stall-adapters", type=int, default=7)
+    p.add_argument("--stall-rank", type=int, default=512)
+    p.add_argument("--stall-quiet-s", type=float, default=15.0)
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     return p
 
@@ -198,7 +211,9 @@ def word_tokenizer():
     )
 
 
-def make_adapters(base: Path, store: AdapterStore, count: int, rank: int) -> list[str]:
+def make_adapters(
+    base: Path, store: AdapterStore, count: int, rank: int, prefix: str = "bench"
+) -> list[str]:
     """Random, non-zero LoRA adapters on q/v, published as trained ones would be."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -216,10 +231,10 @@ def make_adapters(base: Path, store: AdapterStore, count: int, rank: int) -> lis
             for name, param in peft_model.named_parameters():
                 if "lora_" in name:
                     param.normal_(0, 0.02)
-        staging = store.staging_dir(f"bench-{i}")
+        staging = store.staging_dir(f"{prefix}-{i}")
         peft_model.save_pretrained(staging)
         manifest = Manifest(
-            name=f"bench-{i}",
+            name=f"{prefix}-{i}",
             base_model=ref.id,
             base_model_revision=ref.revision,
             recipe="causal_lm",
@@ -605,6 +620,125 @@ def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names, 
     return run
 
 
+# --- hot-load stall ------------------------------------------------------------------------------
+async def stream_gaps(http, prompt: str, adapter: str, max_new: int, gaps: list) -> None:
+    """Stream one request; append (time, seconds since its previous token) for each token
+    after the first to `gaps`."""
+    body = {"inputs": prompt, "parameters": {"adapter_id": adapter, "max_new_tokens": max_new}}
+    last = None
+    async with http.stream("POST", "/generate_stream", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            now = time.perf_counter()
+            if last is not None:
+                gaps.append((now, now - last))
+            last = now
+
+
+async def stall_phase(url: str, jobs, clients: int, max_new: int, work) -> dict:
+    """`clients` streams, each requesting one job after another, while `work()` runs
+    (a sleep, or adapters loading): the gaps between their tokens in that window."""
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        stop, gaps = asyncio.Event(), []
+
+        async def client(i: int) -> None:
+            n = i
+            while not stop.is_set():
+                name, prompt = jobs[n % len(jobs)]
+                await stream_gaps(http, prompt, name, max_new, gaps)
+                n += clients
+
+        streams = [asyncio.create_task(client(i)) for i in range(clients)]
+        await asyncio.sleep(3)  # every stream past its first request's prefill
+        start = time.perf_counter()
+        # One second at least: some tokens in the window however quick the work is.
+        await asyncio.gather(work(http), asyncio.sleep(1))
+        end = time.perf_counter()
+        stop.set()
+        await asyncio.gather(*streams)
+    window = sorted(gap for at, gap in gaps if start <= at <= end)
+    return {
+        "seconds": end - start,
+        "tokens": len(window),
+        "tokens_per_s": len(window) / (end - start),
+        "gap_p50_ms": percentile(window, 50) * 1000,
+        "gap_p99_ms": percentile(window, 99) * 1000,
+        "gap_max_ms": window[-1] * 1000,
+    }
+
+
+def run_hot_load_stall(args, base: Path, home: Path, store: AdapterStore) -> dict:
+    """Streams over small adapters, quiet and then while large new adapters load one after
+    another: a load must not stall the running batch. One large adapter is loaded before
+    both phases, so that both compute at the same padded rank."""
+    names = make_adapters(base, store, args.adapters, args.rank)
+    large = make_adapters(base, store, args.stall_adapters + 1, args.stall_rank, prefix="large")
+    prompts = make_prompts(args.clients * args.requests_per_client, args.prompt_tokens)
+    jobs = [(names[i % len(names)], prompt) for i, prompt in enumerate(prompts)]
+    env = service_env(args, store, [*names, *large], "native")
+    env["TUNEYARD_MAX_ADAPTER_RANK"] = str(args.stall_rank)
+    with LocalStack(home=home, base_model=str(base), extra_env=env, startup_timeout_s=900) as stack:
+        url = stack.gateway_url
+        asyncio.run(run_load(url, [(n, prompts[0]) for n in [*names, large[0]]], 3, 2))
+
+        async def quiet(http):
+            await asyncio.sleep(args.stall_quiet_s)
+
+        async def loading(http):
+            for name in large[1:]:
+                (await http.post(f"/v1/adapters/{name}/load")).raise_for_status()
+
+        phases = {
+            "quiet": asyncio.run(stall_phase(url, jobs, args.clients, args.max_new_tokens, quiet)),
+            "loading": asyncio.run(
+                stall_phase(url, jobs, args.clients, args.max_new_tokens, loading)
+            ),
+        }
+    sizes = [sum(f.stat().st_size for f in store.resolve(n).path.iterdir()) for n in large]
+    calm, busy = phases["quiet"], phases["loading"]
+    ratios = {
+        "gap_p99_loading_vs_quiet": busy["gap_p99_ms"] / calm["gap_p99_ms"],
+        "gap_max_loading_vs_quiet": busy["gap_max_ms"] / calm["gap_max_ms"],
+        "tokens_per_s_loading_vs_quiet": busy["tokens_per_s"] / calm["tokens_per_s"],
+    }
+    return {
+        **phases,
+        "adapters_loaded": len(large) - 1,
+        "adapter_mb": statistics.mean(sizes) / 1e6,
+        "ratios": ratios,
+        "targets": {
+            **STALL_TARGETS,
+            "gap_p99_met": ratios["gap_p99_loading_vs_quiet"] <= STALL_TARGETS["gap_p99_max"],
+            "gap_max_met": ratios["gap_max_loading_vs_quiet"] <= STALL_TARGETS["gap_max_max"],
+        },
+    }
+
+
+def stall_table(stall: dict) -> str:
+    rows = [
+        (
+            f"{phase}: {stall[phase]['seconds']:.0f} s, tokens/s",
+            f"{stall[phase]['tokens_per_s']:.1f}",
+        )
+        for phase in ("quiet", "loading")
+    ]
+    for phase in ("quiet", "loading"):
+        gaps = stall[phase]
+        rows.append(
+            (
+                f"{phase}: inter-token gap p50 / p99 / max (ms)",
+                f"{gaps['gap_p50_ms']:.0f} / {gaps['gap_p99_ms']:.0f} / {gaps['gap_max_ms']:.0f}",
+            )
+        )
+    rows += [(name, f"{value:.2f}") for name, value in stall["ratios"].items()]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value:>16}" for name, value in rows)
+
+
 # --- report ------------------------------------------------------------------------------------
 def table(result: dict) -> str:
     naive, svc, bound = result["naive"], result["service"], result["bound"]
@@ -698,6 +832,8 @@ def check_targets(result: dict, device: str) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tuneyard-bench-"))
+    if args.hot_load_stall:
+        return stall_main(args, work)
     try:
         base = prepare_base(args, work)
         store = AdapterStore(work / "adapters")
@@ -747,6 +883,27 @@ def main(argv=None) -> dict:
     path.write_text(json.dumps(result, indent=2))
     print(table(result))
     print("targets:", json.dumps(result["targets"]))
+    print(f"\nwritten to {path}")
+    return result
+
+
+def stall_main(args, work: Path) -> dict:
+    try:
+        base = prepare_base(args, work)
+        stall = run_hot_load_stall(args, base, work / "home", AdapterStore(work / "adapters"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "benchmark": "serving",
+        "created_at": time.time(),
+        "config": {**vars(args), "home": str(args.home), "out": str(args.out), "base": str(base)},
+        "hot_load_stall": stall,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"serving-stall-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(stall_table(stall))
+    print("targets:", json.dumps(stall["targets"]))
     print(f"\nwritten to {path}")
     return result
 

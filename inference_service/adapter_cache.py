@@ -8,6 +8,7 @@ gets it even while it is still loaded; unloading it then frees its slot (at once
 the last request using it ends).
 """
 
+import copy
 import functools
 import logging
 import threading
@@ -94,6 +95,14 @@ def template_fields(manifest: Manifest) -> list[str]:
     return sorted(jinja2.meta.find_undeclared_variables(parse(manifest.template_prompt)))
 
 
+@dataclass
+class _PendingLoad:
+    """One version's read in progress, which other requests for it wait on."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: TuneyardError | None = None
+
+
 class AdapterCache:
     """`model_lock` is held by the engine around each forward; adding or removing an
     adapter's layers takes it too, so a forward never sees half an adapter.
@@ -135,17 +144,12 @@ class AdapterCache:
         self._loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()  # least recent first
         self._failed: dict[str, str] = {}
         self._doomed: set[str] = set()  # deleted from the volume; removed once released
+        self._loading: dict[str, _PendingLoad] = {}  # versions being read, by id
         self._lock = threading.RLock()
 
     def acquire(self, adapter_id: str) -> LoadedAdapter:
         """Resolve, load if needed and pin an adapter for one request; `release` it after."""
-        version = self.store.resolve(adapter_id)
-        with self._lock:
-            adapter = self._load(version)
-            adapter.in_use += 1
-            adapter.last_used_at = time.time()
-            self._loaded.move_to_end(adapter.key)
-            return adapter
+        return self._load(self.store.resolve(adapter_id), pin=True)
 
     def release(self, adapter: LoadedAdapter) -> None:
         with self._lock:
@@ -157,10 +161,8 @@ class AdapterCache:
 
     def load(self, adapter_id: str) -> AdapterInfo:
         version = self.store.resolve(adapter_id)
-        with self._lock:
-            self._load(version)
-            self._loaded.move_to_end(version.id)
-            return self._info(version)
+        self._load(version)
+        return self._info(version)
 
     def unload(self, adapter_id: str) -> AdapterInfo:
         """'name@version' unloads that version; 'name' every loaded version of the name."""
@@ -184,7 +186,7 @@ class AdapterCache:
             for key in keys:
                 if key in self._loaded:
                     self._remove(key)
-            return self._info(version)
+        return self._info(version)
 
     def _unload_deleted(self, adapter_id: str, not_found: NotFound) -> AdapterInfo:
         """Versions gone from the volume but still loaded: those in use are removed when
@@ -225,7 +227,10 @@ class AdapterCache:
 
     def list(self) -> list[AdapterInfo]:
         with self._lock:
-            return [self._info(v) for v in self.store.all_versions()]
+            loaded, failed = dict(self._loaded), dict(self._failed)
+        return [
+            self._info(v, (loaded.get(v.id), failed.get(v.id))) for v in self.store.all_versions()
+        ]
 
     @property
     def num_loaded(self) -> int:
@@ -292,26 +297,65 @@ class AdapterCache:
             return "unknown", None
         return trained.describe(), trained.same_weights(served_on)
 
-    def _load(self, version: AdapterVersion) -> LoadedAdapter:
-        if version.id in self._loaded:
-            return self._loaded[version.id]
-        start = time.perf_counter()
+    def _load(self, version: AdapterVersion, pin: bool = False) -> LoadedAdapter:
+        """The loaded adapter, read first if it is not. The read (disk, tokenizer, the
+        backend's own loading) runs outside the lock, which the engine takes as rows end:
+        a load must not stall the running batch. One read per version at a time; others
+        asking for it wait for that read only. `pin`: counted in use before any eviction
+        can see it."""
+        while True:
+            with self._lock:
+                adapter = self._loaded.get(version.id)
+                if adapter is not None:
+                    if pin:
+                        adapter.in_use += 1
+                        adapter.last_used_at = time.time()
+                    self._loaded.move_to_end(adapter.key)
+                    return adapter
+                pending = self._loading.get(version.id)
+                if pending is None:
+                    pending = self._loading[version.id] = _PendingLoad()
+                    break
+            pending.done.wait()
+            if pending.error is not None:
+                raise copy.copy(pending.error)  # each waiter its own traceback
+        try:
+            return self._read_and_insert(version, pin, time.perf_counter())
+        except TuneyardError as err:
+            pending.error = err
+            raise
+        finally:
+            with self._lock:
+                del self._loading[version.id]
+            pending.done.set()
+
+    def _read_and_insert(self, version: AdapterVersion, pin: bool, start: float) -> LoadedAdapter:
         try:
             adapter = self.read(version)
+            self.lora.prepare(adapter.key, adapter.weights)
         except TuneyardError as err:
-            self._failed[version.id] = err.message
+            with self._lock:
+                self._failed[version.id] = err.message
             log.warning("adapter %s refused: %s", version.id, err.message)
             raise
-        self._make_room()
-        with self.model_lock:
-            self.lora.add(adapter.key, adapter.weights)
-        self._loaded[adapter.key] = adapter
-        self._failed.pop(adapter.key, None)
+        with self._lock:
+            try:
+                self._make_room()
+            except ResourceExhausted:
+                self.lora.remove(adapter.key)  # what prepare loaded into the backend
+                raise
+            with self.model_lock:
+                self.lora.add(adapter.key, adapter.weights)
+            self._loaded[adapter.key] = adapter
+            self._failed.pop(adapter.key, None)
+            if pin:
+                adapter.in_use += 1
+                adapter.last_used_at = time.time()
+            self.on_change(len(self._loaded))
         seconds = time.perf_counter() - start
         log.info(
             "adapter %s loaded in %.3f s (rank %d)", adapter.key, seconds, adapter.weights.rank
         )
-        self.on_change(len(self._loaded))
         self.on_load(adapter.key, seconds)
         return adapter
 
@@ -338,11 +382,18 @@ class AdapterCache:
         )
         return same_revision or manifest.base_model == self.base.id
 
-    def _info(self, version: AdapterVersion) -> AdapterInfo:
+    def _info(
+        self, version: AdapterVersion, state: tuple[LoadedAdapter | None, str | None] | None = None
+    ) -> AdapterInfo:
+        """From the volume, outside the lock (a listing reads every manifest); `state`:
+        the version's (loaded adapter, failure) as the caller saw them, else read now."""
+        if state is None:
+            with self._lock:
+                state = self._loaded.get(version.id), self._failed.get(version.id)
+        loaded, failed = state
         info = AdapterInfo(
             id=version.id, name=version.name, version=version.version, state="available"
         )
-        loaded = self._loaded.get(version.id)
         try:
             manifest = loaded.manifest if loaded else version.manifest()
             info.recipe = manifest.recipe
@@ -368,6 +419,6 @@ class AdapterCache:
             info.rank = loaded.weights.rank
             info.target_modules = loaded.weights.target_modules
             info.last_used_at = loaded.last_used_at
-        elif version.id in self._failed:
-            info.state, info.error = "failed", self._failed[version.id]
+        elif failed is not None:
+            info.state, info.error = "failed", failed
         return info

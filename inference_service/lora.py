@@ -239,6 +239,9 @@ class MultiLora:
         if weights.tokens is not None:
             check_added(self.model, weights.tokens)
 
+    def prepare(self, key: str, weights: LoraWeights) -> None:
+        """Nothing to do before the insert (`add`): the copy into the stacked slots is it."""
+
     def add(self, key: str, weights: LoraWeights) -> None:
         self.check(weights)
         used = set(self._slots.values())

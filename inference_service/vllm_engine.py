@@ -10,6 +10,7 @@ string first, closing the stream aborts the request in vLLM.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -165,21 +166,40 @@ class VllmEngine(EngineBase):
         body = request_body(seq, seq.adapter_key or SERVED_BASE)
         if seq.adapter_key:
             self._fit_rank(self.loras.rank_of(seq.adapter_key))
-        with self._flow:  # a planned restart holds new requests back: they wait
+        admitted = self._admit(seq.adapter_key)
+        for _ in range(2):
+            if admitted:
+                break
+            # Loaded outside `_flow`: every stream's end takes it, from the event loop. A
+            # restart that begins meanwhile fails the load; `_admit` waits for it.
+            try:
+                self.loras.ensure(seq.adapter_key)
+            except Unavailable as err:
+                log.info("adapter %s not loaded yet: %s", seq.adapter_key, err.message)
+            admitted = self._admit(seq.adapter_key)
+        if not admitted:
+            raise Unavailable(f"vLLM did not load adapter {seq.adapter_key}; retry shortly")
+        asyncio.run_coroutine_threadsafe(self._start(seq, body), self._loop)
+
+    def _admit(self, adapter_key: str | None) -> bool:
+        """Count a request in flight, once no planned restart holds new ones back and the
+        child has its adapter; False: load the adapter first (again, if a restart came
+        between)."""
+        with self._flow:
             timeout = self.settings.vllm_start_timeout_s
             if not self._flow.wait_for(lambda: not self._restarting, timeout):
                 raise Unavailable("the vllm engine is restarting; retry shortly")
             if not self.server.ready:
                 raise Unavailable("the vllm engine is starting or restarting; retry shortly")
-            if seq.adapter_key:
-                self.loras.ensure(seq.adapter_key)
+            if adapter_key and not self.loras.loaded(adapter_key):
+                return False
             if not self._slots.acquire(blocking=False):
                 raise ResourceExhausted(
                     f"{self.settings.max_queue + self.settings.max_batch_size} requests are "
                     "in flight; retry later"
                 )
             self._in_flight += 1
-        asyncio.run_coroutine_threadsafe(self._start(seq, body), self._loop)
+            return True
 
     def _fit_rank(self, rank: int) -> None:
         """Restart the vLLM child with a larger --max-lora-rank when an adapter needs one:
@@ -326,20 +346,28 @@ class VllmLoras:
                 "(TUNEYARD_ENGINE=native), or merged (TUNEYARD_MERGED_ADAPTER)"
             )
 
-    def add(self, key: str, weights: LoraWeights) -> None:
-        """Checked already (AdapterCache.read); vLLM reads the version's own folder. One
-        larger than the child's rank is loaded after its restart, by the first request
-        for it (the cache's lock is held here, and finishing requests take it)."""
+    def prepare(self, key: str, weights: LoraWeights) -> None:
+        """Checked already (AdapterCache.read), outside the cache's lock: vLLM reads the
+        version's own folder. One larger than the child's rank is loaded after its
+        restart, by the first request for it, as is one read while the child restarts."""
         self._ranks[key] = weights.rank
-        if vllm_lora_rank(weights.rank) <= self.engine.lora_rank:
-            self.ensure(key)
+        if vllm_lora_rank(weights.rank) <= self.engine.lora_rank and self.server.ready:
+            with contextlib.suppress(Unavailable):
+                self.ensure(key)
+
+    def add(self, key: str, weights: LoraWeights) -> None:
+        """Loaded by `prepare` already (an HTTP call, which must not hold the cache's lock)."""
 
     def rank_of(self, key: str) -> int:
         return self._ranks[key]
 
+    def loaded(self, key: str) -> bool:
+        """vLLM's child as it runs now has the version."""
+        return self._loaded_in.get(key) == self.server.generation
+
     def ensure(self, key: str) -> None:
         with self._lock:
-            if self._loaded_in.get(key) == self.server.generation:
+            if self.loaded(key):
                 return
             if not self.server.ready:
                 raise Unavailable("the vllm engine is starting or restarting; retry shortly")

@@ -46,3 +46,35 @@ def test_serving_benchmark_runs_the_gpu_path_on_a_tiny_llama(tmp_path, capsys):
     low, high = over["overhead_p50_ms_spread"]
     assert low <= over["overhead_p50_ms"] <= high
     assert "speed-up over naive" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_hot_load_stall_phase_times_gaps_quiet_and_loading(tmp_path, capsys):
+    result = serving.main(
+        [
+            "--model=llama-tiny",
+            "--dtype=float32",
+            "--hot-load-stall",
+            "--clients=2",
+            "--adapters=2",
+            "--max-new-tokens=16",
+            "--stall-adapters=2",
+            "--stall-rank=64",
+            "--stall-quiet-s=1",
+            f"--out={tmp_path}",
+        ]
+    )
+    (written,) = tmp_path.glob("serving-stall-*.json")
+    assert json.loads(written.read_text()) == result
+    stall = result["hot_load_stall"]
+    for phase in ("quiet", "loading"):
+        gaps = stall[phase]
+        assert gaps["tokens"] > 0 and gaps["seconds"] > 0
+        assert 0 < gaps["gap_p50_ms"] <= gaps["gap_p99_ms"] <= gaps["gap_max_ms"]
+    assert stall["quiet"]["seconds"] >= 1 and stall["adapters_loaded"] == 2
+    assert stall["ratios"]["gap_p99_loading_vs_quiet"] == pytest.approx(
+        stall["loading"]["gap_p99_ms"] / stall["quiet"]["gap_p99_ms"]
+    )
+    assert set(stall["targets"]) >= {"gap_p99_met", "gap_max_met"}
+    assert "inter-token gap" in capsys.readouterr().out

@@ -1,5 +1,9 @@
 """Adapter validation, the LRU and hot reload, through a real adapter store."""
 
+import concurrent.futures
+import threading
+import time
+
 import pytest
 
 from inference_service.adapter_cache import template_fields
@@ -259,3 +263,73 @@ def test_a_name_with_no_live_version_unloads_its_loaded_versions(
     info = {a.id: a for a in small_engine.adapters.list()}["gated-out@1"]
     assert (info.state, info.gate, info.live) == ("loaded", "failed", False)
     assert small_engine.adapters.unload("gated-out").state == "available"
+
+
+def _gate_reads(monkeypatch, cache, name: str) -> tuple[threading.Event, list]:
+    """Hold the reads of `name`'s versions (its disk and tokenizer work) until the event
+    is set; the list counts them."""
+    opened, reads, read = threading.Event(), [], cache.read
+
+    def held(version, *args, **kwargs):
+        if version.name == name:
+            reads.append(version.id)
+            assert opened.wait(60)
+        return read(version, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "read", held)
+    return opened, reads
+
+
+def test_a_loading_adapter_stalls_no_request_of_another(
+    small_engine, tiny_llama, adapters_dir, monkeypatch
+):
+    """The read runs outside the cache's lock: while it lasts, streams of a loaded adapter
+    end (their release), start (acquire) and the listing answers."""
+    make_adapter(tiny_llama, adapters_dir, "steady")
+    make_adapter(tiny_llama, adapters_dir, "slow-read")
+    cache = small_engine.adapters
+    generate(small_engine, "steady")
+    opened, reads = _gate_reads(monkeypatch, cache, "slow-read")
+    loading = concurrent.futures.ThreadPoolExecutor(1).submit(cache.acquire, "slow-read")
+    try:
+        while not reads:
+            time.sleep(0.01)
+        asked = concurrent.futures.ThreadPoolExecutor(1).submit(
+            lambda: [generate(small_engine, "steady") for _ in range(3)]
+        )
+        assert all(r.details.adapter == "steady@1" for r in asked.result(30))
+        assert {a.name: a.state for a in cache.list()}["steady"] == "loaded"
+        assert not loading.done()
+    finally:
+        opened.set()
+    cache.release(loading.result(30))
+    assert reads == ["slow-read@1"]
+
+
+def test_one_read_per_version_and_its_failure_reaches_every_waiter(
+    small_engine, tiny_llama, adapters_dir, monkeypatch
+):
+    make_adapter(tiny_llama, adapters_dir, "once")
+    make_adapter(tiny_llama, adapters_dir, "never", base_model="other/model")
+    cache = small_engine.adapters
+    for name, outcome in (("once", "loaded"), ("never", "refused")):
+        opened, reads = _gate_reads(monkeypatch, cache, name)
+        pool = concurrent.futures.ThreadPoolExecutor(3)
+        asking = [pool.submit(cache.acquire, name) for _ in range(3)]
+        while not reads:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the other two are waiting on that read by now
+        opened.set()
+        if outcome == "loaded":
+            adapters = [a.result(30) for a in asking]
+            assert all(a is adapters[0] for a in adapters) and adapters[0].in_use == 3
+            for adapter in adapters:
+                cache.release(adapter)
+        else:
+            for asked in asking:
+                with pytest.raises(FailedPrecondition, match="trained on 'other/model'"):
+                    asked.result(30)
+        assert reads == [f"{name}@1"]
+    with pytest.raises(FailedPrecondition):  # a refused version is read again when asked
+        cache.acquire("never")
+    assert reads == ["never@1", "never@1"]
