@@ -223,6 +223,37 @@ class JobStore:
             raise NotFound(f"job {job_id!r} not found", param="job_id")
         return self.get_job(job_id)
 
+    def set_status(
+        self, job_id: str, expected: str, status: str, event: tuple[str, str], **fields
+    ) -> Job | None:
+        """Compare and set: the job moves from `expected` to `status` with its `event`
+        (message, level) and `fields`, in one transaction; None, and nothing written, when
+        its status is no longer `expected` (another writer came first)."""
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        encoded = {k: _encode(k, v) for k, v in {**fields, "status": status}.items()}
+        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        message, level = event
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.execute(
+                    f"UPDATE jobs SET {assignments} WHERE id = ? AND status = ?",
+                    [*encoded.values(), job_id, expected],
+                )
+                if cursor.rowcount:
+                    self._db.execute(
+                        "INSERT INTO events (job_id, created_at, level, message, metrics) "
+                        "VALUES (?, ?, ?, ?, NULL)",
+                        (job_id, time.time(), level, message),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.get_job(job_id) if cursor.rowcount else None
+
     # --- events --------------------------------------------------------------------------
     def add_event(
         self, job_id: str, message: str, level: str = "info", metrics: dict | None = None

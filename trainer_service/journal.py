@@ -44,6 +44,10 @@ class IllegalTransition(RuntimeError):
     """A status change TRANSITIONS does not allow: a bug in the caller, never user input."""
 
 
+class StatusChanged(IllegalTransition):
+    """Another writer changed the job's status between the caller's read and its write."""
+
+
 class JobJournal:
     def __init__(self, store: JobStore, metrics: TrainerMetrics | None = None):
         self.store = store
@@ -81,17 +85,19 @@ class JobJournal:
         message: str,
         level: str = "",
         error: JobError | None = None,
+        expected: str | None = None,
         **fields,
-    ) -> Job:
+    ) -> Job | None:
         """Move the job to `status` with an event saying why (level: error for a failure,
-        info otherwise, unless given). The event is stored first: a watcher that sees the
-        new status has every event up to it."""
-        current = self.store.get_job(job_id).status
+        info otherwise, unless given), both in one write: a watcher that sees the new
+        status has every event up to it. A compare and set: from `expected`, or None and
+        nothing written when the job is no longer there; without it, from the status
+        read now, and StatusChanged when another writer came between."""
+        current = expected or self.store.get_job(job_id).status
         if status not in TRANSITIONS[current]:
             raise IllegalTransition(f"job {job_id}: {current} -> {status}")
         if unknown := set(fields) - _PROGRESS:
             raise ValueError(f"not progress fields: {sorted(unknown)}")
-        self.store.add_event(job_id, message, level or ("error" if status == FAILED else "info"))
         if status == RUNNING:
             fields["started_at"] = time.time()
         if status != RUNNING:
@@ -100,7 +106,12 @@ class JobJournal:
             fields["finished_at"] = time.time()
         if status == FAILED:
             fields["error"] = error or JobError("failed", message)
-        job = self.store.update(job_id, status=status, **fields)
+        event = (message, level or ("error" if status == FAILED else "info"))
+        job = self.store.set_status(job_id, current, status, event, **fields)
+        if job is None:
+            if expected:
+                return None
+            raise StatusChanged(f"job {job_id}: no longer {current}, not moved to {status}")
         if self.metrics and job.terminal:
             self.metrics.job_finished(job_id, status)
         self._bump()

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainer_service.checkpoints import checkpoint_step, last_checkpoint
@@ -39,6 +40,20 @@ from tuneyard.statuses import (
 )
 
 log = logging.getLogger(__name__)
+NO_CHECKPOINT = (
+    "it has no checkpoint to resume from (training.save_steps is 0 or none was saved yet)"
+)
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """One run of a job, from its dispatch to its end: its worker's handle once started,
+    and why it is being stopped ("cancel" or "pause"; "" while it runs on). The
+    scheduler's lock guards both."""
+
+    job_id: str
+    handle: ExecutionHandle | None = None
+    stop: str = ""
 
 
 class JobScheduler:
@@ -63,11 +78,9 @@ class JobScheduler:
         self.data_roots = DataRoots.of(settings)
         self.files = FileStore(self.files_root)
         self.results_files = ResultsFiles(self.store, self.files)
-        self._lock = threading.RLock()  # the queue, the running set, and status checks
+        self._lock = threading.RLock()  # the queue, the running attempts, status checks
         self._queue: deque[str] = deque()
-        self._running: dict[str, ExecutionHandle | None] = {}
-        self._cancelling: set[str] = set()
-        self._pausing: set[str] = set()
+        self._running: dict[str, _Attempt] = {}  # job id -> its attempt now
         self._threads: list[threading.Thread] = []
         self._closed = False
 
@@ -78,23 +91,19 @@ class JobScheduler:
         jobs start over in their original order."""
         for job in self.store.jobs_with_status(RUNNING):
             checkpoint = last_checkpoint(self.workdir / job.id)
-            if checkpoint is None:
-                reason = "it has no checkpoint to resume from (training.save_steps is 0 or "
-                reason += "none was saved yet)"
-            elif job.resumes >= self.settings.max_resumes:
-                reason = f"it was resumed {job.resumes} times already (max_resumes)"
-            else:
-                self.journal.transition(
-                    job.id,
-                    QUEUED,
-                    f"the trainer restarted while the job was running; it will resume from "
-                    f"{checkpoint.name}",
-                    level="warn",
-                    resumes=job.resumes + 1,
-                )
+            if reason := self._not_resumable(checkpoint, job.resumes):
+                message = "the trainer restarted while the job was running and its worker "
+                self._fail(job.id, f"{message}was lost; {reason}", "worker_lost", RUNNING)
                 continue
-            message = "the trainer restarted while the job was running and its worker was lost"
-            self._fail(job.id, f"{message}; {reason}", "worker_lost")
+            self.journal.transition(
+                job.id,
+                QUEUED,
+                f"the trainer restarted while the job was running; it will resume from "
+                f"{checkpoint.name}",
+                level="warn",
+                expected=RUNNING,
+                resumes=job.resumes + 1,
+            )
         for job in self.store.jobs_with_status(VALIDATING_FILES, QUEUED):
             self.journal.event(job.id, f"trainer restarted: job {job.status} again")
             if job.status == QUEUED:
@@ -133,18 +142,20 @@ class JobScheduler:
     def cancel(self, job_id: str) -> Job:
         with self._lock:  # every transition happens under the lock: the status is current
             job = self.store.get_job(job_id)
+            attempt = self._running.get(job.id)
             if job.status == PAUSED:
-                self.journal.transition(job.id, CANCELLED, "cancelled while paused")
+                self.journal.transition(
+                    job.id, CANCELLED, "cancelled while paused", expected=PAUSED
+                )
             elif job.status in (VALIDATING_FILES, QUEUED):
                 if job.id in self._queue:
                     self._queue.remove(job.id)
-                self.journal.transition(job.id, CANCELLED, "cancelled before it ran")
-            elif job.status == RUNNING and job.id not in self._cancelling:
-                self._cancelling.add(job.id)
-                handle = self._running.get(job.id)
+                self.journal.transition(
+                    job.id, CANCELLED, "cancelled before it ran", expected=job.status
+                )
+            elif job.status == RUNNING and attempt is not None and attempt.stop != "cancel":
                 self.journal.event(job.id, "cancellation requested; stopping the worker")
-                if handle is not None:
-                    handle.cancel()
+                self._stop(attempt, "cancel")
         return self.store.get_job(job_id)
 
     def pause(self, job_id: str) -> Job:
@@ -164,15 +175,14 @@ class JobScheduler:
                     "could not go on where it stopped; cancel it instead",
                     param="job_id",
                 )
+            attempt = self._running.get(job.id)
             if job.status == QUEUED:
                 if job.id in self._queue:
                     self._queue.remove(job.id)
-                self.journal.transition(job.id, PAUSED, "paused before it started")
-            elif job.id not in self._cancelling | self._pausing:
-                self._pausing.add(job.id)
+                self.journal.transition(job.id, PAUSED, "paused before it started", expected=QUEUED)
+            elif attempt is not None and not attempt.stop:
                 self.journal.event(job.id, "pause requested; stopping the worker")
-                if (handle := self._running.get(job.id)) is not None:
-                    handle.cancel()
+                self._stop(attempt, "pause")
         return self.store.get_job(job_id)
 
     def resume(self, job_id: str) -> Job:
@@ -184,7 +194,7 @@ class JobScheduler:
                     f"job {job_id} is {job.status}; only a paused job can be resumed",
                     param="job_id",
                 )
-            self.journal.transition(job_id, QUEUED, "resumed; queued")
+            self.journal.transition(job_id, QUEUED, "resumed; queued", expected=PAUSED)
             self._queue.append(job_id)
         self._dispatch()
         return self.store.get_job(job_id)
@@ -193,7 +203,7 @@ class JobScheduler:
         """Stop taking work, stop running workers, and wait for their threads."""
         with self._lock:
             self._closed = True
-            handles = [h for h in self._running.values() if h is not None]
+            handles = [a.handle for a in self._running.values() if a.handle is not None]
         for handle in handles:
             handle.cancel()
         deadline = time.monotonic() + timeout
@@ -215,21 +225,23 @@ class JobScheduler:
         for warning in report.warnings:
             self.journal.event(job_id, warning, level="warn")
         with self._lock:
-            if self.store.get_job(job_id).status != VALIDATING_FILES:
-                return  # cancelled meanwhile
-            self.journal.transition(
+            queued = self.journal.transition(
                 job_id,
                 QUEUED,
                 f"validated {report.rows} rows ({report.train_rows} train, "
                 f"{report.eval_rows} eval, longest {report.max_tokens} tokens); queued",
+                expected=VALIDATING_FILES,
             )
+            if queued is None:
+                return  # cancelled meanwhile
             self._queue.append(job_id)
         self._dispatch()
 
     def _fail_validation(self, job_id: str, error: JobError) -> None:
-        with self._lock:
-            if self.store.get_job(job_id).status == VALIDATING_FILES:  # not cancelled
-                self.journal.transition(job_id, FAILED, error.message, error=error)
+        # Not when cancelled meanwhile.
+        self.journal.transition(
+            job_id, FAILED, error.message, error=error, expected=VALIDATING_FILES
+        )
 
     def _dispatch(self) -> None:
         with self._lock:
@@ -239,94 +251,106 @@ class JobScheduler:
                 and len(self._running) < self.settings.max_concurrent_jobs
             ):
                 job_id = self._queue.popleft()
-                self._running[job_id] = None
-                self.journal.transition(job_id, RUNNING, "job started")
-                self._spawn(self._run, job_id)
+                if self.journal.transition(job_id, RUNNING, "job started", expected=QUEUED):
+                    attempt = self._running[job_id] = _Attempt(job_id)
+                    self._spawn(self._run, attempt)
 
-    def _run(self, job_id: str) -> None:
+    def _run(self, attempt: _Attempt) -> None:
+        job_id = attempt.job_id
         try:
-            self._run_worker(job_id)
+            self._run_worker(attempt)
         except Exception as err:
             log.exception("job %s", job_id)
-            if not self.store.get_job(job_id).terminal:
-                self._fail(job_id, f"the trainer could not run the job: {err}", "internal")
+            message = f"the trainer could not run the job: {err}"
+            self._fail(job_id, message, "internal", RUNNING)
         finally:
             with self._lock:
-                self._running.pop(job_id, None)
-                self._cancelling.discard(job_id)
-                self._pausing.discard(job_id)
+                # Its own entry only: a job paused and resumed meanwhile has a new attempt.
+                if self._running.get(job_id) is attempt:
+                    del self._running[job_id]
             self._dispatch()
 
-    def _run_worker(self, job_id: str) -> None:
+    def _stop(self, attempt: _Attempt, reason: str) -> None:
+        """Under the lock: stop the attempt's worker (once started), saying why."""
+        attempt.stop = reason
+        if attempt.handle is not None:
+            attempt.handle.cancel()
+
+    def _not_resumable(self, checkpoint: Path | None, resumes: int) -> str:
+        """Why a job whose worker was lost cannot go on from `checkpoint`; "" when it can.
+        Each resume counts against max_resumes, whatever lost the worker (its death, a
+        trainer stop or restart)."""
+        if checkpoint is None:
+            return NO_CHECKPOINT
+        limit = self.settings.max_resumes
+        if resumes >= limit:
+            return f"it was resumed {resumes} times already (max_resumes is {limit})"
+        return ""
+
+    def _run_worker(self, attempt: _Attempt) -> None:
         """Run the job's worker until it ends for good: a worker that died (killed by a
         signal, or gone without reporting an error) is started again from the job's last
         checkpoint, up to max_resumes times in all (trainer restarts included)."""
+        job_id = attempt.job_id
         workdir = self.workdir / job_id
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "spec.json").write_text(self.store.get_job(job_id).spec.model_dump_json())
         while True:
             with self._lock:
-                stopping = job_id in self._cancelling | self._pausing or self._closed
+                stopping = bool(attempt.stop) or self._closed
             # Cancelled or stopped before a (re)start: as if the worker had stopped at once.
-            attempt = WorkerRun(CANCELLED_EXIT) if stopping else self._run_once(job_id, workdir)
+            run = WorkerRun(CANCELLED_EXIT) if stopping else self._run_once(attempt, workdir)
             with self._lock:
-                cancelled, closed = job_id in self._cancelling, self._closed
-                paused = job_id in self._pausing
-            if attempt.code == 0 and attempt.result is not None:
-                self._succeed(job_id, attempt.result)
-            elif cancelled:
-                self.journal.transition(job_id, CANCELLED, "cancelled; nothing was published")
-            elif paused:
+                stop, closed = attempt.stop, self._closed
+            if run.code == 0 and run.result is not None:
+                self._succeed(job_id, run.result)
+            elif stop == "cancel":
+                self.journal.transition(
+                    job_id, CANCELLED, "cancelled; nothing was published", expected=RUNNING
+                )
+            elif stop == "pause":
                 self._paused(job_id, workdir)
             elif closed:
                 self._interrupted(job_id)
-            elif attempt.died:
-                if self._resume_after_death(job_id, workdir, attempt.code):
+            elif run.died:
+                if self._resume_after_death(attempt, workdir, run.code):
                     continue
             else:
-                self._fail_worker(job_id, attempt)
+                self._fail_worker(job_id, run)
             return
 
-    def _run_once(self, job_id: str, workdir: Path) -> WorkerRun:
+    def _run_once(self, attempt: _Attempt, workdir: Path) -> WorkerRun:
         """Start the worker, relay its events, and wait for it to end."""
-        handle = self.executor.start(job_id, workdir)
+        handle = self.executor.start(attempt.job_id, workdir)
         with self._lock:
-            self._running[job_id] = handle
-            if job_id in self._cancelling or self._closed:
+            attempt.handle = handle
+            if attempt.stop or self._closed:
                 handle.cancel()
-        result, last_error = WorkerEvents(self.journal).read(job_id, handle.events())
+        result, last_error = WorkerEvents(self.journal).read(attempt.job_id, handle.events())
         return WorkerRun(handle.wait(), result, last_error)
 
-    def _resume_after_death(self, job_id: str, workdir: Path, code: int) -> bool:
+    def _resume_after_death(self, attempt: _Attempt, workdir: Path, code: int) -> bool:
         """A worker died under a running job: True to start it again from the job's last
-        checkpoint (or to let the loop end a job cancelled meanwhile), False once the job
+        checkpoint (or to let the loop end a job stopped meanwhile), False once the job
         failed, saying why it was not resumed."""
+        job_id = attempt.job_id
         died = f"the worker died ({_describe_exit(code)}) without reporting an error"
         checkpoint = last_checkpoint(workdir)
-        limit = self.settings.max_resumes
         with self._lock:
-            if job_id in self._cancelling or self._closed:
-                return True  # the loop ends it as cancelled or interrupted
+            if attempt.stop or self._closed:
+                return True  # the loop ends it as cancelled, paused or interrupted
             resumes = self.store.get_job(job_id).resumes
-            if checkpoint is None:
-                reason = "it has no checkpoint to resume from (training.save_steps is 0 or "
-                reason += "none was saved yet)"
-            elif resumes >= limit:
-                reason = f"it was resumed {resumes} times already (max_resumes is {limit})"
-            else:
-                self.journal.progress(job_id, resumes=resumes + 1, estimated_finish=0)
-                self.journal.event(
-                    job_id,
-                    f"{died}; resuming from checkpoint step {checkpoint_step(checkpoint)} "
-                    f"(resume {resumes + 1} of {limit})",
-                    level="warn",
-                )
-                return True
-            message = f"{died}; {reason}"
-            self.journal.transition(
-                job_id, FAILED, message, error=JobError("worker_failed", message)
+            if reason := self._not_resumable(checkpoint, resumes):
+                self._fail(job_id, f"{died}; {reason}", "worker_failed", RUNNING)
+                return False
+            self.journal.progress(job_id, resumes=resumes + 1, estimated_finish=0)
+            self.journal.event(
+                job_id,
+                f"{died}; resuming from checkpoint step {checkpoint_step(checkpoint)} "
+                f"(resume {resumes + 1} of {self.settings.max_resumes})",
+                level="warn",
             )
-            return False
+            return True
 
     def _fail_worker(self, job_id: str, attempt: WorkerRun) -> None:
         """The worker failed for a reason it (or its executor) reported, or ended without a
@@ -336,7 +360,7 @@ class JobScheduler:
             if attempt.code == 0
             else "the worker crashed after publishing"
         )
-        self._fail(job_id, f"{reason} ({_describe_exit(attempt.code)})", "worker_failed")
+        self._fail(job_id, f"{reason} ({_describe_exit(attempt.code)})", "worker_failed", RUNNING)
 
     def _paused(self, job_id: str, workdir: Path) -> None:
         checkpoint = last_checkpoint(workdir)
@@ -345,25 +369,27 @@ class JobScheduler:
             if checkpoint is not None
             else "the start (no checkpoint was saved yet)"
         )
-        self.journal.transition(job_id, PAUSED, f"paused; resuming goes on from {since}")
+        message = f"paused; resuming goes on from {since}"
+        self.journal.transition(job_id, PAUSED, message, expected=RUNNING)
 
     def _interrupted(self, job_id: str) -> None:
         """The trainer stopped under a running job: queue it to resume from its checkpoint
         at the next start, or fail it."""
         checkpoint = last_checkpoint(self.workdir / job_id)
-        if checkpoint is None:
-            message = "the trainer service stopped during the job, which had no checkpoint"
-            self._fail(job_id, message, "interrupted")
+        resumes = self.store.get_job(job_id).resumes
+        if reason := self._not_resumable(checkpoint, resumes):
+            message = f"the trainer service stopped during the job, and {reason}"
+            self._fail(job_id, message, "interrupted", RUNNING)
             return
-        with self._lock:
-            self.journal.transition(
-                job_id,
-                QUEUED,
-                f"the trainer service stopped during the job; it will resume from "
-                f"{checkpoint.name} when the trainer starts again",
-                level="warn",
-                resumes=self.store.get_job(job_id).resumes + 1,
-            )
+        self.journal.transition(
+            job_id,
+            QUEUED,
+            f"the trainer service stopped during the job; it will resume from "
+            f"{checkpoint.name} when the trainer starts again",
+            level="warn",
+            expected=RUNNING,
+            resumes=resumes + 1,
+        )
 
     def _succeed(self, job_id: str, result: dict) -> None:
         model = str(result.get("fine_tuned_model", ""))
@@ -379,8 +405,9 @@ class JobScheduler:
             self.on_published(job_id, model)
         self.journal.follow(job_id)  # a watch stays open for what the actions report
         try:
-            job = self.journal.transition(job_id, SUCCEEDED, f"succeeded: published {model}")
-            for action in self.after_success:
+            message = f"succeeded: published {model}"
+            job = self.journal.transition(job_id, SUCCEEDED, message, expected=RUNNING)
+            for action in self.after_success if job is not None else ():
                 action(job)
         finally:
             self.journal.followed(job_id)
@@ -401,13 +428,15 @@ class JobScheduler:
             self.journal.event(job_id, f"could not store the result files: {err}", level="warn")
             return []
 
-    def _fail(self, job_id: str, message: str, code: str) -> None:
-        with self._lock:
-            self.journal.transition(job_id, FAILED, message, error=JobError(code, message))
+    def _fail(self, job_id: str, message: str, code: str, expected: str) -> None:
+        """From `expected` only: a job that another writer ended meanwhile stays ended."""
+        error = JobError(code, message)
+        self.journal.transition(job_id, FAILED, message, error=error, expected=expected)
 
-    def _spawn(self, target, job_id: str) -> None:
+    def _spawn(self, target, arg) -> None:
+        name = getattr(arg, "job_id", arg)
         thread = threading.Thread(
-            target=target, args=(job_id,), name=f"{target.__name__}-{job_id}", daemon=True
+            target=target, args=(arg,), name=f"{target.__name__}-{name}", daemon=True
         )
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]

@@ -7,8 +7,16 @@ import pytest
 
 from tests.trainer.test_job_store import SPEC
 from trainer_service.job_store import JobError, JobStore
-from trainer_service.journal import TRANSITIONS, IllegalTransition, JobJournal
-from tuneyard.statuses import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, VALIDATING_FILES
+from trainer_service.journal import TRANSITIONS, IllegalTransition, JobJournal, StatusChanged
+from tuneyard.statuses import (
+    CANCELLED,
+    FAILED,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    VALIDATING_FILES,
+)
 
 
 @pytest.fixture
@@ -49,6 +57,32 @@ def test_only_the_table_s_transitions_are_allowed(journal):
                 assert journal.store.events(job.id) == []  # nothing half-written
     assert TRANSITIONS[SUCCEEDED] == TRANSITIONS[CANCELLED] == frozenset()
     assert CANCELLED in TRANSITIONS[VALIDATING_FILES] | TRANSITIONS[QUEUED]
+
+
+def test_a_transition_is_a_compare_and_set(journal):
+    """Two writers that both read `running`: the second's write finds the status moved
+    on and writes nothing, neither the status nor its event."""
+    job = journal.store.create_job(SPEC, status=RUNNING)
+    assert journal.transition(job.id, CANCELLED, "cancelled", expected=RUNNING).status == CANCELLED
+    assert journal.transition(job.id, FAILED, "it broke", expected=RUNNING) is None
+    other = journal.store.create_job(SPEC, status=RUNNING)
+    read = journal.store.get_job
+
+    def read_then_another_writer(job_id):
+        journal.store.get_job = read
+        seen = read(job_id)
+        journal.store.update(job_id, status=PAUSED)
+        return seen
+
+    journal.store.get_job = read_then_another_writer
+    try:
+        with pytest.raises(StatusChanged, match="no longer running, not moved to failed"):
+            journal.transition(other.id, FAILED, "it broke")
+    finally:
+        journal.store.get_job = read
+    assert read(job.id).status == CANCELLED and read(other.id).status == PAUSED
+    assert [e.message for e in journal.store.events(job.id)] == ["cancelled"]
+    assert journal.store.events(other.id) == []
 
 
 def test_progress_never_writes_the_status(journal):

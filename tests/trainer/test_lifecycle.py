@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -16,13 +18,14 @@ import pytest
 from tests.conftest import EMAIL_ROWS
 from tests.trainer.conftest import make_spec, wait_until
 from tests.trainer.test_server import free_port
+from trainer_service.executors.base import CANCELLED_EXIT
 from trainer_service.executors.local import LocalExecutor
 from trainer_service.job_store import JobStore
 from trainer_service.journal import JobJournal
 from trainer_service.scheduler import JobScheduler
 from trainer_service.server import serve
 from tuneyard.adapter_store import AdapterStore
-from tuneyard.statuses import FAILED, QUEUED, RUNNING, SUCCEEDED
+from tuneyard.statuses import CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED
 from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
 
@@ -434,3 +437,93 @@ def test_a_worker_that_reports_an_error_is_not_resumed(settings, tiny_llama, ema
     done, _ = run_scripted(settings, Scripted(([], 0)), spec, step=5)
     assert done.status == FAILED and done.resumes == 0
     assert done.error.message == "the worker ended without publishing a result (exit code 0)"
+
+
+class Held:
+    """An executor whose workers run until cancelled, counting how many were alive at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.alive = self.most = 0
+
+    def start(self, job_id, workdir):
+        with self.lock:
+            self.alive += 1
+            self.most = max(self.most, self.alive)
+        owner, stopped = self, threading.Event()
+
+        class Run:
+            def events(self):
+                assert stopped.wait(60)
+                yield from ()
+
+            def cancel(self):
+                stopped.set()
+
+            def wait(self):
+                with owner.lock:
+                    owner.alive -= 1
+                return CANCELLED_EXIT
+
+        return Run()
+
+
+def test_a_job_paused_and_resumed_before_its_attempt_ended_keeps_the_slot_count(
+    settings, tiny_llama, email_jsonl, monkeypatch
+):
+    """The ending attempt's cleanup removes its own entry, not the resumed job's new one:
+    two slots never run three workers."""
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5})
+    settings = settings.model_copy(update={"max_concurrent_jobs": 2})
+    store = JobStore(settings.resolved_trainer_db)
+    first = store.create_job(spec, status=QUEUED)
+    others = [store.create_job(spec, status=PAUSED) for _ in range(2)]
+    executor = Held()
+    scheduler = JobScheduler(settings, JobJournal(store), executor)
+    paused = scheduler._paused
+
+    def paused_then_resumed_at_once(job_id, workdir):
+        paused(job_id, workdir)
+        if job_id == first.id:  # before its attempt ends: a new one takes its place
+            for job in (first, *others):
+                scheduler.resume(job.id)
+
+    monkeypatch.setattr(scheduler, "_paused", paused_then_resumed_at_once)
+    scheduler.start()
+    try:
+        wait_until(lambda: executor.alive == 1, timeout=10)
+        scheduler.pause(first.id)
+        wait_until(lambda: store.get_job(others[1].id).status == QUEUED, timeout=10)
+        time.sleep(0.5)  # the first attempt's end has run by now
+        statuses = [store.get_job(job.id).status for job in (first, *others)]
+        assert statuses == [RUNNING, RUNNING, QUEUED] and executor.alive == 2
+        assert executor.most == 2
+    finally:
+        scheduler.close(timeout=5)
+        store.close()
+
+
+def test_a_cancel_that_lands_before_the_worker_starts_cancels_it(settings, tiny_llama, email_jsonl):
+    spec = make_spec(tiny_llama, email_jsonl, training={"save_steps": 5})
+    store = JobStore(settings.resolved_trainer_db)
+    job = store.create_job(spec, status=QUEUED)
+    executor = Held()
+    scheduler = JobScheduler(settings, JobJournal(store), executor)
+    start = executor.start
+
+    def cancelled_first(job_id, workdir):
+        assert scheduler.cancel(job_id).status == RUNNING  # its worker is not there yet
+        return start(job_id, workdir)
+
+    executor.start = cancelled_first
+    scheduler.start()
+    try:
+        done = wait_until(lambda: terminal(scheduler, job.id), timeout=10)
+        assert done.status == CANCELLED and executor.alive == 0
+        assert [e.message for e in store.events(job.id)][-2:] == [
+            "cancellation requested; stopping the worker",
+            "cancelled; nothing was published",
+        ]
+    finally:
+        scheduler.close(timeout=5)
+        store.close()
