@@ -26,7 +26,7 @@ from tuneyard.grpc_server import build_server
 from tuneyard.jobspec import JobSpec
 from tuneyard.local_stack import free_port
 from tuneyard.modeling import load_tokenizer, resolve_base_model
-from tuneyard.statuses import QUEUED, SUCCEEDED
+from tuneyard.statuses import CANCELLED, QUEUED, SUCCEEDED
 from tuneyard.v1 import evaluation_pb2 as pb
 from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -490,3 +490,33 @@ def test_report_formats(finished):
         service.report(evaluation.id, "pdf")
     assert json.loads(json.dumps(evaluation.result))  # stored as plain JSON
     assert "reference starts after" in Path(evaluation.report_markdown).read_text()
+
+
+def test_a_cancel_as_the_runner_takes_the_evaluation_ends_it_cancelled_once(
+    make_service, tiny_llama, email_jsonl
+):
+    """The cancel lands after the runner read `queued` and before it wrote `running`: the
+    runner's write finds it cancelled and runs nothing; the job hears of it once."""
+    service = make_service()
+    service.start()
+
+    class CancelledOnPickUp(dict):
+        def pop(self, key, *default):
+            assert service.cancel(key).status == CANCELLED
+            return super().pop(key, *default)
+
+    service._plans = CancelledOnPickUp()
+    job = service.jobs.create_job(job_spec(tiny_llama, email_jsonl, {"max_new_tokens": 4}))
+    job = service.jobs.update(job.id, status=SUCCEEDED, fine_tuned_model="email@1")
+    evaluation = service.evaluate_job(job)
+    for _ in range(50):  # the runner has taken it
+        if not service._plans:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    evaluation = service.get(evaluation.id)
+    assert (evaluation.status, evaluation.error, evaluation.started_at) == (CANCELLED, "", 0)
+    said = [e.message for e in service.jobs.events(job.id) if evaluation.id in e.message]
+    name = f"evaluation {evaluation.id}"
+    assert said == [f"{name} started", f"{name} cancelled: "]
+    assert service.journal.settled(service.jobs.get_job(job.id))

@@ -62,7 +62,7 @@ class EvaluationService:
     def start(self) -> None:
         """Evaluations a stopped trainer left queued or running start over, in order."""
         for evaluation in self.store.with_status(QUEUED, RUNNING):
-            self.store.update(evaluation.id, status=QUEUED, done_requests=0)
+            self.store.set_status(evaluation.id, (QUEUED, RUNNING), QUEUED, done_requests=0)
             if evaluation.for_job:
                 self.journal.follow(evaluation.for_job)
             self._enqueue(evaluation.id)
@@ -101,10 +101,10 @@ class EvaluationService:
         return self.store.list_evaluations(limit, after)
 
     def cancel(self, evaluation_id: str) -> Evaluation:
-        evaluation = self.store.get(evaluation_id)
-        if evaluation.status == QUEUED:
-            self._finish(evaluation_id, CANCELLED, "cancelled before it ran")
-        elif evaluation.status == RUNNING:
+        """Queued: cancelled here; running (or starting: the runner took it meanwhile): its
+        runner is told, and ends it as cancelled."""
+        self.store.get(evaluation_id)  # NotFound
+        if not self._finish(evaluation_id, (QUEUED,), CANCELLED, "cancelled before it ran"):
             self._cancel.get(evaluation_id, threading.Event()).set()  # gone: it just ended
         return self.store.get(evaluation_id)
 
@@ -160,16 +160,17 @@ class EvaluationService:
         self._queue.put(evaluation_id)
 
     def _loop(self) -> None:
+        live = (QUEUED, RUNNING)
         while (evaluation_id := self._queue.get()) is not None:
             try:
                 self._run(evaluation_id)
             except EvaluationCancelled:
-                self._finish(evaluation_id, CANCELLED, "cancelled; no report written")
+                self._finish(evaluation_id, live, CANCELLED, "cancelled; no report written")
             except TuneyardError as err:
-                self._finish(evaluation_id, FAILED, err.message)
+                self._finish(evaluation_id, live, FAILED, err.message)
             except Exception as err:  # a bug must not stop the loop for the next one
                 log.exception("evaluation %s", evaluation_id)
-                self._finish(evaluation_id, FAILED, f"internal error: {err!r}")
+                self._finish(evaluation_id, live, FAILED, f"internal error: {err!r}")
 
     def _run(self, evaluation_id: str) -> None:
         evaluation = self.store.get(evaluation_id)
@@ -179,13 +180,14 @@ class EvaluationService:
         if plan is None:  # queued before a restart
             spec = json_format.ParseDict(evaluation.spec, evaluation_pb2.EvaluationSpec())
             plan = self._plan(spec)
-        self.store.update(evaluation_id, status=RUNNING, started_at=time.time())
+        if not self.store.set_status(evaluation_id, (QUEUED,), RUNNING, started_at=time.time()):
+            return  # cancelled while it was planned
         client = self._client()
         try:
             result = Runner(client, self.settings.eval_concurrency).run(
                 plan,
                 progress=lambda done: self.store.update(evaluation_id, done_requests=done),
-                cancelled=self._cancel[evaluation_id],
+                cancelled=self._cancel.setdefault(evaluation_id, threading.Event()),
             )
         finally:
             client.close()
@@ -198,22 +200,36 @@ class EvaluationService:
             loss_curve if loss_curve.is_file() else None,
             {**asdict(plan.sampling), **plan.report_settings},
         )
-        self._finish(evaluation_id, SUCCEEDED, report_markdown=str(md), report_html=str(page))
-
-    def _finish(self, evaluation_id: str, status: str, error: str = "", **fields) -> None:
-        evaluation = self.store.update(
+        self._finish(
             evaluation_id,
-            status=status,
+            (RUNNING,),
+            SUCCEEDED,
+            report_markdown=str(md),
+            report_html=str(page),
+        )
+
+    def _finish(
+        self, evaluation_id: str, expected: tuple[str, ...], status: str, error: str = "", **fields
+    ) -> bool:
+        """End it, from one of `expected`: False when another writer ended it first (then
+        its job hears of it once, from that writer)."""
+        evaluation = self.store.set_status(
+            evaluation_id,
+            expected,
+            status,
             error=error if status == FAILED else "",
             finished_at=time.time(),
             **fields,
         )
+        if evaluation is None:
+            return False
         self._cancel.pop(evaluation_id, None)
         if evaluation.for_job:
             try:
                 self._link_to_job(evaluation.for_job, evaluation)
             finally:
                 self.journal.followed(evaluation.for_job)
+        return True
 
     def evaluate_job(self, job: Job) -> Evaluation | None:
         """The scheduler's after-success action: evaluate a job's adapter when its spec asks

@@ -84,12 +84,28 @@ class EvaluationStore:
             return self._get(evaluation_id)
 
     def update(self, evaluation_id: str, **fields) -> Evaluation:
+        """Progress and result fields; the status only through `set_status`."""
+        if "status" in fields:
+            raise ValueError("the status is written by set_status")
         with self._lock:
-            evaluation = replace(self._get(evaluation_id), **fields)
-            self._db.execute(
-                "UPDATE evaluations SET status = ?, body = ? WHERE id = ?",
-                (evaluation.status, json.dumps(asdict(evaluation)), evaluation_id),
-            )
+            return self._write(replace(self._get(evaluation_id), **fields))
+
+    def set_status(
+        self, evaluation_id: str, expected: tuple[str, ...], status: str, **fields
+    ) -> Evaluation | None:
+        """Compare and set: to `status` (with `fields`) from one of `expected`; None, and
+        nothing written, when another writer moved it on first."""
+        with self._lock:
+            evaluation = self._get(evaluation_id)
+            if evaluation.status not in expected:
+                return None
+            return self._write(replace(evaluation, status=status, **fields))
+
+    def _write(self, evaluation: Evaluation) -> Evaluation:
+        self._db.execute(
+            "UPDATE evaluations SET status = ?, body = ? WHERE id = ?",
+            (evaluation.status, json.dumps(asdict(evaluation)), evaluation.id),
+        )
         return evaluation
 
     def _get(self, evaluation_id: str) -> Evaluation:
