@@ -49,6 +49,37 @@ def test_each_row_of_a_mixed_batch_gets_its_own_adapter(fixed):
         torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_mixed_batch_sees_adapters_added_and_removed_after_it_ran():
+    """The stacked B the mixed path reads is kept up to date slot by slot, not rebuilt:
+    a batch after a load, an unload and a reuse of the slot gets each row's own adapter."""
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.proj = nn.Linear(IN, OUT)
+    lora = MultiLora(model, max_adapters=3)
+    loaded = {"a": weights(1, 4), "b": weights(2, 2)}
+    for key, adapter in loaded.items():
+        lora.add(key, adapter)
+    x = torch.randn(4, 1, IN)
+
+    def check(rows):
+        lora.route(rows, "cpu")
+        with torch.inference_mode():  # as the engine runs
+            got = model.proj(x[: len(rows)])
+        for i, key in enumerate(rows):
+            want = expected(model, x[i], loaded[key] if key else None)
+            torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
+
+    check(["a", "b", None])
+    loaded["c"] = weights(3, 4)
+    lora.add("c", loaded["c"])
+    check(["c", "a", "b"])
+    lora.remove("a")
+    check(["c", None, "b"])
+    loaded["a"] = weights(4, 3)  # into the slot "a" left
+    lora.add("a", loaded["a"])
+    check(["a", "c", "b", None])
+
+
 def peft_adapter(base: nn.Module, seed: int, rank: int, **config):
     """A PEFT adapter on a copy of `base` (its `proj` targeted) with random weights, and a
     DoRA magnitude away from its initial norm: PEFT's own module, and its LoraWeights."""
