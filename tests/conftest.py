@@ -136,6 +136,22 @@ def data_dirs_cover_test_files(tmp_path_factory):
         os.environ["TUNEYARD_DATA_DIRS"] = previous
 
 
+@pytest.fixture
+def make_gateway():
+    """Start gateways with settings overrides; all stopped at the end of the test."""
+    from tests.support.services import start_gateway  # the gateway's imports, when used
+
+    started = []
+
+    def make(**overrides):
+        started.append(start_gateway(**overrides))
+        return started[-1]
+
+    yield make
+    for gateway in started:
+        gateway.stop()
+
+
 # Clients of the `gateway` fixture a test package defines (a gateway over its backends).
 @pytest.fixture
 def http(gateway):

@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.gateway.conftest import (
-    make_gateway,  # noqa: F401 (a fixture, used here too)
-    serve_inference,
-    start_gateway,
-)
-from tests.inference.conftest import make_adapter
+from tests.support.adapters import make_adapter
+from tests.support.services import serve_inference, start_gateway
 from trainer_service.server import serve as serve_trainer
 from trainer_service.settings import TrainerSettings
 

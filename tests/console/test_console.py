@@ -7,7 +7,7 @@ import httpx
 from playwright.sync_api import expect
 
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
-from tests.gateway.conftest import start_gateway
+from tests.support.services import start_gateway
 
 from .conftest import ADMIN_KEY, PLAIN_KEY, TIMEOUT_MS
 

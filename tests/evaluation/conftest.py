@@ -10,7 +10,7 @@ import pytest
 from inference_service.server import serve
 from inference_service.settings import InferenceSettings
 from tests.conftest import EMAIL_ROWS
-from tests.inference.conftest import make_adapter
+from tests.support.adapters import make_adapter
 from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.settings import EvaluationSettings
 from trainer_service.job_store import JobStore

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.gateway.conftest import start_gateway
+from tests.support.services import start_gateway
 from trainer_service.evaluation.servicer import SERVICE_NAME, add_to_server
 from tuneyard.client import GatewayClient
 from tuneyard.errors import InvalidArgument

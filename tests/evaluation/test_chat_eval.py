@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import CHAT_TEMPLATE
 from tests.evaluation.conftest import write_jsonl
 from tests.evaluation.test_evaluation import inference_requests
-from tests.inference.conftest import make_adapter
+from tests.support.adapters import make_adapter
 from trainer_service.evaluation.inference import Generation
 from trainer_service.evaluation.plan import build_plan
 from trainer_service.evaluation.runner import cut_at

@@ -7,7 +7,7 @@ import pytest
 
 from inference_service.server import serve
 from inference_service.settings import InferenceSettings
-from tests.gateway.conftest import gateway_before
+from tests.support.services import gateway_before
 from trainer_service.evaluation.inference import InferenceClient
 from trainer_service.notify import InferenceNotifier
 from tuneyard.errors import InvalidArgument, NotFound

@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from tests.conftest import EMAIL_TEMPLATE
-from tests.gateway.conftest import serve_inference, start_gateway
-from tests.inference.conftest import make_adapter
+from tests.support.adapters import make_adapter
+from tests.support.services import serve_inference, start_gateway
 from trainer_service.server import serve as serve_trainer
 from trainer_service.settings import TrainerSettings
 

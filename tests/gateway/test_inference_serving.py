@@ -9,8 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import text_generation
 
-from tests.gateway.conftest import serve_inference, start_gateway
-from tests.inference.conftest import count_requests, make_adapter, promtool_check
+from tests.support.adapters import make_adapter
+from tests.support.engines import count_requests, promtool_check
+from tests.support.services import serve_inference, start_gateway
 from tuneyard.local_stack import free_port
 
 

@@ -7,7 +7,7 @@ import openai
 import pytest
 import text_generation
 
-from tests.gateway.conftest import SCHEMA
+from tests.support.services import SCHEMA
 
 
 def test_openai_models(oai, tiny_llama, inference):

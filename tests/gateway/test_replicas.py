@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from gateway.backends import Backend
 from gateway.replicas import ReplicaPool
 from gateway.settings import GatewaySettings
-from tests.gateway.conftest import serve_inference, start_gateway
-from tests.inference.conftest import count_requests, make_adapter
+from tests.support.adapters import make_adapter
+from tests.support.engines import count_requests
+from tests.support.services import serve_inference, start_gateway
 from tuneyard.local_stack import free_port
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 

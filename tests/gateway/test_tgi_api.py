@@ -9,7 +9,7 @@ import pytest
 import text_generation
 from text_generation.errors import ValidationError
 
-from tests.gateway.conftest import SCHEMA
+from tests.support.services import SCHEMA
 
 
 def _sse(response: httpx.Response) -> list:

@@ -8,10 +8,10 @@ import pytest
 
 from inference_service.adapter_cache import template_fields
 from inference_service.params import GenerateInput, Parameters
+from tests.support.adapters import edit_adapter_config, make_adapter
+from tests.support.engines import make_engine
 from tuneyard.adapter_store import Manifest
 from tuneyard.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-
-from .conftest import edit_adapter_config, make_adapter, make_engine
 
 
 @pytest.fixture(scope="module")

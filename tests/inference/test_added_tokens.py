@@ -8,8 +8,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from inference_service.params import GenerateInput, Parameters
-from tests.inference.conftest import make_adapter, make_engine, submit_together
 from tests.inference.test_engine import greedy, peft_greedy
+from tests.support.adapters import make_adapter
+from tests.support.engines import make_engine, submit_together
 from tuneyard.errors import FailedPrecondition
 
 ADDED = ("<email>", "</email>")

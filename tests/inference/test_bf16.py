@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from inference_service.params import GenerateInput, Parameters
+from tests.support.adapters import make_adapter
+from tests.support.engines import make_engine
 from trainer_service.gate import HALF_TOLERANCE, judge, scored
 from trainer_service.worker.gate import generated
 from tuneyard.adapter_store import GateProbe, ParityGate
 from tuneyard.modeling import load_model, load_tokenizer, resolve_base_model
 
-from .conftest import make_adapter, make_engine
 from .test_engine import PROMPTS
 
 TOKENS = 12

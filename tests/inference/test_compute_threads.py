@@ -44,7 +44,7 @@ SERVICE_SCRIPT = """
 import json, sys, threading, torch
 sys.path.insert(0, sys.argv[2])
 from inference_service.compute_threads import one_thread_by_default
-from tests.inference.conftest import make_engine
+from tests.support.engines import make_engine
 from inference_service.params import GenerateInput, Parameters
 
 cores = one_thread_by_default()

@@ -10,10 +10,10 @@ import torch
 
 from inference_service.params import GenerateInput, Parameters
 from inference_service.sequence import EOS_TOKEN, LENGTH, STOP_SEQUENCE
+from tests.support.adapters import make_adapter
+from tests.support.engines import make_engine, submit_together
 from tuneyard.adapter_store import AdapterVersion
 from tuneyard.errors import InvalidArgument
-
-from .conftest import make_adapter, make_engine, submit_together
 
 PROMPTS = ["Hi there, our new product", "The quick brown fox", "Order today and save"]
 

@@ -3,9 +3,8 @@
 import pytest
 
 from inference_service.params import GenerateInput, Parameters
+from tests.support.engines import make_engine
 from tuneyard.errors import InvalidArgument, ResourceExhausted
-
-from .conftest import make_engine
 
 LONG = "The quick brown fox jumps over the lazy dog " * 8
 

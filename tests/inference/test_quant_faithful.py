@@ -7,11 +7,12 @@ import logging
 import httpx
 import pytest
 
-from tests.gateway.conftest import gateway_before, serve_inference
+from tests.support.adapters import make_adapter
+from tests.support.engines import make_engine
+from tests.support.services import gateway_before, serve_inference
 from tuneyard.adapter_store import BaseQuantization
 from tuneyard.errors import FailedPrecondition
 
-from .conftest import make_adapter, make_engine
 from .test_adapter_cache import generate
 
 NF4 = BaseQuantization.of("4bit", "nf4", True, "bfloat16")

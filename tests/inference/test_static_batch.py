@@ -7,9 +7,9 @@ import pytest
 from inference_service.dynamic_batch import DynamicBatch
 from inference_service.params import GenerateInput, Parameters
 from inference_service.static_batch import StaticBatch, unsupported_reason
+from tests.support.adapters import make_adapter
+from tests.support.engines import make_engine
 from tuneyard.errors import FailedPrecondition
-
-from .conftest import make_adapter, make_engine
 
 
 def submit(engine, prompt: str, n: int, adapter_id: str = ""):

@@ -210,7 +210,7 @@ def test_merged_weights_for_vllm_equal_base_plus_adapter(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from inference_service.vllm_engine import merged_weights
-    from tests.inference.conftest import make_adapter
+    from tests.support.adapters import make_adapter
     from tuneyard.modeling import resolve_base_model
 
     version = make_adapter(tiny_llama, tmp_path / "adapters", "mail")

@@ -6,8 +6,8 @@ import logging
 import grpc
 import pytest
 
-from tests.gateway.conftest import serve_inference
-from tests.inference.conftest import make_adapter
+from tests.support.adapters import make_adapter
+from tests.support.services import serve_inference
 from trainer_service.notify import InferenceNotifier
 from tuneyard.errors import Unavailable
 from tuneyard.local_stack import free_port

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tests.conftest import EMAIL_TEMPLATE
-from tests.gateway.conftest import start_gateway
+from tests.support.services import start_gateway
 from trainer_service.server import serve
 from trainer_service.settings import TrainerSettings
 from tuneyard.jobspec import JobSpec

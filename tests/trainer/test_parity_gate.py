@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
-from tests.gateway.conftest import serve_inference, start_gateway
 from tests.shared.test_templates import CALL
+from tests.support.services import serve_inference, start_gateway
 from tests.trainer.test_gateway_training import events_of, wait_job
 from trainer_service.gate import (
     FLOAT32_TOLERANCE,
@@ -259,7 +259,7 @@ def test_a_chat_job_is_gated_on_the_conversations_before_their_answers(
 
 
 def test_a_name_with_no_live_version_says_so(tmp_path, tiny_llama):
-    from tests.inference.conftest import make_adapter
+    from tests.support.adapters import make_adapter
     from tuneyard.adapter_store import ParityGate
 
     version = make_adapter(tiny_llama, tmp_path, "held")
@@ -343,7 +343,7 @@ def test_the_gate_passes_a_faithful_version_and_fails_a_real_mismatch(
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from tests.inference.conftest import edit_adapter_config, make_adapter
+    from tests.support.adapters import edit_adapter_config, make_adapter
     from trainer_service.worker.gate import generated
 
     adapters = tmp_path / "adapters"

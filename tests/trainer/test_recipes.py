@@ -229,8 +229,8 @@ def test_dora_and_rslora_jobs_are_trained_and_served(
     """`lora.use_dora` and `lora.use_rslora` reach PEFT in every recipe and quantization
     mode; the published adapter is a DoRA / rsLoRA one, and the native engine serves it
     with PEFT's greedy tokens."""
-    from tests.inference.conftest import make_engine
     from tests.inference.test_engine import greedy, peft_greedy
+    from tests.support.engines import make_engine
     from tests.trainer.test_dpo import PAIRS, dpo_spec
     from tests.trainer.test_gateway_training import jsonl
 
@@ -295,8 +295,8 @@ def test_qlora_merged_against_its_dequantized_base_serves_what_was_trained(
     """`merge_dequantized`: the 4-bit weights the adapter trained on, dequantized, are what
     it is merged into; served from those merged weights on a 16-bit engine, the tokens are
     the quantized base + adapter's, and the adapter counts as faithful."""
-    from tests.inference.conftest import make_engine
     from tests.inference.test_engine import greedy
+    from tests.support.engines import make_engine
     from tuneyard.modeling import load_model, resolve_base_model
 
     spec = make_spec(
@@ -360,9 +360,9 @@ def test_a_job_that_adds_tokens_trains_their_rows_and_publishes_its_tokenizer(
     tokens train only their rows (the tied output layer follows), the adapter is published
     with its tokenizer and the manifest says which tokens it added; PEFT loads it on the
     base resized to its tokenizer, and the native engine serves its greedy tokens."""
-    from tests.inference.conftest import make_engine
     from tests.inference.test_added_tokens import peft_added_greedy
     from tests.inference.test_engine import greedy
+    from tests.support.engines import make_engine
 
     added = ["<email>", "</email>"]
     spec = make_spec(

@@ -7,8 +7,8 @@ import pytest
 
 from inference_service.server import serve
 from inference_service.settings import InferenceSettings
-from tests.gateway.conftest import gateway_before
-from tests.inference.conftest import make_adapter
+from tests.support.adapters import make_adapter
+from tests.support.services import gateway_before
 from tuneyard import embedded_model
 from tuneyard.local_stack import free_port
 

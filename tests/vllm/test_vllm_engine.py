@@ -20,7 +20,7 @@ from text_generation import Client
 
 from inference_service.engine import Engine
 from inference_service.params import GenerateInput, Parameters
-from tests.inference.conftest import make_adapter
+from tests.support.adapters import make_adapter
 from tuneyard.errors import FailedPrecondition, InvalidArgument
 from tuneyard.v1 import inference_pb2 as pb
 from tuneyard.v1 import inference_pb2_grpc
