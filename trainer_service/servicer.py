@@ -22,27 +22,18 @@ from tuneyard.grpc_server import maps_errors, maps_stream_errors
 from tuneyard.jobspec import JobSpec
 from tuneyard.metadata import check_metadata
 from tuneyard.modeling import public_name
+from tuneyard.statuses import JOB_STATUSES
 from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
 MAX_LIST = 100
 WATCH_WAIT_S = 1.0  # how often a watch re-checks that its client is still there
-
-_STATUS = {
-    job_store.VALIDATING_FILES: trainer_pb2.VALIDATING_FILES,
-    job_store.QUEUED: trainer_pb2.QUEUED,
-    job_store.RUNNING: trainer_pb2.RUNNING,
-    job_store.SUCCEEDED: trainer_pb2.SUCCEEDED,
-    job_store.FAILED: trainer_pb2.FAILED,
-    job_store.CANCELLED: trainer_pb2.CANCELLED,
-    job_store.PAUSED: trainer_pb2.PAUSED,
-}
 
 
 def job_to_proto(job: job_store.Job) -> trainer_pb2.Job:
     spec = job.spec
     message = trainer_pb2.Job(
         id=job.id,
-        status=_STATUS[job.status],
+        status=JOB_STATUSES.value(job.status),
         spec=spec.model_copy(update={"base_model": public_name(spec.base_model)}).to_proto(),
         created_at=int(job.created_at),
         started_at=int(job.started_at),

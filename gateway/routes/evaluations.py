@@ -11,6 +11,7 @@ from gateway.auth import require_admin, require_key
 from gateway.openapi import ADMIN, TRAINER_ERRORS, Body
 from tuneyard.errors import InvalidArgument
 from tuneyard.protos import UINT32_MAX
+from tuneyard.statuses import EVALUATION_STATUSES
 from tuneyard.v1 import evaluation_pb2 as pb
 
 router = APIRouter(
@@ -22,14 +23,6 @@ UINT64_MAX = 2**64 - 1
 # The content types of the report formats (GetEvaluationReport), html and md.
 REPORT_CONTENT_TYPES = ("text/html", "text/markdown")
 
-STATUS = {
-    pb.EVALUATION_QUEUED: "queued",
-    pb.EVALUATION_RUNNING: "running",
-    pb.EVALUATION_SUCCEEDED: "succeeded",
-    pb.EVALUATION_FAILED: "failed",
-    pb.EVALUATION_CANCELLED: "cancelled",
-}
-
 
 def evaluation_json(evaluation: pb.Evaluation) -> dict:
     body = json_format.MessageToDict(
@@ -39,7 +32,7 @@ def evaluation_json(evaluation: pb.Evaluation) -> dict:
     for key in ("created_at", "started_at", "finished_at"):
         body[key] = int(body[key]) or None
     body["spec"]["seed"] = int(body["spec"]["seed"])
-    return {"object": "evaluation", **body, "status": STATUS.get(evaluation.status, "queued")}
+    return {"object": "evaluation", **body, "status": EVALUATION_STATUSES.word(evaluation.status)}
 
 
 class Check(Body):

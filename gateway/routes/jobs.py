@@ -27,6 +27,7 @@ from tuneyard.errors import InvalidArgument, TuneyardError
 from tuneyard.jobspec import JobSpec
 from tuneyard.metadata import check_metadata
 from tuneyard.protos import UINT32_MAX
+from tuneyard.statuses import JOB_STATUSES
 from tuneyard.v1 import trainer_pb2
 
 router = APIRouter(
@@ -35,15 +36,6 @@ router = APIRouter(
 
 # OpenAI's learning_rate_multiplier is relative to this learning rate.
 LEARNING_RATE_UNIT = 2e-4
-STATUS = {
-    trainer_pb2.VALIDATING_FILES: "validating_files",
-    trainer_pb2.QUEUED: "queued",
-    trainer_pb2.RUNNING: "running",
-    trainer_pb2.SUCCEEDED: "succeeded",
-    trainer_pb2.FAILED: "failed",
-    trainer_pb2.CANCELLED: "cancelled",
-    trainer_pb2.PAUSED: "paused",
-}
 EVENT_ID_PREFIX = "ftevent-"
 CHECKPOINT_ID_PREFIX = "ftckpt-"
 FILE_ID_PREFIX = "file-"
@@ -229,7 +221,7 @@ def job_json(job: trainer_pb2.Job) -> dict:
         "model": spec.base_model,
         "fine_tuned_model": job.fine_tuned_model or None,
         "organization_id": "tuneyard",
-        "status": STATUS.get(job.status, "validating_files"),
+        "status": JOB_STATUSES.word(job.status),
         "error": error,
         "trained_tokens": job.trained_tokens or None,
         "estimated_finish": job.estimated_finish or None,

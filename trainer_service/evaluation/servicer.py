@@ -7,24 +7,18 @@ from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.store import Evaluation
 from tuneyard.errors import InvalidArgument, redact_paths
 from tuneyard.grpc_server import maps_errors
+from tuneyard.statuses import EVALUATION_STATUSES
 from tuneyard.v1 import evaluation_pb2 as pb
 from tuneyard.v1 import evaluation_pb2_grpc
 
 MAX_LIST = 100
-_STATUS = {
-    "queued": pb.EVALUATION_QUEUED,
-    "running": pb.EVALUATION_RUNNING,
-    "succeeded": pb.EVALUATION_SUCCEEDED,
-    "failed": pb.EVALUATION_FAILED,
-    "cancelled": pb.EVALUATION_CANCELLED,
-}
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EvaluationService"].full_name
 
 
 def evaluation_to_proto(evaluation: Evaluation) -> pb.Evaluation:
     message = pb.Evaluation(
         id=evaluation.id,
-        status=_STATUS[evaluation.status],
+        status=EVALUATION_STATUSES.value(evaluation.status),
         created_at=int(evaluation.created_at),
         started_at=int(evaluation.started_at),
         finished_at=int(evaluation.finished_at),
