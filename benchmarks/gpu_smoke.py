@@ -47,7 +47,7 @@ import torch
 from benchmarks.serving import GPU_TARGETS, make_adapters, make_prompts, percentile, prepare_base
 from benchmarks.training import job_spec, make_rows
 from benchmarks.training import run_service as train_through_service
-from inference_service.engine import Engine
+from inference_service.engine import NativeEngine
 from inference_service.params import GenerateInput, Parameters
 from inference_service.settings import InferenceSettings
 from trainer_service.job_store import JobStore
@@ -237,7 +237,7 @@ def serve(record: dict, args, base: Path, home: Path, decode: str, adapters: lis
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    engine = Engine.load(
+    engine = NativeEngine.load(
         InferenceSettings(
             base_model=str(base),
             adapters_dir=adapter_store(home).root,
@@ -281,7 +281,7 @@ def serve(record: dict, args, base: Path, home: Path, decode: str, adapters: lis
             torch.cuda.empty_cache()
 
 
-def run_streams(engine: Engine, jobs: list[tuple[str, str]], max_new: int) -> dict:
+def run_streams(engine: NativeEngine, jobs: list[tuple[str, str]], max_new: int) -> dict:
     """Each (adapter, prompt) streamed from its own thread, all released at once."""
     barrier = threading.Barrier(len(jobs))
     results: list = [None] * len(jobs)
@@ -323,7 +323,7 @@ def run_streams(engine: Engine, jobs: list[tuple[str, str]], max_new: int) -> di
     }
 
 
-def greedy(engine: Engine, prompt: str, adapter: str, args) -> list[int]:
+def greedy(engine: NativeEngine, prompt: str, adapter: str, args) -> list[int]:
     params = Parameters(max_new_tokens=args.compare_tokens, details=True)
     seq = engine.submit(GenerateInput(inputs=prompt, adapter_id=adapter, parameters=params))
     return [t.id for t in seq.result(timeout=TIMEOUT_S).details.tokens]

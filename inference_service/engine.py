@@ -33,7 +33,7 @@ from .static_batch import StaticBatch, unsupported_reason
 log = logging.getLogger(__name__)
 
 
-class Engine(EngineBase):
+class NativeEngine(EngineBase):
     """The native engine: our PyTorch multi-LoRA model, batched by our scheduler."""
 
     name = "native"
@@ -114,7 +114,7 @@ class Engine(EngineBase):
         )
 
     @classmethod
-    def load(cls, settings: InferenceSettings, metrics: Metrics | None = None) -> "Engine":
+    def load(cls, settings: InferenceSettings, metrics: Metrics | None = None) -> "NativeEngine":
         base = resolve_base_model(settings.resolved_base_model)
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device, cpu_bf16_if_native=True)

@@ -11,7 +11,7 @@ from tuneyard.modeling import pick_device
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 from .compute_threads import one_thread_by_default
-from .engine import Engine
+from .engine import NativeEngine
 from .engine_base import EngineBase
 from .metrics import Metrics
 from .servicer import InferenceServicer
@@ -62,7 +62,7 @@ def serve(settings: InferenceSettings) -> RunningServer:
     health service says SERVING once the engine is ready (vLLM: when its server is)."""
     metrics = Metrics(settings.metrics_max_adapters)
     kind = engine_kind(settings)
-    engine = (VllmEngine if kind == "vllm" else Engine).load(settings, metrics)
+    engine = (VllmEngine if kind == "vllm" else NativeEngine).load(settings, metrics)
     server = build_server(max_workers=max(16, settings.max_queue + settings.max_batch_size))
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])

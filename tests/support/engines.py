@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from inference_service.engine import Engine
+from inference_service.engine import NativeEngine
 from inference_service.settings import InferenceSettings
 
 
-def make_engine(base_path: Path, adapters_dir: Path, **settings) -> Engine:
+def make_engine(base_path: Path, adapters_dir: Path, **settings) -> NativeEngine:
     """float32 unless a test asks for another dtype: what a test compares must not depend on
     the CPU (auto serves bf16 where it is native) nor on TUNEYARD_DTYPE."""
     values = dict(
@@ -22,10 +22,10 @@ def make_engine(base_path: Path, adapters_dir: Path, **settings) -> Engine:
         max_batch_wait_ms=50,
     )
     values.update(settings)
-    return Engine.load(InferenceSettings(**values))
+    return NativeEngine.load(InferenceSettings(**values))
 
 
-def submit_together(engine: Engine, cases: list[tuple[str, str]], max_new_tokens: int):
+def submit_together(engine: NativeEngine, cases: list[tuple[str, str]], max_new_tokens: int):
     """Submit every (prompt, adapter) case at once: (their sequences, their results, the
     batch sizes the scheduler ran), so a test can check they were batched."""
     from inference_service.params import GenerateInput, Parameters

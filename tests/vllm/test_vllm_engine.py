@@ -18,7 +18,7 @@ from lorax import Client as LoraxClient
 from lorax.errors import NotFoundError
 from text_generation import Client
 
-from inference_service.engine import Engine
+from inference_service.engine import NativeEngine
 from inference_service.params import GenerateInput, Parameters
 from tests.support.adapters import make_adapter
 from tuneyard.errors import FailedPrecondition, InvalidArgument
@@ -143,7 +143,7 @@ def test_mixed_adapter_batch_matches_peft_per_row(vllm_service, smollm, vllm_ada
 def test_prompt_logprobs_equal_the_native_engines(vllm_service, smollm, vllm_adapters_dir):
     """Evaluations score with decoder_input_details: the same loss on either engine."""
     settings = vllm_settings(smollm, vllm_adapters_dir, engine="native", inference_metrics_port=0)
-    native = Engine.load(settings)
+    native = NativeEngine.load(settings)
     try:
         for adapter in ("", "delta"):
             request = GenerateInput(
