@@ -90,6 +90,9 @@ class NativeEngine(EngineBase):
             on_batch=self.metrics.batch_size.observe,
         )
         self.metrics.queue_size.set_function(lambda: self.scheduler.queue_size)
+
+    def start(self) -> None:
+        """The engine's thread: `load` starts it; a constructed engine runs nothing yet."""
         self.scheduler.start()
 
     def _running_batch(self, forward: EagerForward) -> RunningBatch:
@@ -134,9 +137,11 @@ class NativeEngine(EngineBase):
             quant_type=settings.quant_type,
             double_quant=settings.double_quant,
         )
-        return cls(
+        engine = cls(
             settings, base, model, load_tokenizer(base), metrics, merged_weights=bool(merged)
         )
+        engine.start()
+        return engine
 
     def stop(self) -> None:
         self.scheduler.stop()

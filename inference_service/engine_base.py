@@ -80,6 +80,10 @@ class EngineBase:
     def info(self) -> dict:
         raise NotImplementedError
 
+    def start(self) -> None:
+        """Start what serves requests (threads, a child process); construction starts none."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         raise NotImplementedError
 

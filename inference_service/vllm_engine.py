@@ -117,6 +117,9 @@ class VllmEngine(EngineBase):
         self._running: dict[Sequence, asyncio.Task] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-io", daemon=True)
+
+    def start(self) -> None:
+        """Its event loop's thread and the vLLM child: `load` starts them."""
         self._thread.start()
         self._http = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
         self.server.start()
@@ -139,7 +142,9 @@ class VllmEngine(EngineBase):
             dtype,
             settings.dtype,
         )
-        return cls(settings, base, load_tokenizer(base), device, dtype, metrics)
+        engine = cls(settings, base, load_tokenizer(base), device, dtype, metrics)
+        engine.start()
+        return engine
 
     def watch_readiness(self, callback) -> None:
         self.server.on_ready = callback
