@@ -358,6 +358,16 @@ def combine(*runs: dict) -> dict:
 
 
 # --- service -----------------------------------------------------------------------------------
+async def sse_data(http: httpx.AsyncClient, path: str, body: dict):
+    """The data of each event of a streamed POST, with the time it arrived."""
+    async with http.stream("POST", path, json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                yield time.perf_counter(), line.removeprefix("data:")
+
+
 async def stream_one(http: httpx.AsyncClient, prompt: str, adapter: str, max_new: int) -> tuple:
     """(seconds to the first token, generated tokens) of one streamed request."""
     body = {
@@ -366,17 +376,12 @@ async def stream_one(http: httpx.AsyncClient, prompt: str, adapter: str, max_new
     }
     start = time.perf_counter()
     first = None
-    async with http.stream("POST", "/generate_stream", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            if first is None:
-                first = time.perf_counter() - start
-            event = json.loads(line.removeprefix("data:"))
-            if event["details"] is not None:
-                return first, event["details"]["generated_tokens"]
+    async for at, data in sse_data(http, "/generate_stream", body):
+        if first is None:
+            first = at - start
+        event = json.loads(data)
+        if event["details"] is not None:
+            return first, event["details"]["generated_tokens"]
     raise RuntimeError("the stream ended without details")
 
 
@@ -448,16 +453,13 @@ async def stream_completion(http: httpx.AsyncClient, prompt: str, model: str, ma
         "stream_options": {"include_usage": True},
     }
     start, first, usage = time.perf_counter(), None, None
-    async with http.stream("POST", "/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data:") or line.endswith("[DONE]"):
-                continue
-            chunk = json.loads(line.removeprefix("data:"))
-            if first is None and chunk["choices"]:
-                first = time.perf_counter() - start
-            usage = chunk.get("usage") or usage
+    async for at, data in sse_data(http, "/v1/completions", body):
+        if data.strip() == "[DONE]":
+            continue
+        chunk = json.loads(data)
+        if first is None and chunk["choices"]:
+            first = at - start
+        usage = chunk.get("usage") or usage
     return first, usage["completion_tokens"]
 
 
@@ -626,16 +628,10 @@ async def stream_gaps(http, prompt: str, adapter: str, max_new: int, gaps: list)
     after the first to `gaps`."""
     body = {"inputs": prompt, "parameters": {"adapter_id": adapter, "max_new_tokens": max_new}}
     last = None
-    async with http.stream("POST", "/generate_stream", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            now = time.perf_counter()
-            if last is not None:
-                gaps.append((now, now - last))
-            last = now
+    async for now, _ in sse_data(http, "/generate_stream", body):
+        if last is not None:
+            gaps.append((now, now - last))
+        last = now
 
 
 async def stall_phase(url: str, jobs, clients: int, max_new: int, work) -> dict:

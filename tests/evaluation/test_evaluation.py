@@ -15,6 +15,7 @@ import torch
 
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
 from tests.evaluation.conftest import write_jsonl
+from tests.support.engines import metric_total
 from trainer_service.dataset import Split, file_sha256, read_rows, save_split
 from trainer_service.evaluation.plan import build_plan, fit_shots
 from trainer_service.scheduler import JobScheduler
@@ -53,13 +54,7 @@ def make_spec(heldout, train_rows, **fields) -> pb.EvaluationSpec:
 
 
 def inference_requests(inference) -> float:
-    return sum(
-        sample.value
-        for family in inference.metrics.registry.collect()
-        if family.name == "tuneyard_inference_requests"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
+    return metric_total(inference.metrics.registry, "tuneyard_inference_requests")
 
 
 def direct_loss(base_path, adapter_path, cases) -> float:

@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from inference_service.server import SERVICE_NAME, serve
 from inference_service.settings import InferenceSettings
 from tests.support.adapters import make_adapter
-from tests.support.engines import count_requests, promtool_check
+from tests.support.engines import count_requests, metric_total, promtool_check
 from tuneyard.v1 import inference_pb2 as pb
 from tuneyard.v1 import inference_pb2_grpc
 
@@ -216,13 +216,7 @@ def test_client_cancel_stops_the_work(stub, running):
         return count_requests(running.metrics.registry, "cancelled")
 
     def generated() -> float:
-        return sum(
-            s.value
-            for f in running.metrics.registry.collect()
-            if f.name == "tuneyard_inference_generated_tokens"
-            for s in f.samples
-            if s.name.endswith("_total")
-        )
+        return metric_total(running.metrics.registry, "tuneyard_inference_generated_tokens")
 
     before, tokens_before = cancelled(), generated()
     call = stub.GenerateStream(

@@ -44,15 +44,20 @@ def submit_together(engine: NativeEngine, cases: list[tuple[str, str]], max_new_
     return seqs, results, batch_sizes
 
 
-def count_requests(registry, status: str) -> float:
-    """tuneyard_inference_requests_total with this status, over every route and adapter."""
+def metric_total(registry, family: str, **labels: str) -> float:
+    """The sum of a counter family's `_total` samples whose labels include `labels`."""
     return sum(
         sample.value
-        for family in registry.collect()
-        if family.name == "tuneyard_inference_requests"
-        for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels["status"] == status
+        for collected in registry.collect()
+        if collected.name == family
+        for sample in collected.samples
+        if sample.name.endswith("_total") and labels.items() <= sample.labels.items()
     )
+
+
+def count_requests(registry, status: str) -> float:
+    """tuneyard_inference_requests_total with this status, over every route and adapter."""
+    return metric_total(registry, "tuneyard_inference_requests", status=status)
 
 
 def promtool_check(text: str) -> None:
