@@ -851,9 +851,7 @@ def main(argv=None) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "benchmark": "serving",
-        "created_at": time.time(),
-        "config": {**vars(args), "home": str(args.home), "out": str(args.out), "base": str(base)},
+        **header(args, base),
         "naive": naive,
         "service": service,
         "speedup": service["concurrent"]["tokens_per_s"] / naive["tokens_per_s"],
@@ -874,13 +872,7 @@ def main(argv=None) -> dict:
         result["ratios"]["vllm_engine_vs_raw_vllm"] = ours["tokens_per_s"] / raw["tokens_per_s"]
         result["ratios"]["vllm_engine_ttft_vs_raw_vllm"] = ours["ttft_p50_s"] / raw["ttft_p50_s"]
     result["targets"] = check_targets(result, args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"serving-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(table(result))
-    print("targets:", json.dumps(result["targets"]))
-    print(f"\nwritten to {path}")
-    return result
+    return write(args, "serving", result, table(result), result["targets"])
 
 
 def stall_main(args, work: Path) -> dict:
@@ -889,17 +881,22 @@ def stall_main(args, work: Path) -> dict:
         stall = run_hot_load_stall(args, base, work / "home", AdapterStore(work / "adapters"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {
-        "benchmark": "serving",
-        "created_at": time.time(),
-        "config": {**vars(args), "home": str(args.home), "out": str(args.out), "base": str(base)},
-        "hot_load_stall": stall,
-    }
+    result = {**header(args, base), "hot_load_stall": stall}
+    return write(args, "serving-stall", result, stall_table(stall), stall["targets"])
+
+
+def header(args, base: Path) -> dict:
+    config = {**vars(args), "home": str(args.home), "out": str(args.out), "base": str(base)}
+    return {"benchmark": "serving", "created_at": time.time(), "config": config}
+
+
+def write(args, stem: str, result: dict, table_text: str, targets: dict) -> dict:
+    """The JSON to `--out`/<stem>-<time>.json, and the table and targets printed."""
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"serving-stall-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2))
-    print(stall_table(stall))
-    print("targets:", json.dumps(stall["targets"]))
+    print(table_text)
+    print("targets:", json.dumps(targets))
     print(f"\nwritten to {path}")
     return result
 

@@ -320,7 +320,7 @@ class AdapterCache:
             if pending.error is not None:
                 raise copy.copy(pending.error)  # each waiter its own traceback
         try:
-            return self._read_and_insert(version, pin, time.perf_counter())
+            return self._read_and_insert(version, pin)
         except TuneyardError as err:
             pending.error = err
             raise
@@ -329,7 +329,8 @@ class AdapterCache:
                 del self._loading[version.id]
             pending.done.set()
 
-    def _read_and_insert(self, version: AdapterVersion, pin: bool, start: float) -> LoadedAdapter:
+    def _read_and_insert(self, version: AdapterVersion, pin: bool) -> LoadedAdapter:
+        start = time.perf_counter()
         try:
             adapter = self.read(version)
             self.lora.prepare(adapter.key, adapter.weights)

@@ -356,8 +356,8 @@ class VllmLoras:
         version's own folder. One larger than the child's rank is loaded after its
         restart, by the first request for it, as is one read while the child restarts."""
         self._ranks[key] = weights.rank
-        if vllm_lora_rank(weights.rank) <= self.engine.lora_rank and self.server.ready:
-            with contextlib.suppress(Unavailable):
+        if vllm_lora_rank(weights.rank) <= self.engine.lora_rank:
+            with contextlib.suppress(Unavailable):  # not ready: its first use loads it
                 self.ensure(key)
 
     def add(self, key: str, weights: LoraWeights) -> None:

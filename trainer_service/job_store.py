@@ -210,14 +210,10 @@ class JobStore:
         return counts
 
     def update(self, job_id: str, **fields) -> Job:
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
-        encoded = {k: _encode(k, v) for k, v in fields.items()}
-        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        assignments, values = _assignments(fields)
         with self._lock:
             cursor = self._db.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = ?", [*encoded.values(), job_id]
+                f"UPDATE jobs SET {assignments} WHERE id = ?", [*values, job_id]
             )
         if cursor.rowcount == 0:
             raise NotFound(f"job {job_id!r} not found", param="job_id")
@@ -229,25 +225,17 @@ class JobStore:
         """Compare and set: the job moves from `expected` to `status` with its `event`
         (message, level) and `fields`, in one transaction; None, and nothing written, when
         its status is no longer `expected` (another writer came first)."""
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
-        encoded = {k: _encode(k, v) for k, v in {**fields, "status": status}.items()}
-        assignments = ", ".join(f"{k} = ?" for k in encoded)
+        assignments, values = _assignments({**fields, "status": status})
         message, level = event
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cursor = self._db.execute(
                     f"UPDATE jobs SET {assignments} WHERE id = ? AND status = ?",
-                    [*encoded.values(), job_id, expected],
+                    [*values, job_id, expected],
                 )
                 if cursor.rowcount:
-                    self._db.execute(
-                        "INSERT INTO events (job_id, created_at, level, message, metrics) "
-                        "VALUES (?, ?, ?, ?, NULL)",
-                        (job_id, time.time(), level, message),
-                    )
+                    self._db.execute(_INSERT_EVENT, (job_id, time.time(), level, message, None))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -261,8 +249,7 @@ class JobStore:
         now = time.time()
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO events (job_id, created_at, level, message, metrics) "
-                "VALUES (?, ?, ?, ?, ?)",
+                _INSERT_EVENT,
                 (job_id, now, level, message, json.dumps(metrics) if metrics else None),
             )
         return Event(cursor.lastrowid, job_id, now, level, message, metrics)
@@ -286,6 +273,19 @@ class JobStore:
             )
             for r in rows
         ]
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (job_id, created_at, level, message, metrics) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _assignments(fields: dict) -> tuple[str, list]:
+    """An UPDATE's "column = ?, ..." for `fields`, and their encoded values."""
+    if unknown := set(fields) - _UPDATABLE:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    encoded = {k: _encode(k, v) for k, v in fields.items()}
+    return ", ".join(f"{k} = ?" for k in encoded), list(encoded.values())
 
 
 def _encode(key: str, value):

@@ -92,8 +92,8 @@ class JobScheduler:
         for job in self.store.jobs_with_status(RUNNING):
             checkpoint = last_checkpoint(self.workdir / job.id)
             if reason := self._not_resumable(checkpoint, job.resumes):
-                message = "the trainer restarted while the job was running and its worker "
-                self._fail(job.id, f"{message}was lost; {reason}", "worker_lost", RUNNING)
+                lost = "the trainer restarted while the job was running and its worker was lost"
+                self._fail(job.id, f"{lost}; {reason}", "worker_lost", RUNNING)
                 continue
             self.journal.transition(
                 job.id,
