@@ -114,8 +114,16 @@ base-image: ## tuneyard-base:bookworm from Debian's packages, for BASE_IMAGE= (n
 	deploy/debian-base.sh tuneyard-base:bookworm
 
 # SERVICES="inference trainer gateway": only those (Prometheus and Grafana are pulled images).
+# The services' gRPC token (docker-compose.yml): TUNEYARD_SERVICE_TOKENS when given, else the
+# one in SERVICE_TOKEN_FILE, made once (random, mode 0600) and kept, so that every `up` of any
+# of the services gives them the same.
+SERVICE_TOKEN_FILE ?= .tuneyard/service-token
 up: image ## build and start the stack with Docker on a GPU host (UP_CPU=1: without a GPU)
-	$(COMPOSE) $(COMPOSE_FILES) up -d $(SERVICES)
+	@test -n "$$TUNEYARD_SERVICE_TOKENS" || test -s $(SERVICE_TOKEN_FILE) || { \
+		mkdir -p $(dir $(SERVICE_TOKEN_FILE)) && umask 077 && \
+		$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $(SERVICE_TOKEN_FILE); }
+	TUNEYARD_SERVICE_TOKENS="$${TUNEYARD_SERVICE_TOKENS:-$$(cat $(SERVICE_TOKEN_FILE))}" \
+		$(COMPOSE) $(COMPOSE_FILES) up -d $(SERVICES)
 
 up-cpu: ## build and start the stack with Docker on a machine without a GPU
 	$(MAKE) up UP_CPU=1

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import grpc
 import httpx
 import psutil
 import torch
@@ -41,6 +40,7 @@ import torch
 from tuneyard.adapter_store import AdapterStore, Manifest
 from tuneyard.local_stack import LocalStack
 from tuneyard.modeling import pick_dtype, resolve_base_model
+from tuneyard.service_auth import Tokens, client_channel
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -498,7 +498,7 @@ def run_raw_vllm(args, base: Path, store: AdapterStore, jobs, names) -> dict:
     return {"concurrent": load}
 
 
-def gateway_overhead(url: str, inference_addr: str, n: int) -> dict:
+def gateway_overhead(url: str, inference_addr: str, n: int, tokens: Tokens = ()) -> dict:
     """Alternate 1-token requests through the gateway and straight over gRPC.
 
     Both sides use a thin client (the standard library's keep-alive HTTP connection, the
@@ -514,7 +514,7 @@ def gateway_overhead(url: str, inference_addr: str, n: int) -> dict:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     via_gateway, via_grpc = [], []
-    with grpc.insecure_channel(inference_addr) as ch:
+    with client_channel(inference_addr, tokens) as ch:  # the stack's service token
         stub = inference_pb2_grpc.InferenceServiceStub(ch)
         for i in range(n + 10):
             start = time.perf_counter()
@@ -541,11 +541,11 @@ def gateway_overhead(url: str, inference_addr: str, n: int) -> dict:
     }
 
 
-def overhead_repeated(url: str, inference_addr: str, args) -> dict:
+def overhead_repeated(url: str, inference_addr: str, args, tokens: Tokens = ()) -> dict:
     """`gateway_overhead` several times: the median of the repetitions' p50s, and their
     spread, since one run on this noisy machine says little."""
     runs = [
-        gateway_overhead(url, inference_addr, args.overhead_requests)
+        gateway_overhead(url, inference_addr, args.overhead_requests, tokens)
         for _ in range(max(1, args.overhead_repeats))
     ]
     p50s = [r["overhead_p50_ms"] for r in runs]
@@ -614,7 +614,7 @@ def run_service(args, base: Path, home: Path, store: AdapterStore, jobs, names, 
             openai_load = asyncio.run(
                 run_load(url, jobs, args.clients, args.max_new_tokens, stream_completion)
             )
-        overhead = overhead_repeated(url, stack.inference_addr, args)
+        overhead = overhead_repeated(url, stack.inference_addr, args, stack.service_tokens)
         hot = hot_load(url, store, names[0], args.max_new_tokens)
     run = {"one_stream": one, "concurrent": load, "gateway_overhead": overhead, "hot_load": hot}
     if engine == "vllm":

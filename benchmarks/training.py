@@ -24,13 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 from benchmarks.serving import WORDS, prepare_base
 from trainer_service.server import serve
 from trainer_service.settings import TrainerSettings
 from tuneyard.adapter_store import AdapterStore
 from tuneyard.jobspec import JobSpec
+from tuneyard.service_auth import client_channel
 from tuneyard.v1 import trainer_pb2, trainer_pb2_grpc
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -190,7 +189,8 @@ def run_service(args, spec: JobSpec, home: Path) -> dict:
     running = serve(settings)
     start = time.monotonic()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        # The token of the environment's TUNEYARD_SERVICE_TOKENS(_FILE), if it sets one.
+        with client_channel(f"127.0.0.1:{running.port}", settings.service_tokens) as channel:
             stub = trainer_pb2_grpc.TrainerServiceStub(channel)
             job = stub.CreateJob(trainer_pb2.CreateJobRequest(spec=spec.to_proto()), timeout=30)
             last = None

@@ -6,13 +6,25 @@ import uvicorn
 from fastapi import FastAPI, Response
 
 from gateway import console
+from gateway.audit import AuditMiddleware
 from gateway.auth import ApiKeys
 from gateway.backends import Backends
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.openapi import install as install_openapi
+from gateway.project_scope import ProjectStates
+from gateway.rate_limits import RateLimitHeaders, RateLimits
 from gateway.request_guard import RequestGuard
-from gateway.routes import adapters, evaluations, files, jobs, openai, permissions, tgi
+from gateway.routes import (
+    adapters,
+    evaluations,
+    files,
+    jobs,
+    openai,
+    organization,
+    permissions,
+    tgi,
+)
 from gateway.settings import GatewaySettings
 
 
@@ -29,14 +41,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.settings = settings
     app.state.api_keys = ApiKeys(settings.api_keys, settings.admin_keys)
     app.state.metrics = metrics = GatewayMetrics(settings.max_adapter_label_values)
+    app.state.project_states = ProjectStates()
+    app.state.rate_limits = RateLimits(metrics)
 
     install_error_handlers(app)
     install_openapi(app)
-    for module in (tgi, openai, jobs, files, adapters, evaluations, permissions):
+    for module in (tgi, openai, jobs, files, adapters, evaluations, organization, permissions):
         for router in module.routers:
             app.include_router(router)
-    # The guard sits inside the metrics, so a refused or failed request is still counted.
+    # The guard sits inside the audit and the metrics, so a refused or failed request is
+    # still audited and counted.
     app.add_middleware(RequestGuard)
+    app.add_middleware(AuditMiddleware, backends_of=lambda: app.state.backends, metrics=metrics)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)

@@ -11,11 +11,20 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.auth import Caller, caller_of
 from gateway.errors import from_rpc_error
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaPool
 from gateway.settings import GatewaySettings
-from tuneyard.v1 import evaluation_pb2_grpc, inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
+from tuneyard import projects
+from tuneyard.service_auth import client_aio_channel
+from tuneyard.v1 import (
+    evaluation_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    projects_pb2_grpc,
+    trainer_pb2_grpc,
+)
 
 
 class Backend:
@@ -36,8 +45,10 @@ class Backend:
         self.connect_timeout_s = settings.connect_timeout_s
         connect_ms = int(settings.connect_timeout_s * 1000)
         backoff_ms = int(settings.reconnect_backoff_max_s * 1000)
-        self.channel = grpc.aio.insecure_channel(
+        # Every call carries the service token (tuneyard.service_auth), if one is set.
+        self.channel = client_aio_channel(
             addr,
+            settings.service_tokens,
             options=[
                 # gRPC's connect deadline is max(min_reconnect_backoff, current backoff).
                 ("grpc.min_reconnect_backoff_ms", connect_ms),
@@ -52,10 +63,15 @@ class Backend:
         self.stub = stub_class(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
-    async def call(self, method: str, request, timeout_s: float | None = None):
+    async def call(
+        self, method: str, request, timeout_s: float | None = None, metadata: tuple = ()
+    ):
         try:
             return await getattr(self.stub, method)(
-                request, timeout=timeout_s or self.timeout_s, wait_for_ready=False
+                request,
+                timeout=timeout_s or self.timeout_s,
+                wait_for_ready=False,
+                metadata=metadata or None,
             )
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(self.name, err) from None
@@ -66,13 +82,17 @@ class Backend:
         request,
         timeout_s: float | None = None,
         on_done: Callable[[], None] | None = None,
+        metadata: tuple = (),
     ) -> AsyncIterator:
         """Start a server stream and wait for its first message, so that an error coming at
         once (unknown adapter, bad parameter, backend down) is still an HTTP status rather
         than an event inside a 200 stream. Returns the iterator of all messages. `on_done`
         runs once the call has ended, however it ends (even if never read to the end)."""
         call = getattr(self.stub, method)(
-            request, timeout=timeout_s or self.timeout_s, wait_for_ready=False
+            request,
+            timeout=timeout_s or self.timeout_s,
+            wait_for_ready=False,
+            metadata=metadata or None,
         )
         if on_done is not None:
             call.add_done_callback(lambda _: on_done())
@@ -113,6 +133,22 @@ class Backend:
         await self.channel.close()
 
 
+class ScopedBackend:
+    """A trainer-side backend whose calls act for one project (None: every project), as
+    the call metadata says (tuneyard.projects): the trainer answers another project's
+    objects NOT_FOUND."""
+
+    def __init__(self, backend: Backend, project: str | None):
+        self.backend = backend
+        self.metadata = projects.metadata(project)
+
+    async def call(self, method: str, request, timeout_s: float | None = None):
+        return await self.backend.call(method, request, timeout_s, self.metadata)
+
+    async def stream(self, method: str, request, timeout_s: float | None = None):
+        return await self.backend.stream(method, request, timeout_s, metadata=self.metadata)
+
+
 class Backends:
     """The gateway's backends: the inference replicas and the trainer; created inside the
     event loop that uses them."""
@@ -144,8 +180,22 @@ class Backends:
             evaluation_pb2_grpc.EvaluationServiceStub,
             settings,
         )
+        # Projects, their keys and the audit log: the trainer owns them, too.
+        self.projects = Backend(
+            "trainer",
+            settings.trainer_addr,
+            "tuneyard.v1.ProjectService",
+            projects_pb2_grpc.ProjectServiceStub,
+            settings,
+        )
         self.watch_timeout_s = settings.watch_timeout_s
         self._info: inference_pb2.InfoResponse | None = None
+
+    def trainer_for(self, caller: Caller) -> ScopedBackend:
+        return ScopedBackend(self.trainer, caller.project)
+
+    def evaluations_for(self, caller: Caller) -> ScopedBackend:
+        return ScopedBackend(self.evaluations, caller.project)
 
     async def start(self) -> None:
         await self.inference.start()
@@ -160,3 +210,14 @@ class Backends:
         await self.inference.close()
         await self.trainer.close()
         await self.evaluations.close()
+        await self.projects.close()
+
+
+def trainer_of(request) -> ScopedBackend:
+    """The trainer, acting for the request's caller (see gateway.auth.require_key)."""
+    return request.app.state.backends.trainer_for(caller_of(request))
+
+
+def evaluations_of(request) -> ScopedBackend:
+    """The evaluation service, acting for the request's caller."""
+    return request.app.state.backends.evaluations_for(caller_of(request))

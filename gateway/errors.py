@@ -72,6 +72,16 @@ class PermissionDenied(TuneyardError):
     code = "PERMISSION_DENIED"
 
 
+class RateLimited(TuneyardError):
+    """Over a project's limit: 429 with OpenAI's x-ratelimit-* headers and Retry-After."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, headers: dict[str, str]):
+        super().__init__(message)
+        self.headers = headers
+
+
 class BackendError(TuneyardError):
     """A failed gRPC call, keeping the backend's status code."""
 
@@ -177,7 +187,14 @@ def validation_message(err: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TuneyardError)
     async def _tuneyard_error(request: Request, err: TuneyardError):
-        return error_response(request.url.path, err.code, err.message, err.param, err.http_status)
+        return error_response(
+            request.url.path,
+            err.code,
+            err.message,
+            err.param,
+            err.http_status,
+            headers=getattr(err, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tuneyard.metrics import AdapterLabels
+from tuneyard.metrics import AdapterLabels, BoundedLabels
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -25,9 +25,10 @@ class GatewayMetrics:
 
     CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-    def __init__(self, max_adapter_values: int):
+    def __init__(self, max_adapter_values: int, max_project_values: int = 20):
         self.registry = CollectorRegistry()
         self.adapter_label = AdapterLabels(max_adapter_values)
+        self.project_label = BoundedLabels(max_project_values)
         prefix = "tuneyard_gateway_"
         self.requests = Counter(
             prefix + "requests",
@@ -104,6 +105,33 @@ class GatewayMetrics:
             prefix + "inference_replica_requests",
             "Calls sent to each inference replica.",
             ["replica"],
+            registry=self.registry,
+        )
+
+        # By project (bounded, as adapters are): what each team asks for and is refused.
+        self.project_requests = Counter(
+            prefix + "project_requests",
+            "Generation requests by the caller's project (admin keys over every project "
+            "are not counted).",
+            ["project"],
+            registry=self.registry,
+        )
+        self.project_tokens = Counter(
+            prefix + "project_tokens",
+            "Prompt and generated tokens of answered requests by the caller's project.",
+            ["project"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            prefix + "rate_limited",
+            "Requests refused with 429 for being over their project's rate limit.",
+            ["project"],
+            registry=self.registry,
+        )
+        self.audit_events = Counter(
+            prefix + "audit_events",
+            "Mutating calls written to the audit log, by project and result.",
+            ["project", "result"],
             registry=self.registry,
         )
 

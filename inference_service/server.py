@@ -63,7 +63,10 @@ def serve(settings: InferenceSettings) -> RunningServer:
     metrics = Metrics(settings.metrics_max_adapters)
     kind = engine_kind(settings)
     engine = (VllmEngine if kind == "vllm" else NativeEngine).load(settings, metrics)
-    server = build_server(max_workers=max(16, settings.max_queue + settings.max_batch_size))
+    server = build_server(
+        max_workers=max(16, settings.max_queue + settings.max_batch_size),
+        service_tokens=settings.service_tokens,
+    )
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(engine), server)
     health = add_health_and_reflection(server, [SERVICE_NAME])
 

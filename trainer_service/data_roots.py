@@ -17,44 +17,59 @@ EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 
 class DataRoots:
-    def __init__(self, roots: list[Path]):
+    """`uploads`: the uploaded files' folder, which a caller scoped to one project may not
+    name by path (it holds every project's uploads); it names its own by file id."""
+
+    def __init__(self, roots: list[Path], uploads: Path | None = None):
         self.roots = [Path(root).expanduser().resolve() for root in roots]
+        self.uploads = Path(uploads).resolve() if uploads is not None else None
 
     @classmethod
     def of(cls, settings: TrainerSettings) -> "DataRoots":
-        return cls(settings.data_dirs or [files_dir(settings), EXAMPLES_DIR])
+        uploads = files_dir(settings)
+        return cls(settings.data_dirs or [uploads, EXAMPLES_DIR], uploads)
 
     def allows(self, path: str | Path) -> bool:
-        try:
-            resolved = Path(path).expanduser().resolve()
-        except (ValueError, OSError):  # no file can have that name (a NUL byte in it)
-            return False
-        return any(resolved.is_relative_to(root) for root in self.roots)
+        resolved = _resolved(path)
+        return resolved is not None and any(resolved.is_relative_to(r) for r in self.roots)
 
-    def check(self, path: str | Path, param: str) -> None:
+    def check(self, path: str | Path, param: str, scoped: bool = False) -> None:
         if not self.allows(path):
             raise InvalidArgument(
                 f"{param}: this server reads files only from its data folders "
                 "(TUNEYARD_DATA_DIRS); upload the file (POST /v1/files) and give its id",
                 param=param,
             )
+        if scoped and self.uploads is not None and _resolved(path).is_relative_to(self.uploads):
+            raise InvalidArgument(
+                f"{param}: a project names its uploaded files by id (file-...), not by "
+                "their path on the server",
+                param=param,
+            )
 
-    def check_spec(self, spec: JobSpec) -> None:
+    def check_spec(self, spec: JobSpec, scoped: bool = False) -> None:
         """The job's data source, where it is a server path."""
         for name in ("path", "eval_path"):
             if getattr(spec.data, name):
-                self.check(getattr(spec.data, name), f"data.{name}")
+                self.check(getattr(spec.data, name), f"data.{name}", scoped)
         if spec.data.dataset and _is_local(spec.data.dataset):
-            self.check(spec.data.dataset, "data.dataset")
+            self.check(spec.data.dataset, "data.dataset", scoped)
         for name in ("eval_file", "few_shot_file"):
             if (spec.evaluation or {}).get(name):
-                self.check(spec.evaluation[name], f"evaluation.{name}")
+                self.check(spec.evaluation[name], f"evaluation.{name}", scoped)
 
-    def check_evaluation(self, spec) -> None:
+    def check_evaluation(self, spec, scoped: bool = False) -> None:
         """An evaluation spec's files (evaluation.proto's EvaluationSpec)."""
         for name in ("eval_file", "few_shot_file"):
             if getattr(spec, name):
-                self.check(getattr(spec, name), name)
+                self.check(getattr(spec, name), name, scoped)
+
+
+def _resolved(path: str | Path) -> Path | None:
+    try:
+        return Path(path).expanduser().resolve()
+    except (ValueError, OSError):  # no file can have that name (a NUL byte in it)
+        return None
 
 
 def _is_local(dataset: str) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tuneyard.config import CommonSettings
 from tuneyard.errors import InvalidArgument, NotFound
+from tuneyard.projects import DEFAULT_PROJECT, visible
 
 UPLOAD_PURPOSES = ("fine-tune",)  # what a client may upload
 RESULTS_PURPOSE = "fine-tune-results"  # a job's results CSV, written by the trainer only
@@ -39,6 +40,7 @@ class FileInfo:
     created_at: float
     filename: str
     purpose: str
+    project: str = DEFAULT_PROJECT  # files from before projects are the default project's
 
 
 class FileStore:
@@ -46,7 +48,9 @@ class FileStore:
         self.root = Path(root)
         self.check = check  # raises InvalidArgument for content that must not be stored
 
-    def put(self, filename: str, purpose: str, content: bytes) -> FileInfo:
+    def put(
+        self, filename: str, purpose: str, content: bytes, project: str = DEFAULT_PROJECT
+    ) -> FileInfo:
         name = Path(filename or "").name
         if not name or name in (".", "..") or name == _META:
             raise InvalidArgument(f"invalid file name {filename!r}", param="filename")
@@ -61,14 +65,16 @@ class FileStore:
             raise InvalidArgument(
                 f"the file has {len(content)} bytes; the limit is {MAX_BYTES}", param="file"
             )
-        return self._write(name, purpose, content, self.check)
+        return self._write(name, purpose, content, self.check, project)
 
-    def put_results(self, filename: str, content: bytes) -> FileInfo:
+    def put_results(self, filename: str, content: bytes, project: str) -> FileInfo:
         """A file the trainer made (a job's results CSV): no upload checks, its own purpose."""
-        return self._write(filename, RESULTS_PURPOSE, content, check=None)
+        return self._write(filename, RESULTS_PURPOSE, content, None, project)
 
-    def _write(self, name: str, purpose: str, content: bytes, check) -> FileInfo:
-        info = FileInfo("file-" + secrets.token_hex(12), len(content), time.time(), name, purpose)
+    def _write(self, name: str, purpose: str, content: bytes, check, project: str) -> FileInfo:
+        info = FileInfo(
+            "file-" + secrets.token_hex(12), len(content), time.time(), name, purpose, project
+        )
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".staging-{info.id}"
         staging.mkdir()
@@ -83,8 +89,12 @@ class FileStore:
             raise
         return info
 
-    def get(self, file_id: str) -> FileInfo:
-        return FileInfo(**json.loads((self._folder(file_id) / _META).read_text()))
+    def get(self, file_id: str, project: str | None = None) -> FileInfo:
+        """NOT_FOUND as well for another project's file than `project`'s (None: any)."""
+        info = FileInfo(**json.loads((self._folder(file_id) / _META).read_text()))
+        if not visible(project, info.project):
+            raise NotFound(f"file {file_id!r} not found", param="file_id")
+        return info
 
     def path(self, file_id: str) -> Path:
         """Where the file's content is, for reading it as training data."""
@@ -115,17 +125,19 @@ class FileStore:
             shutil.rmtree(stale, ignore_errors=True)
         return info
 
-    def list(self) -> list[FileInfo]:
-        """Newest first."""
+    def list(self, project: str | None = None) -> list[FileInfo]:
+        """Newest first; with `project`, that project's only."""
         if not self.root.is_dir():
             return []
         found = []
         for folder in self.root.iterdir():
             if _ID.match(folder.name):
                 try:
-                    found.append(self.get(folder.name))
+                    info = self.get(folder.name)
                 except (NotFound, FileNotFoundError):  # deleted while listing
                     continue
+                if visible(project, info.project):
+                    found.append(info)
         return sorted(found, key=lambda f: f.created_at, reverse=True)
 
     def _folder(self, file_id: str) -> Path:

@@ -24,6 +24,7 @@ from tuneyard.adapter_store import AdapterStore, GateProbe, ParityGate
 from tuneyard.errors import TuneyardError, Unavailable
 from tuneyard.grpc_server import call_error
 from tuneyard.replicas import ReplicaAddresses
+from tuneyard.service_auth import Tokens, client_channel
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,13 @@ def scored(probe: GateProbe, ids: list[int], top_ids: list[int], logprobs: list[
 class ParityGateCheck:
     """Runs after a job published (the scheduler's `on_published`, after the preload)."""
 
-    def __init__(self, store: AdapterStore, journal: JobJournal, inference_addr: str):
+    def __init__(
+        self, store: AdapterStore, journal: JobJournal, inference_addr: str, tokens: Tokens = ()
+    ):
         self.store = store
         self.journal = journal
         self.inference_addr = inference_addr
+        self.tokens = tokens  # the service token its calls carry (tuneyard.service_auth)
         self.replicas = ReplicaAddresses(inference_addr) if inference_addr else None
 
     def __call__(self, job_id: str, model: str) -> None:
@@ -193,7 +197,7 @@ class ParityGateCheck:
         if not addresses:
             raise Unavailable(f"{self.inference_addr} names no inference replica now")
         probes = []
-        with grpc.insecure_channel(addresses[0]) as channel:
+        with client_channel(addresses[0], self.tokens) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             try:
                 info = stub.Info(inference_pb2.InfoRequest(), timeout=GENERATE_DEADLINE_S)

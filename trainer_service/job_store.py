@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tuneyard.errors import NotFound
 from tuneyard.jobspec import JobSpec
+from tuneyard.projects import DEFAULT_PROJECT, visible
 from tuneyard.statuses import (
     CANCELLED,
     FAILED,
@@ -52,6 +53,7 @@ class Job:
     result_files: list[str] = field(default_factory=list)
     resumes: int = 0  # times resumed from a checkpoint (a trainer restart, a worker death)
     metadata: dict[str, str] = field(default_factory=dict)  # the client's (OpenAI's metadata)
+    project: str = DEFAULT_PROJECT
 
     @property
     def terminal(self) -> bool:
@@ -83,7 +85,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     estimated_finish REAL NOT NULL DEFAULT 0,
     result_files TEXT NOT NULL DEFAULT '[]',
     resumes INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT NOT NULL DEFAULT '{}'
+    metadata TEXT NOT NULL DEFAULT '{}',
+    project TEXT NOT NULL DEFAULT 'proj_default'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS events (
@@ -132,6 +135,10 @@ class JobStore:
             self._db.execute("ALTER TABLE jobs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0")
         if "metadata" not in columns:  # ... or before metadata did
             self._db.execute("ALTER TABLE jobs ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+        if "project" not in columns:  # ... or before projects did
+            self._db.execute(
+                f"ALTER TABLE jobs ADD COLUMN project TEXT NOT NULL DEFAULT '{DEFAULT_PROJECT}'"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -139,7 +146,11 @@ class JobStore:
 
     # --- jobs ----------------------------------------------------------------------------
     def create_job(
-        self, spec: JobSpec, status: str = VALIDATING_FILES, metadata: dict | None = None
+        self,
+        spec: JobSpec,
+        status: str = VALIDATING_FILES,
+        metadata: dict | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> Job:
         job = Job(
             id=new_job_id(),
@@ -147,38 +158,49 @@ class JobStore:
             spec=spec,
             created_at=time.time(),
             metadata=dict(metadata or {}),
+            project=project,
         )
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, rowid_order, status, spec, created_at, metadata) "
-                "VALUES (?, (SELECT COALESCE(MAX(rowid_order), 0) + 1 FROM jobs), ?, ?, ?, ?)",
+                "INSERT INTO jobs (id, rowid_order, status, spec, created_at, metadata, project) "
+                "VALUES (?, (SELECT COALESCE(MAX(rowid_order), 0) + 1 FROM jobs), ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.status,
                     spec.model_dump_json(),
                     job.created_at,
                     json.dumps(job.metadata),
+                    job.project,
                 ),
             )
         return job
 
-    def get_job(self, job_id: str) -> Job:
+    def get_job(self, job_id: str, project: str | None = None) -> Job:
+        """NOT_FOUND as well for another project's job than `project`'s (None: any)."""
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        if row is None or not visible(project, row["project"]):
             raise NotFound(f"job {job_id!r} not found", param="job_id")
         return _job(row)
 
     def list_jobs(
-        self, limit: int = 20, after: str = "", metadata: dict | None = None
+        self,
+        limit: int = 20,
+        after: str = "",
+        metadata: dict | None = None,
+        project: str | None = None,
     ) -> tuple[list[Job], bool]:
         """Newest first; `after` is the id of the last job of the previous page; with
-        `metadata`, only jobs that have every one of its key/values."""
+        `metadata`, only jobs that have every one of its key/values; with `project`, only
+        that project's."""
         conditions, args = [], []
         if after:
             conditions.append("rowid_order < (SELECT rowid_order FROM jobs WHERE id = ?)")
             args.append(after)
-            self.get_job(after)
+            self.get_job(after, project)
+        if project is not None:
+            conditions.append("project = ?")
+            args.append(project)
         for key, value in (metadata or {}).items():
             conditions.append(
                 "EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)"
@@ -201,6 +223,25 @@ class JobStore:
                 f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY rowid_order", statuses
             ).fetchall()
         return [_job(r) for r in rows]
+
+    def unended_count(self, project: str) -> int:
+        """A project's jobs that hold or wait for a training slot."""
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE project = ? AND status IN (?, ?, ?, ?)",
+                (project, VALIDATING_FILES, QUEUED, RUNNING, PAUSED),
+            ).fetchone()
+        return count
+
+    def trained_tokens_since(self, project: str, since: float) -> int:
+        """Tokens a project's jobs trained that ran after `since`."""
+        with self._lock:
+            (total,) = self._db.execute(
+                "SELECT COALESCE(SUM(trained_tokens), 0) FROM jobs WHERE project = ? "
+                "AND (finished_at = 0 OR finished_at >= ?)",
+                (project, since),
+            ).fetchone()
+        return total
 
     def count_by_status(self) -> dict[str, int]:
         with self._lock:
@@ -311,4 +352,5 @@ def _job(row: sqlite3.Row) -> Job:
         result_files=json.loads(row["result_files"]),
         resumes=row["resumes"],
         metadata=json.loads(row["metadata"]),
+        project=row["project"],
     )

@@ -9,6 +9,7 @@ from trainer_service.journal import JobJournal
 from tuneyard.errors import TuneyardError, Unavailable
 from tuneyard.grpc_server import call_error
 from tuneyard.replicas import ReplicaAddresses
+from tuneyard.service_auth import Tokens, client_channel
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -17,8 +18,9 @@ _TRANSPORT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"})
 
 
 class InferenceNotifier:
-    def __init__(self, address: str, deadline_s: float = LOAD_DEADLINE_S):
+    def __init__(self, address: str, deadline_s: float = LOAD_DEADLINE_S, tokens: Tokens = ()):
         self.address = address
+        self._tokens = tokens  # the service token the calls carry (tuneyard.service_auth)
         self.replicas = ReplicaAddresses(address)  # ValueError for a bad address
         self._deadline_s = deadline_s
         self._channels: dict[str, grpc.Channel] = {}
@@ -35,7 +37,7 @@ class InferenceNotifier:
         errors = []
         for addr in addresses:
             if addr not in self._channels:
-                self._channels[addr] = grpc.insecure_channel(addr)
+                self._channels[addr] = client_channel(addr, self._tokens)
             stub = inference_pb2_grpc.InferenceServiceStub(self._channels[addr])
             try:
                 stub.LoadAdapter(

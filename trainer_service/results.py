@@ -49,14 +49,15 @@ class ResultsFiles:
 
     def __call__(self, job_id: str) -> str:
         content = results_csv(self.store.events(job_id))
-        return self.files.put_results(f"{job_id}-results.csv", content).id
+        project = self.store.get_job(job_id).project
+        return self.files.put_results(f"{job_id}-results.csv", content, project).id
 
 
-def store_result_files(files: FileStore, paths: Iterable[str]) -> list[str]:
+def store_result_files(files: FileStore, paths: Iterable[str], project: str) -> list[str]:
     """A copy of each output file (a loss curve, an evaluation's reports) in the FileStore;
     their ids. A folder (merged weights: the adapter's version holds them) is not a file."""
     return [
-        files.put_results(path.name, path.read_bytes()).id
+        files.put_results(path.name, path.read_bytes(), project).id
         for path in map(Path, paths)
         if path.is_file()
     ]

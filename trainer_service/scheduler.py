@@ -29,6 +29,7 @@ from trainer_service.worker_events import WorkerEvents, WorkerRun
 from tuneyard.errors import FailedPrecondition
 from tuneyard.jobspec import JobSpec
 from tuneyard.modeling import public_name
+from tuneyard.projects import DEFAULT_PROJECT
 from tuneyard.statuses import (
     CANCELLED,
     FAILED,
@@ -129,9 +130,11 @@ class JobScheduler:
                 data = data.model_copy(update={name: str(Path(value).resolve())})
         return spec.model_copy(update={"base_model": base, "data": data})
 
-    def create(self, spec: JobSpec, metadata: dict | None = None) -> Job:
+    def create(
+        self, spec: JobSpec, metadata: dict | None = None, project: str = DEFAULT_PROJECT
+    ) -> Job:
         """Store the job and validate it in the background; returns it validating_files."""
-        job = self.store.create_job(self.resolve_spec(spec), metadata=metadata)
+        job = self.store.create_job(self.resolve_spec(spec), metadata=metadata, project=project)
         self.journal.event(job.id, "job created; validating data")
         self._spawn(self._validate, job.id)
         return job
@@ -422,7 +425,8 @@ class JobScheduler:
 
     def _output_files(self, job_id: str, result: dict) -> list[str]:
         try:
-            return store_result_files(self.files, result.get("result_files", []))
+            project = self.store.get_job(job_id).project
+            return store_result_files(self.files, result.get("result_files", []), project)
         except Exception as err:  # as for the results file: the job trained and published
             log.exception("result files of %s", job_id)
             self.journal.event(job_id, f"could not store the result files: {err}", level="warn")

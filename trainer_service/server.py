@@ -7,6 +7,8 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import start_http_server
 
+from trainer_service import projects_servicer
+from trainer_service.audit_log import AuditLog
 from trainer_service.evaluation import servicer as evaluation_servicer
 from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.settings import EvaluationSettings
@@ -16,6 +18,7 @@ from trainer_service.job_store import JobStore
 from trainer_service.journal import JobJournal
 from trainer_service.metrics import TrainerMetrics
 from trainer_service.notify import AdapterPreloader, InferenceNotifier
+from trainer_service.project_store import ProjectStore, key_secret
 from trainer_service.scheduler import JobScheduler
 from trainer_service.servicer import TrainerServicer, add_to_server
 from trainer_service.settings import TrainerSettings
@@ -33,6 +36,8 @@ class RunningServer:
     port: int
     scheduler: JobScheduler
     store: JobStore
+    projects: ProjectStore
+    audit: AuditLog
     metrics: TrainerMetrics
     metrics_server: WSGIServer | None = None
     notifier: InferenceNotifier | None = None
@@ -50,14 +55,26 @@ class RunningServer:
         if self.evaluations is not None:
             self.evaluations.close()
         self.store.close()
+        self.projects.close()
+        self.audit.close()
 
 
 def serve(settings: TrainerSettings) -> RunningServer:
     """Start everything and return at once; `.port` is the bound gRPC port."""
     store = JobStore(settings.resolved_trainer_db)
+    projects = ProjectStore(
+        settings.resolved_projects_db,
+        key_secret(settings.resolved_key_hash_secret_file),
+        settings.rate_limit_window_s,
+    )
+    audit = AuditLog(settings.resolved_audit_db)
     metrics = TrainerMetrics(store)
     journal = JobJournal(store, metrics)
-    notifier = InferenceNotifier(settings.inference_addr) if settings.inference_addr else None
+    notifier = (
+        InferenceNotifier(settings.inference_addr, tokens=settings.service_tokens)
+        if settings.inference_addr
+        else None
+    )
     evaluations = EvaluationService(EvaluationSettings.of(settings), journal)
     evaluations.start()
     preload = AdapterPreloader(notifier, journal) if notifier else None
@@ -65,6 +82,7 @@ def serve(settings: TrainerSettings) -> RunningServer:
         AdapterStore(settings.resolved_adapters_dir, settings.adapters_mode),
         journal,
         settings.inference_addr,
+        settings.service_tokens,
     )
 
     def on_published(job_id: str, model: str) -> None:
@@ -82,10 +100,11 @@ def serve(settings: TrainerSettings) -> RunningServer:
     )
     scheduler.start()
 
-    server = build_server()
+    server = build_server(service_tokens=settings.service_tokens)
     names = [
-        add_to_server(TrainerServicer(scheduler), server),
+        add_to_server(TrainerServicer(scheduler, projects), server),
         evaluation_servicer.add_to_server(evaluations, server),
+        projects_servicer.add_to_server(projects_servicer.ProjectServicer(projects, audit), server),
     ]
     health = add_health_and_reflection(server, names)
     address = f"{settings.trainer_host}:{settings.trainer_port}"
@@ -94,6 +113,8 @@ def serve(settings: TrainerSettings) -> RunningServer:
         scheduler.close()
         evaluations.close()
         store.close()
+        projects.close()
+        audit.close()
         raise Unavailable(f"cannot listen on {address}")
     server.start()
 
@@ -104,7 +125,17 @@ def serve(settings: TrainerSettings) -> RunningServer:
         )
     log.info("trainer ready on %s:%d", settings.trainer_host, port)
     return RunningServer(
-        server, health, port, scheduler, store, metrics, metrics_server, notifier, evaluations
+        server,
+        health,
+        port,
+        scheduler,
+        store,
+        projects,
+        audit,
+        metrics,
+        metrics_server,
+        notifier,
+        evaluations,
     )
 
 

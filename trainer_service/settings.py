@@ -16,6 +16,17 @@ class TrainerSettings(CommonSettings):
     trainer_metrics_port: int = Field(9101, ge=0, le=65535, description="0 turns it off.")
     trainer_db: Path | None = Field(None, description="SQLite file; default home/trainer/jobs.db")
     trainer_workdir: Path | None = Field(None, description="Job folders; default home/trainer/jobs")
+    key_hash_secret_file: Path | None = Field(
+        None,
+        description="The secret API keys are hashed under (a mounted secret); default "
+        "home/trainer/key-hash-secret, made on first start.",
+    )
+    rate_limit_window_s: float = Field(
+        60.0,
+        gt=0,
+        description="The window of the projects' per-minute rate limits: a minute, as "
+        "OpenAI's; shorter only to test them.",
+    )
     max_concurrent_jobs: int = Field(1, ge=1)
     max_resumes: int = Field(
         3,
@@ -50,6 +61,18 @@ class TrainerSettings(CommonSettings):
     @property
     def resolved_trainer_db(self) -> Path:
         return self.trainer_db or self.home / "trainer" / "jobs.db"
+
+    @property
+    def resolved_projects_db(self) -> Path:
+        return self.resolved_trainer_db.with_name("projects.db")
+
+    @property
+    def resolved_audit_db(self) -> Path:
+        return self.resolved_trainer_db.with_name("audit.db")
+
+    @property
+    def resolved_key_hash_secret_file(self) -> Path:
+        return self.key_hash_secret_file or self.resolved_trainer_db.with_name("key-hash-secret")
 
     @property
     def resolved_trainer_workdir(self) -> Path:

@@ -33,7 +33,8 @@ MERGED = "merged"  # a version's folder of merged weights (the job's `merge`), a
 DEFAULT_MODE = 0o755
 _DELETED = ".deleted-"
 _TRASH = ".trash-"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A project's adapters carry its id: "proj_0123456789abcdef:name" (see tuneyard.projects).
+_NAME = re.compile(r"^(proj_[0-9a-f]{16}:)?[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class BaseQuantization(BaseModel):

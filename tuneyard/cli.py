@@ -17,6 +17,7 @@ from tuneyard.errors import TuneyardError
 from tuneyard.eval_cli import add_eval_parser
 from tuneyard.jobspec import JobSpec
 from tuneyard.progress import follow_job
+from tuneyard.projects_cli import add_projects_parser
 
 
 def _print(obj) -> None:
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     add_eval_parser(sub)
+    add_projects_parser(sub)
 
     p = sub.add_parser("serve", help="run the three services locally until Ctrl-C")
     p.add_argument("--port", type=int, default=8080, help="gateway port")

@@ -29,6 +29,10 @@ class GatewayClient:
             raise GatewayError(response.status_code, _error_text(response))
         return response.json()
 
+    def organization(self, method: str, path: str, body: dict | None = None) -> dict:
+        """The administration API under /v1/organization (admin keys only)."""
+        return self._call(method, "/v1/organization" + path, json=body)
+
     # --- jobs -----------------------------------------------------------------------
     def create_job(self, spec: JobSpec) -> dict:
         return self._call("POST", "/v1/fine_tuning/jobs", json=_job_body(spec))

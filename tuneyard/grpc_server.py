@@ -1,5 +1,6 @@
-"""What every tuneyard gRPC server has: health, reflection, error mapping, clean stop; and
-how its clients read a failed call back (call_error)."""
+"""What every tuneyard gRPC server has: the service token check (tuneyard.service_auth),
+health, reflection, error mapping, clean stop; and how its clients read a failed call back
+(call_error)."""
 
 import functools
 import logging
@@ -13,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tuneyard import service_auth
 from tuneyard.errors import (
     INTERNAL_ERROR,
     TuneyardError,
@@ -25,9 +27,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def build_server(max_workers: int = 16) -> grpc.Server:
+def build_server(max_workers: int = 16, service_tokens: service_auth.Tokens = ()) -> grpc.Server:
+    """A server whose calls need one of `service_tokens` (see tuneyard.service_auth; health
+    and reflection stay open); with none, it takes every call and logs a warning saying so."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=service_auth.server_interceptors(service_tokens),
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -124,6 +129,12 @@ def call_error(service: str, err: grpc.RpcError) -> TuneyardError:
         ours = details.startswith(INTERNAL_ERROR)
         return error_with_code(
             "INTERNAL", details if ours else f"internal error in the {service} service"
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED and err.details() == service_auth.REFUSED:
+        # Our service token, not the end user's key: a deployment's mistake, not a 401.
+        log.error("%s service: %s", service, err.details())
+        return error_with_code(
+            "INTERNAL", f"the {service} service refused its caller's service token"
         )
     metadata = dict(err.trailing_metadata() or ())
     line = str(metadata.get(LINE_KEY, ""))

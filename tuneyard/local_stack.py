@@ -1,9 +1,12 @@
 """The embedded deployment: the three services as child processes on loopback.
 
 `make demo`, `tuneyard serve` and the integration tests all start the stack this way, so
-what they exercise is what a laptop user runs."""
+what they exercise is what a laptop user runs. Its gRPC ports are locked like a cluster's
+(tuneyard.service_auth): with no TUNEYARD_SERVICE_TOKENS(_FILE) configured, each start
+makes a random token and gives it to all three services."""
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +18,8 @@ from pathlib import Path
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tuneyard.config import split_tokens
 
 
 def free_port() -> int:
@@ -57,6 +62,7 @@ class LocalStack:
             Service("trainer", "trainer_service"),
             Service("gateway", "gateway"),
         ]
+        self._token = secrets.token_urlsafe(32)
 
     @property
     def gateway_url(self) -> str:
@@ -69,6 +75,16 @@ class LocalStack:
     @property
     def trainer_addr(self) -> str:
         return f"127.0.0.1:{self.trainer_port}"
+
+    @property
+    def service_tokens(self) -> list[str]:
+        """The tokens the three services accept: the configured ones, else this start's.
+        A test or benchmark calling them over gRPC sends the first:
+        `tuneyard.service_auth.client_channel(stack.inference_addr, stack.service_tokens)`."""
+        env = self.env()
+        if configured := split_tokens(env.get("TUNEYARD_SERVICE_TOKENS", "")):
+            return configured
+        return split_tokens(Path(env["TUNEYARD_SERVICE_TOKENS_FILE"]).read_text())
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -86,11 +102,18 @@ class LocalStack:
         if self.base_model:
             env["TUNEYARD_BASE_MODEL"] = self.base_model
         env.update(self.extra_env)
+        configured = (
+            split_tokens(env.get("TUNEYARD_SERVICE_TOKENS", ""))
+            or env.get("TUNEYARD_SERVICE_TOKENS_FILE", "").strip()
+        )
+        if not configured:
+            env["TUNEYARD_SERVICE_TOKENS"] = self._token
         return env
 
     def start(self) -> "LocalStack":
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        self._token = secrets.token_urlsafe(32)  # a new one each start (unless configured)
         env = self.env()
         for service in self.services:
             service.log_path = logs / f"{service.name}.log"

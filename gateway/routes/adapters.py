@@ -5,8 +5,10 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.auth import require_admin, require_key
+from gateway.auth import require_admin, require_key, require_writer
+from gateway.backends import trainer_of
 from gateway.openapi import ADAPTER_ERRORS, ADMIN
+from gateway.project_scope import visible_adapters
 from tuneyard.v1 import inference_pb2, trainer_pb2
 
 router = APIRouter(
@@ -42,7 +44,7 @@ def adapter_json(adapter: inference_pb2.Adapter, replicas: list[str] | None = No
 
 @router.get("")
 async def list_adapters(request: Request) -> dict:
-    listed = await request.app.state.backends.inference.list_adapters()
+    listed = visible_adapters(request, await request.app.state.backends.inference.list_adapters())
     return {"object": "list", "data": [adapter_json(a, where) for a, where in listed]}
 
 
@@ -57,13 +59,13 @@ async def load_adapter(request: Request, adapter_id: str) -> dict:
     return adapter_json(adapter)
 
 
-@router.post("/{adapter_id}/promote", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.post("/{adapter_id}/promote", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def promote_adapter(request: Request, adapter_id: str) -> dict:
     """A version whose parity gate failed (`name@version`) becomes what its name means,
     unless a newer version is live; the trainer marks it on the adapters volume, then
     every replica loads it."""
     backends = request.app.state.backends
-    reply = await backends.trainer.call(
+    reply = await trainer_of(request).call(
         "PromoteAdapter", trainer_pb2.PromoteAdapterRequest(adapter_id=adapter_id)
     )
     adapter = await backends.inference.load_adapter(reply.promoted)

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from google.protobuf import json_format
 from pydantic import ConfigDict, Field
 
-from gateway.auth import require_admin, require_key
+from gateway.auth import require_key, require_writer
+from gateway.backends import evaluations_of
 from gateway.openapi import ADMIN, TRAINER_ERRORS, Body
 from tuneyard.errors import InvalidArgument
 from tuneyard.protos import UINT32_MAX
@@ -80,10 +81,10 @@ def spec_from_json(body: dict) -> pb.EvaluationSpec:
         raise InvalidArgument(f"invalid evaluation spec: {err}", param="body") from err
 
 
-@router.post("", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.post("", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def create_evaluation(request: Request, body: EvaluationSpec) -> dict:
     spec = spec_from_json(body.model_dump(exclude_unset=True, by_alias=True))
-    evaluation = await request.app.state.backends.evaluations.call(
+    evaluation = await evaluations_of(request).call(
         "CreateEvaluation", pb.CreateEvaluationRequest(spec=spec)
     )
     return evaluation_json(evaluation)
@@ -93,7 +94,7 @@ async def create_evaluation(request: Request, body: EvaluationSpec) -> dict:
 async def list_evaluations(
     request: Request, limit: int = Query(20, ge=1, le=100), after: str = ""
 ) -> dict:
-    reply = await request.app.state.backends.evaluations.call(
+    reply = await evaluations_of(request).call(
         "ListEvaluations", pb.ListEvaluationsRequest(limit=limit, after=after)
     )
     return {
@@ -105,15 +106,15 @@ async def list_evaluations(
 
 @router.get("/{evaluation_id}")
 async def get_evaluation(request: Request, evaluation_id: str) -> dict:
-    evaluation = await request.app.state.backends.evaluations.call(
+    evaluation = await evaluations_of(request).call(
         "GetEvaluation", pb.GetEvaluationRequest(evaluation_id=evaluation_id)
     )
     return evaluation_json(evaluation)
 
 
-@router.post("/{evaluation_id}/cancel", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.post("/{evaluation_id}/cancel", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def cancel_evaluation(request: Request, evaluation_id: str) -> dict:
-    evaluation = await request.app.state.backends.evaluations.call(
+    evaluation = await evaluations_of(request).call(
         "CancelEvaluation", pb.CancelEvaluationRequest(evaluation_id=evaluation_id)
     )
     return evaluation_json(evaluation)
@@ -132,7 +133,7 @@ async def cancel_evaluation(request: Request, evaluation_id: str) -> dict:
 async def evaluation_report(
     request: Request, evaluation_id: str, fmt: Literal["html", "md"]
 ) -> Response:
-    report = await request.app.state.backends.evaluations.call(
+    report = await evaluations_of(request).call(
         "GetEvaluationReport",
         pb.GetEvaluationReportRequest(evaluation_id=evaluation_id, format=fmt),
     )

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
-from gateway.auth import require_admin, require_key
+from gateway.auth import require_key, require_writer
+from gateway.backends import trainer_of
 from gateway.openapi import ADMIN, TRAINER_ERRORS
 from tuneyard.v1 import trainer_pb2
 
@@ -27,7 +28,7 @@ def file_json(info: trainer_pb2.File) -> dict:
     }
 
 
-@router.post("", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.post("", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def upload_file(
     request: Request,
     file: Annotated[UploadFile, File()],
@@ -35,7 +36,7 @@ async def upload_file(
     purpose: Annotated[str, Form(json_schema_extra={"enum": ["fine-tune"]})],
 ) -> dict:
     content = await file.read()
-    info = await request.app.state.backends.trainer.call(
+    info = await trainer_of(request).call(
         "UploadFile",
         trainer_pb2.UploadFileRequest(
             filename=file.filename or "", purpose=purpose, content=content
@@ -46,17 +47,13 @@ async def upload_file(
 
 @router.get("")
 async def list_files(request: Request) -> dict:
-    reply = await request.app.state.backends.trainer.call(
-        "ListFiles", trainer_pb2.ListFilesRequest()
-    )
+    reply = await trainer_of(request).call("ListFiles", trainer_pb2.ListFilesRequest())
     return {"object": "list", "data": [file_json(f) for f in reply.files], "has_more": False}
 
 
 @router.get("/{file_id}")
 async def get_file(request: Request, file_id: str) -> dict:
-    info = await request.app.state.backends.trainer.call(
-        "GetFile", trainer_pb2.GetFileRequest(file_id=file_id)
-    )
+    info = await trainer_of(request).call("GetFile", trainer_pb2.GetFileRequest(file_id=file_id))
     return file_json(info)
 
 
@@ -72,7 +69,7 @@ async def get_file(request: Request, file_id: str) -> dict:
 )
 async def file_content(request: Request, file_id: str) -> StreamingResponse:
     # The first chunk has come before the answer starts: an unknown id is still a 404.
-    chunks = await request.app.state.backends.trainer.stream(
+    chunks = await trainer_of(request).stream(
         "GetFileContent", trainer_pb2.GetFileContentRequest(file_id=file_id)
     )
     first = await anext(chunks)
@@ -95,10 +92,10 @@ async def file_content(request: Request, file_id: str) -> StreamingResponse:
     )
 
 
-@router.delete("/{file_id}", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.delete("/{file_id}", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def delete_file(request: Request, file_id: str) -> dict:
     """Refused (400, `file_id`) while a job that has not ended trains on the file."""
-    info = await request.app.state.backends.trainer.call(
+    info = await trainer_of(request).call(
         "DeleteFile", trainer_pb2.DeleteFileRequest(file_id=file_id)
     )
     return {"id": info.id, "object": "file", "deleted": True}

@@ -20,7 +20,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from google.protobuf import json_format
 from pydantic import ConfigDict, Field, WithJsonSchema
 
-from gateway.auth import require_admin, require_key
+from gateway.auth import require_key, require_writer
+from gateway.backends import trainer_of
 from gateway.openapi import ADMIN, TEMPLATE_REFUSED, TRAINER_ERRORS, Body, event_stream
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, TuneyardError
@@ -278,12 +279,12 @@ def event_seq(event_id: str) -> int:
     return int(seq)
 
 
-@router.post("", dependencies=[Depends(require_admin)], responses=ADMIN | TEMPLATE_REFUSED)
+@router.post("", dependencies=[Depends(require_writer)], responses=ADMIN | TEMPLATE_REFUSED)
 async def create_job(request: Request, body: CreateJobBody) -> dict:
     metadata = check_metadata(body.metadata)
     spec = spec_from_body(body)
     with _openai_params(body):
-        job = await request.app.state.backends.trainer.call(
+        job = await trainer_of(request).call(
             "CreateJob", trainer_pb2.CreateJobRequest(spec=spec.to_proto(), metadata=metadata)
         )
     return job_json(job)
@@ -294,7 +295,7 @@ async def validate_job(request: Request, body: CreateJobBody) -> dict:
     """The validation a job would get, with token-length statistics, without a job."""
     spec = spec_from_body(body)
     with _openai_params(body):
-        report = await request.app.state.backends.trainer.call(
+        report = await trainer_of(request).call(
             "ValidateDataset", trainer_pb2.ValidateDatasetRequest(spec=spec.to_proto())
         )
     if body.validation_file and report.error.param in EVAL_FILE_PARAMS:
@@ -349,7 +350,7 @@ async def list_jobs(
 ) -> dict:
     """Newest first; `metadata[k]=v` (as OpenAI's client sends `metadata={"k": "v"}`), once
     per key, keeps the jobs that have all of them."""
-    reply = await request.app.state.backends.trainer.call(
+    reply = await trainer_of(request).call(
         "ListJobs",
         trainer_pb2.ListJobsRequest(
             limit=limit, after=after, metadata=metadata_filter(request.query_params)
@@ -371,35 +372,27 @@ def metadata_filter(params) -> dict[str, str]:
 
 @router.get("/{job_id}")
 async def get_job(request: Request, job_id: str) -> dict:
-    job = await request.app.state.backends.trainer.call(
-        "GetJob", trainer_pb2.GetJobRequest(job_id=job_id)
-    )
+    job = await trainer_of(request).call("GetJob", trainer_pb2.GetJobRequest(job_id=job_id))
     return job_json(job)
 
 
-@router.post("/{job_id}/cancel", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.post("/{job_id}/cancel", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def cancel_job(request: Request, job_id: str) -> dict:
-    job = await request.app.state.backends.trainer.call(
-        "CancelJob", trainer_pb2.CancelJobRequest(job_id=job_id)
-    )
+    job = await trainer_of(request).call("CancelJob", trainer_pb2.CancelJobRequest(job_id=job_id))
     return job_json(job)
 
 
-@router.post("/{job_id}/pause", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.post("/{job_id}/pause", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def pause_job(request: Request, job_id: str) -> dict:
     """A queued or running job stops and frees its worker, keeping its checkpoints."""
-    job = await request.app.state.backends.trainer.call(
-        "PauseJob", trainer_pb2.PauseJobRequest(job_id=job_id)
-    )
+    job = await trainer_of(request).call("PauseJob", trainer_pb2.PauseJobRequest(job_id=job_id))
     return job_json(job)
 
 
-@router.post("/{job_id}/resume", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.post("/{job_id}/resume", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def resume_job(request: Request, job_id: str) -> dict:
     """A paused job is queued again and goes on from its latest checkpoint."""
-    job = await request.app.state.backends.trainer.call(
-        "ResumeJob", trainer_pb2.ResumeJobRequest(job_id=job_id)
-    )
+    job = await trainer_of(request).call("ResumeJob", trainer_pb2.ResumeJobRequest(job_id=job_id))
     return job_json(job)
 
 
@@ -419,7 +412,7 @@ async def job_events(
     backends = request.app.state.backends
     after_seq = event_seq(after) if after else 0
     if stream:
-        events = await backends.trainer.stream(
+        events = await trainer_of(request).stream(
             "WatchJob",
             trainer_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq),
             timeout_s=backends.watch_timeout_s,
@@ -427,7 +420,7 @@ async def job_events(
         return event_response(
             request.url.path, (event_json(e) async for e in events), done_marker=True
         )
-    reply = await backends.trainer.call(
+    reply = await trainer_of(request).call(
         "ListJobEvents", trainer_pb2.ListJobEventsRequest(job_id=job_id)
     )
     newest_first = [e for e in reversed(reply.events) if not after_seq or e.seq < after_seq]
@@ -465,7 +458,7 @@ async def list_checkpoints(
     request: Request, job_id: str, limit: int = Query(10, ge=1, le=100)
 ) -> dict:
     """Newest first, as OpenAI lists them."""
-    reply = await request.app.state.backends.trainer.call(
+    reply = await trainer_of(request).call(
         "ListCheckpoints", trainer_pb2.ListCheckpointsRequest(job_id=job_id)
     )
     newest_first = list(reversed(reply.checkpoints))
@@ -477,13 +470,13 @@ async def list_checkpoints(
 
 
 @router.post(
-    "/{job_id}/checkpoints/{step}/publish", dependencies=[Depends(require_admin)], responses=ADMIN
+    "/{job_id}/checkpoints/{step}/publish", dependencies=[Depends(require_writer)], responses=ADMIN
 )
 async def publish_checkpoint(
     request: Request, job_id: str, step: Annotated[int, Path(ge=1, le=UINT32_MAX)]
 ) -> dict:
     """Publish one checkpoint as a new version of the job's adapter."""
-    checkpoint = await request.app.state.backends.trainer.call(
+    checkpoint = await trainer_of(request).call(
         "PublishCheckpoint", trainer_pb2.PublishCheckpointRequest(job_id=job_id, step=step)
     )
     return checkpoint_json(checkpoint)

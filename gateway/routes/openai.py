@@ -6,10 +6,11 @@ the serving in openai_serving.py."""
 
 from fastapi import APIRouter, Depends, Request
 
-from gateway.auth import require_admin, require_key
-from gateway.backends import Backends
+from gateway.auth import require_key, require_writer
+from gateway.backends import Backends, trainer_of
 from gateway.errors import params_named
 from gateway.openapi import ADMIN, OPENAI_ERRORS, event_stream
+from gateway.project_scope import visible_adapters
 from gateway.routes.openai_requests import ChatRequest, CompletionRequest
 from gateway.routes.openai_serving import ChatServing, CompletionServing, adapter_for
 from tuneyard.errors import InvalidArgument, NotFound
@@ -35,7 +36,7 @@ async def chat_completions(request: Request, body: ChatRequest):
 async def list_models(request: Request) -> dict:
     """The base model, then each adapter by name (its newest live version: the one its
     name means), `parent` the base."""
-    base, adapters = await _models(request.app.state.backends)
+    base, adapters = await _models(request)
     newest: dict[str, inference_pb2.Adapter] = {}
     for adapter in (a for a in adapters if a.live):
         current = newest.get(adapter.name)
@@ -50,32 +51,32 @@ async def retrieve_model(request: Request, model: str) -> dict:
     """The base model, an adapter by name (its newest live version) as /v1/models lists
     it, or one version by "name@version"."""
     backends: Backends = request.app.state.backends
-    if not await adapter_for(backends, model):
+    if not (adapter := await adapter_for(request, model)):
         return base_json((await backends.info()).model_id)
-    base, adapters = await _models(backends)
-    name, _, version = model.partition("@")
+    base, adapters = await _models(request)
+    name, _, version = adapter.partition("@")
     versions = [
         a for a in adapters if a.name == name and _is_version(a, version) and (version or a.live)
     ]
     if not versions:
         raise NotFound(f"model {model!r} not found", param="model")
-    return adapter_json(model, max(versions, key=lambda a: int(a.version or 0)), base)
+    return adapter_json(adapter, max(versions, key=lambda a: int(a.version or 0)), base)
 
 
-@router.delete("/models/{model:path}", dependencies=[Depends(require_admin)], responses=ADMIN)
+@router.delete("/models/{model:path}", dependencies=[Depends(require_writer)], responses=ADMIN)
 async def delete_model(request: Request, model: str) -> dict:
     """A fine-tuned adapter: every version ("name") or one ("name@version"). The trainer
     removes it from the adapters volume (where it publishes), then every replica unloads
     it; from then on a request naming it is 404."""
     backends: Backends = request.app.state.backends
-    if not await adapter_for(backends, model):
+    if not (adapter := await adapter_for(request, model)):
         raise InvalidArgument(
             f"{model!r} is the base model, which cannot be deleted; only fine-tuned adapters can",
             param="model",
         )
     with params_named({"adapter_id": "model", "adapter_name": "model"}):
-        reply = await backends.trainer.call(
-            "DeleteAdapter", trainer_pb2.DeleteAdapterRequest(adapter_id=model)
+        reply = await trainer_of(request).call(
+            "DeleteAdapter", trainer_pb2.DeleteAdapterRequest(adapter_id=adapter)
         )
     await backends.inference.forget_adapters(list(reply.deleted))
     return {"id": model, "object": "model", "deleted": True}
@@ -86,9 +87,12 @@ def _is_version(adapter: inference_pb2.Adapter, version: str) -> bool:
     return not version or (version.isdigit() and int(version) == int(adapter.version or 0))
 
 
-async def _models(backends: Backends) -> tuple[str, list[inference_pb2.Adapter]]:
+async def _models(request: Request) -> tuple[str, list[inference_pb2.Adapter]]:
+    """The base model, and the adapters the caller's project has."""
+    backends: Backends = request.app.state.backends
     base = (await backends.info()).model_id
-    return base, [adapter for adapter, _ in await backends.inference.list_adapters()]
+    listed = visible_adapters(request, await backends.inference.list_adapters())
+    return base, [adapter for adapter, _ in listed]
 
 
 def base_json(base: str) -> dict:

@@ -13,6 +13,7 @@ from fastapi import Request
 
 from gateway.backends import Backends
 from gateway.finish_reasons import finish_words
+from gateway.project_scope import served_adapter
 from gateway.routes.openai_requests import ChatRequest, CompletionRequest, SamplingRequest
 from gateway.routes.openai_responses import (
     chat_logprobs,
@@ -25,12 +26,12 @@ from gateway.streams import merged
 from tuneyard.v1 import inference_pb2
 
 
-async def adapter_for(backends: Backends, model: str) -> str:
-    """The adapter id a `model` names; "" for the base model."""
-    model_id = (await backends.info()).model_id
+async def adapter_for(request: Request, model: str) -> str:
+    """The adapter id a `model` names for the caller; "" for the base model."""
+    model_id = (await request.app.state.backends.info()).model_id
     if model in (model_id, model_id.rstrip("/").rsplit("/", 1)[-1]):
         return ""
-    return model
+    return await served_adapter(request, model, "model")
 
 
 def _mean_logprob(reply: inference_pb2.GenerateResponse) -> float:
@@ -61,7 +62,9 @@ class OpenAIServing:
 
     async def answer(self):
         """The whole answer, or its event stream with `stream: true`."""
-        requests = self.generate_requests(await adapter_for(self.backends, self.body.model))
+        adapter = await adapter_for(self.request, self.body.model)
+        await self.request.app.state.rate_limits.admit(self.request)
+        requests = self.generate_requests(adapter)
         if self.body.stream:
             return await self.stream(requests)
         return await self.complete(requests)
@@ -117,6 +120,7 @@ class OpenAIServing:
                 request.adapter_id, reply.details.generated_tokens, reply.details.prompt_tokens
             )
             _add_usage(total, reply.details)
+        self.request.app.state.rate_limits.used(self.request, total["total_tokens"])
         per_prompt, n = self.body.candidates, self.body.n or 1
         pairs = list(zip(requests, replies, strict=True))
         chosen = []
@@ -188,6 +192,9 @@ class OpenAIServing:
                             time.perf_counter() - start,
                         )
                         _add_usage(total, details)
+                        self.request.app.state.rate_limits.used(
+                            self.request, details.prompt_tokens + details.generated_tokens
+                        )
                         reason = finish_words(details.finish_reason).openai
                         for choice in self.closing_choices(index, message.generated_text, reason):
                             yield chunk(choice)

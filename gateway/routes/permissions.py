@@ -5,7 +5,7 @@ the admin routes still check the key themselves."""
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from gateway.auth import require_key
+from gateway.auth import CallerDep, require_key
 from gateway.openapi import OpenAIError, errors
 
 router = APIRouter(
@@ -22,13 +22,21 @@ class Permissions(BaseModel):
         description="Whether this key may use the admin routes (every caller may, with no "
         "keys configured)."
     )
+    write: bool = Field(
+        description="Whether this key may upload, train and manage its project's models."
+    )
+    project: str | None = Field(
+        description="The project this key acts in; null for an admin key over every project."
+    )
 
 
 @router.get("")
-async def get_permissions(request: Request) -> Permissions:
-    keys = request.app.state.api_keys
+async def get_permissions(request: Request, caller: CallerDep) -> Permissions:
     return Permissions(
-        keys_required=keys.enabled, admin=keys.is_admin(request.headers.get("authorization"))
+        keys_required=request.app.state.api_keys.enabled,
+        admin=caller.admin,
+        write=caller.may_write,
+        project=caller.project,
     )
 
 

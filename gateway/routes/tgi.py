@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, model_validator
 from gateway.auth import require_key
 from gateway.finish_reasons import finish_words
 from gateway.openapi import TGI_ERRORS, Body, TgiError, event_stream
+from gateway.project_scope import served_adapter
 from gateway.sse import event_response
 from tuneyard.errors import InvalidArgument, Unavailable
 from tuneyard.protos import OPTIONAL_GENERATION_PARAMETERS, UINT32_MAX
@@ -201,9 +202,18 @@ def stream_details_json(details: inference_pb2.GenerateDetails) -> dict:
     }
 
 
+async def _serve_callers_adapter(request: Request, req: GenerateRequest) -> None:
+    """`adapter_id` as the caller's project means it (tuneyard.projects); then the request
+    is counted against the project's rate limits."""
+    if req.parameters is not None and req.parameters.adapter_id:
+        req.parameters.adapter_id = await served_adapter(request, req.parameters.adapter_id)
+    await request.app.state.rate_limits.admit(request)
+
+
 async def generate(request: Request, req: GenerateRequest) -> dict:
     """One answer; with best_of, that many sampled ones and the most likely of them (the
     highest sum of token logprobs), the others in details.best_of_sequences."""
+    await _serve_callers_adapter(request, req)
     proto = to_proto(req)
     adapter = req.params.adapter_id or ""
     replies = await asyncio.gather(
@@ -215,6 +225,9 @@ async def generate(request: Request, req: GenerateRequest) -> dict:
     for reply in replies:
         request.app.state.metrics.observe_generation(
             adapter, reply.details.generated_tokens, reply.details.prompt_tokens
+        )
+        request.app.state.rate_limits.used(
+            request, reply.details.generated_tokens + reply.details.prompt_tokens
         )
     best = max(replies, key=lambda r: sum(t.logprob for t in r.details.tokens))
     body = {"generated_text": best.generated_text}
@@ -242,6 +255,7 @@ def _details(req: GenerateRequest, reply: inference_pb2.GenerateResponse) -> dic
 async def generate_stream(request: Request, req: GenerateRequest):
     if (req.params.best_of or 1) > 1:
         raise InvalidArgument("`best_of` != 1 is not allowed for this endpoint", param="best_of")
+    await _serve_callers_adapter(request, req)
     metrics = request.app.state.metrics
     start = time.perf_counter()
     messages = await request.app.state.backends.inference.stream(
@@ -277,6 +291,9 @@ async def generate_stream(request: Request, req: GenerateRequest):
                     first_token_s,
                     time.perf_counter() - start,
                 )
+                request.app.state.rate_limits.used(
+                    request, message.details.generated_tokens + message.details.prompt_tokens
+                )
             yield group
 
     return event_response(request.url.path, events())
@@ -297,7 +314,8 @@ async def generate_stream_route(request: Request, req: GenerateRequest):
 
 
 @authed.post(
-    "/", responses={200: event_stream("With `stream: true`: the events of /generate_stream.")}
+    "/",
+    responses={200: event_stream("With `stream: true`: the events of /generate_stream.")},
 )
 async def compat_route(request: Request, req: GenerateRequest):
     """TGI's compatibility route: a stream when `stream` is true, else a one-element list."""

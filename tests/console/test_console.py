@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
 from tests.support.services import start_gateway
 
-from .conftest import ADMIN_KEY, PLAIN_KEY, TIMEOUT_MS
+from .conftest import ADMIN_KEY, PLAIN_KEY, PLAIN_ROLE, TIMEOUT_MS
 
 STEPS = 8
 # Records every change of the progress bar and of the chart's lines, with the job status
@@ -37,7 +37,7 @@ def test_asks_for_a_key_then_lists_jobs_from_the_gateway_alone(console, stack):
     page.fill("#key", PLAIN_KEY)
     page.click("#key-form button[type=submit]")
     expect(page.locator("h1")).to_have_text("Fine-tuning jobs")
-    expect(page.locator("#role")).to_have_text("key")
+    expect(page.locator("#role")).to_have_text(PLAIN_ROLE)
     # Kept for the session: a reload does not ask again.
     page.reload()
     expect(page.locator("h1")).to_have_text("Fine-tuning jobs")
@@ -239,7 +239,7 @@ def test_adapters_load_and_unload_for_admins_only(console, stack):
     page.click("#forget-key")
     page.fill("#key", PLAIN_KEY)
     page.click("#key-form button[type=submit]")
-    expect(page.locator("#role")).to_have_text("key")
+    expect(page.locator("#role")).to_have_text(PLAIN_ROLE)
     expect(_adapter_row(page)).to_be_visible()
     expect(page.locator(".load-adapter, .unload-adapter")).to_have_count(0)
     console.shot("adapters-plain-key")
@@ -290,3 +290,60 @@ def test_admins_cancel_a_job_plain_keys_cannot(console, stack, tmp_path):
     expect(page.locator("h1 [data-status]")).to_have_text("cancelled", timeout=TIMEOUT_MS)
     expect(page.locator("#cancel-job")).to_have_count(0)
     console.shot("job-cancelled")
+
+
+def test_a_project_key_sees_its_project_alone_and_an_admin_picks_one(console, stack, tmp_path):
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    data = tmp_path / "emails.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in EMAIL_ROWS))
+    upload = httpx.post(
+        f"{stack.url}/v1/files",
+        files={"file": ("emails.jsonl", data.read_bytes())},
+        data={"purpose": "fine-tune"},
+        headers=admin,
+        timeout=30,
+    ).json()
+    job = httpx.post(
+        f"{stack.url}/v1/fine_tuning/jobs",
+        json={
+            "training_file": upload["id"],
+            "suffix": "default-project-job",
+            "tuneyard": {"template": EMAIL_TEMPLATE, "training": {"max_steps": 10_000}},
+        },
+        headers=admin,
+        timeout=30,
+    ).json()
+    project = httpx.post(
+        f"{stack.url}/v1/organization/projects", json={"name": "console team"}, headers=admin
+    ).json()
+    key = httpx.post(
+        f"{stack.url}/v1/organization/projects/{project['id']}/service_accounts",
+        json={"name": "browser"},
+        headers=admin,
+    ).json()["api_key"]["value"]
+    try:
+        page = console.open("/jobs", key=key)
+        expect(page.locator("#role")).to_have_text(f"key · {project['id']}")
+        expect(page.locator("h1")).to_have_text("Fine-tuning jobs")
+        expect(page.locator("main")).to_contain_text("No jobs yet")
+        expect(page.locator(f'[data-job="{job["id"]}"]')).to_have_count(0)
+        expect(page.locator("#project")).to_be_hidden()
+        # A project key may start jobs: the form offers it.
+        console.go("/new")
+        expect(page.locator("main")).not_to_contain_text("needs a project key")
+        console.shot("project-key")
+
+        page.click("#forget-key")
+        page.fill("#key", ADMIN_KEY)
+        page.click("#key-form button[type=submit]")
+        console.go("/jobs")
+        expect(page.locator("#role")).to_have_text("admin key")
+        expect(page.locator(f'[data-job="{job["id"]}"]')).to_have_count(1)
+        expect(page.locator("#project option")).to_contain_text(["every project", "console team"])
+        page.select_option("#project", project["id"])
+        expect(page.locator("main")).to_contain_text("No jobs yet")
+        console.shot("admin-picks-a-project")
+        page.select_option("#project", "")
+        expect(page.locator(f'[data-job="{job["id"]}"]')).to_have_count(1)
+    finally:
+        httpx.post(f"{stack.url}/v1/fine_tuning/jobs/{job['id']}/cancel", headers=admin)

@@ -172,6 +172,114 @@ def test_custom_resources_point_at_real_targets(overlay):
         assert ("Deployment", target) in res
 
 
+SERVICE_PODS = ("tuneyard-gateway", "tuneyard-trainer", "tuneyard-inference")
+
+
+def pod_of(res: dict, name: str) -> dict:
+    return res[("Deployment", name)]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_service_token_is_a_file_in_the_three_service_pods_only(overlay):
+    """tuneyard.service_auth: TUNEYARD_SERVICE_TOKENS_FILE names the mounted Secret's key."""
+    res = resources(overlay)
+    secret = res[("Secret", "tuneyard-service-token")]
+    (key,) = secret["stringData"]
+    assert secret["stringData"][key].startswith("replace-me")  # the services warn of it
+    for name in SERVICE_PODS:
+        pod = pod_of(res, name)
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        volume = next(
+            v
+            for v in pod["volumes"]
+            if v.get("secret", {}).get("secretName") == "tuneyard-service-token"
+        )
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        assert mount["readOnly"] is True
+        assert env["TUNEYARD_SERVICE_TOKENS_FILE"] == f"{mount['mountPath']}/{key}", name
+        # Readable by the service's user through its group, by no one else.
+        assert volume["secret"]["defaultMode"] == 0o440
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    # Not in the Secret every training pod gets as its environment.
+    trainer_env = {
+        e["name"]: e.get("value") for e in pod_of(res, "tuneyard-trainer")["containers"][0]["env"]
+    }
+    shared = res[("Secret", trainer_env["TUNEYARD_K8S_SECRET"])]
+    assert not any("SERVICE_TOKEN" in k for k in shared.get("stringData", {}))
+
+
+def policies_of(res: dict, target: str) -> list[dict]:
+    """The specs of the NetworkPolicies that select `target`'s pods."""
+    labels = res[("Deployment", target)]["spec"]["template"]["metadata"]["labels"]
+    return [
+        policy["spec"]
+        for (kind, _), policy in res.items()
+        if kind == "NetworkPolicy"
+        and policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+
+
+def allowed_sources(res: dict, target: str, port: int) -> list[dict]:
+    """The `from` peers of every NetworkPolicy rule that lets them reach `target`'s port."""
+    peers = []
+    for spec in policies_of(res, target):
+        assert "Ingress" in spec["policyTypes"]
+        for rule in spec.get("ingress", []):
+            ports = {p["port"] for p in rule.get("ports", [])}
+            assert rule.get("from") and ports, "a rule open to every source or port"
+            if port in ports:
+                peers.extend(rule["from"])
+    return peers
+
+
+def pods_named(peers: list[dict]) -> set[str]:
+    names = set()
+    for peer in peers:
+        if "podSelector" in peer and "namespaceSelector" not in peer:
+            names.add(peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
+    return names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_let_only_the_callers_reach_the_grpc_ports(overlay):
+    res = resources(overlay)
+    ports = {
+        name: {p["name"]: p["containerPort"] for p in pod_of(res, name)["containers"][0]["ports"]}
+        for name in ("tuneyard-trainer", "tuneyard-inference")
+    }
+    # Inference: the gateway, and the trainer (adapter notices, parity gate, evaluations).
+    inference = allowed_sources(res, "tuneyard-inference", ports["tuneyard-inference"]["grpc"])
+    assert pods_named(inference) == {"tuneyard-gateway", "tuneyard-trainer"}
+    assert all("namespaceSelector" not in p and "ipBlock" not in p for p in inference)
+    # Trainer: the gateway only; training pods report through their log.
+    trainer = allowed_sources(res, "tuneyard-trainer", ports["tuneyard-trainer"]["grpc"])
+    assert pods_named(trainer) == {"tuneyard-gateway"} and len(trainer) == 1
+    # Metrics: from the namespace of the Prometheus that KEDA asks.
+    for name in ("tuneyard-trainer", "tuneyard-inference"):
+        (peer,) = allowed_sources(res, name, ports[name]["metrics"])
+        namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        if ("ScaledObject", "tuneyard-inference") in res:
+            keda = res[("ScaledObject", "tuneyard-inference")]["spec"]["triggers"][0]
+            assert f".{namespace}.svc:" in keda["metadata"]["serverAddress"]
+        assert namespace == "monitoring"
+    assert all(policies_of(res, name) for name in ("tuneyard-trainer", "tuneyard-inference"))
+    # The gateway stays reachable (its Service is the way in): no policy selects it.
+    assert not policies_of(res, "tuneyard-gateway")
+
+
+@pytest.mark.parametrize("override", ["docker-compose.gpu.yml", "docker-compose.cpu.yml"])
+def test_compose_publishes_no_grpc_port_and_gives_the_three_the_token(override):
+    services = compose_config(override)["services"]
+    assert not services["inference"].get("ports") and not services["trainer"].get("ports")
+    for name in ("prometheus", "grafana"):  # UIs on the host's loopback only
+        for port in services[name]["ports"]:  # "ip:host:container" (v1), a mapping (v2)
+            host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
+            assert host_ip == "127.0.0.1", name
+    for name in ("inference", "trainer", "gateway"):
+        assert "TUNEYARD_SERVICE_TOKENS" in services[name]["environment"], name
+
+
 def test_grafana_dashboard_configmap_is_the_dashboard_file():
     data = resources("gpu")[("ConfigMap", "tuneyard-grafana-dashboard")]["data"]
     assert json.loads(data["tuneyard.json"]) == json.loads(

@@ -18,6 +18,7 @@ from tests.evaluation.conftest import write_jsonl
 from tests.support.engines import metric_total
 from trainer_service.dataset import Split, file_sha256, read_rows, save_split
 from trainer_service.evaluation.plan import build_plan, fit_shots
+from trainer_service.project_store import ProjectStore
 from trainer_service.scheduler import JobScheduler
 from trainer_service.servicer import TrainerServicer, add_to_server
 from tuneyard.adapter_store import LOSS_CURVE
@@ -412,7 +413,8 @@ def test_a_watch_of_the_job_ends_with_its_evaluation_s_events(
         service.settings, service.journal, executor, after_success=[service.evaluate_job]
     )
     server = build_server()
-    add_to_server(TrainerServicer(scheduler), server)
+    projects = ProjectStore(service.settings.resolved_projects_db, b"secret")
+    add_to_server(TrainerServicer(scheduler, projects), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     scheduler.start()

@@ -54,6 +54,8 @@ from tuneyard.statuses import TERMINAL
 pytestmark = pytest.mark.slow
 
 USER, ADMIN = "user1", "admin1"
+# A second project's key, made through the admin API once the stack is up (see `stack`).
+SECOND: dict[str, str] = {}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -148,6 +150,15 @@ def stack(tiny_llama, tmp_path_factory):
         # An event stream of a job that is still running ends after this long.
         watch_timeout_s=3,
     )
+    project = httpx.post(
+        f"{gateway.url}/v1/organization/projects", json={"name": "second"}, headers=_auth(ADMIN)
+    ).json()
+    account = httpx.post(
+        f"{gateway.url}/v1/organization/projects/{project['id']}/service_accounts",
+        json={"name": "fuzz"},
+        headers=_auth(ADMIN),
+    ).json()
+    SECOND["key"] = account["api_key"]["value"]
     yield gateway.url, str(tiny_llama)
     gateway.stop()
     trainer.stop(grace=1)
@@ -186,7 +197,7 @@ def _auth(key: str | None) -> dict:
 def _fuzz(operation, mode: GenerationMode, url: str, tally: Tally) -> None:
     label = f"{mode.value} {operation.method.upper()} {operation.path}"
     # Negative input is sent with the admin key, so that it meets the validation.
-    keys = [*[ADMIN] * 8, USER, None] if mode.is_positive else [ADMIN]
+    keys = [*[ADMIN] * 6, SECOND["key"], SECOND["key"], USER, None] if mode.is_positive else [ADMIN]
     checks = CHECKS if mode.is_positive else [*CHECKS, negative_data_rejection]
 
     @given(case=operation.as_strategy(generation_mode=mode), key=st.sampled_from(keys))
@@ -449,6 +460,38 @@ class TrainingClient(RuleBasedStateMachine):
             body={"purpose": purpose},
             files={"file": ("any.jsonl", content)},
         )
+
+    @rule(file_id=files, what=st.sampled_from(["", "/content"]))
+    def second_project_reads_a_file(self, file_id, what):
+        """What the walk made is the default project's: another project's key finds none
+        of it, by id or in its lists."""
+        response = self.send(
+            "GET",
+            f"/v1/files/{{file_id}}{what}",
+            f"walk get a file of another project{what}",
+            key=SECOND["key"],
+            path_parameters={"file_id": file_id},
+        )
+        assert response.status_code == 404, response.text
+        listed = self.send("GET", "/v1/files", "walk list files of a project", key=SECOND["key"])
+        assert file_id not in [f["id"] for f in listed.json()["data"]]
+
+    @rule(
+        job=jobs,
+        what=st.sampled_from(
+            [("GET", ""), ("GET", "/events"), ("GET", "/checkpoints"), ("POST", "/cancel")]
+        ),
+    )
+    def second_project_reaches_for_a_job(self, job, what):
+        method, tail = what
+        response = self.send(
+            method,
+            f"/v1/fine_tuning/jobs/{{job_id}}{tail}",
+            f"walk {method} job{tail} of another project",
+            key=SECOND["key"],
+            path_parameters={"job_id": job},
+        )
+        assert response.status_code == 404, response.text
 
     @rule(file_id=files)
     def get_file(self, file_id):

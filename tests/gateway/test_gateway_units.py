@@ -5,8 +5,9 @@ import asyncio
 import math
 
 import pytest
+from starlette.requests import Request
 
-from gateway.auth import ApiKeys
+from gateway.auth import ApiKeys, Caller
 from gateway.errors import PermissionDenied, Unauthenticated, http_status, openai_body, tgi_body
 from gateway.metrics import GatewayMetrics
 from gateway.routes import jobs, tgi
@@ -14,6 +15,7 @@ from gateway.streams import merged
 from tests.conftest import EMAIL_TEMPLATE
 from tuneyard.errors import InvalidArgument
 from tuneyard.metrics import BASE_LABEL, OTHER_LABEL, AdapterLabels
+from tuneyard.projects import DEFAULT_PROJECT
 from tuneyard.v1 import inference_pb2, trainer_pb2
 
 
@@ -115,24 +117,43 @@ def test_status_mapping_per_api():
     }
 
 
+def _caller(keys: ApiKeys, authorization: str | None = None, project: str = ""):
+    headers = [(b"authorization", authorization.encode())] if authorization else []
+    if project:
+        headers.append((b"openai-project", project.encode()))
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": headers})
+    return asyncio.run(keys.caller(request))
+
+
 def test_api_keys():
-    open_keys = ApiKeys([], [])
-    open_keys.check(None, admin=True)
+    assert _caller(ApiKeys([], [])) == Caller("anonymous", None, "admin")
     keys = ApiKeys(["user"], ["root"])
-    keys.check("Bearer user", admin=False)
-    keys.check("Bearer root", admin=True)
-    keys.check("bearer root", admin=False)
+    # A plain key reads and generates in the default project; an admin key is everyone.
+    user = _caller(keys, "Bearer user")
+    assert user.project == DEFAULT_PROJECT and not user.may_write and not user.admin
+    assert _caller(keys, "bearer root") == Caller("key_env_admin_0", None, "admin")
     with pytest.raises(Unauthenticated, match="missing API key"):
-        keys.check(None, admin=False)
+        _caller(keys)
     with pytest.raises(Unauthenticated, match="missing API key"):
-        keys.check("Basic dXNlcg==", admin=False)
+        _caller(keys, "Basic dXNlcg==")
     with pytest.raises(Unauthenticated, match="invalid API key"):
-        keys.check("Bearer nope", admin=False)
-    with pytest.raises(PermissionDenied, match="admin"):
-        keys.check("Bearer user", admin=True)
+        _caller(keys, "Bearer nope")
     # Admin keys alone also close the read routes.
     with pytest.raises(Unauthenticated):
-        ApiKeys([], ["root"]).check(None, admin=False)
+        _caller(ApiKeys([], ["root"]))
+
+
+def test_an_admin_key_narrows_itself_to_a_project_and_no_other_key_may():
+    keys = ApiKeys(["user"], ["root"])
+    narrowed = _caller(keys, "Bearer root", project="proj_0123456789abcdef")
+    assert narrowed.project == "proj_0123456789abcdef" and narrowed.admin
+    with pytest.raises(PermissionDenied, match="another project"):
+        _caller(keys, "Bearer user", project="proj_0123456789abcdef")
+    with pytest.raises(InvalidArgument, match="not a project id") as refused:
+        _caller(keys, "Bearer root", project="team-a")
+    assert refused.value.param == "OpenAI-Project"
+    # Naming its own project is no narrowing at all.
+    assert _caller(keys, "Bearer user", project=DEFAULT_PROJECT).project == DEFAULT_PROJECT
 
 
 def test_adapter_labels_are_capped():

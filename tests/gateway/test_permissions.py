@@ -23,7 +23,13 @@ def test_permissions_say_what_a_key_may_do(make_gateway):
         bad = http.get("/v1/permissions", headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
         user = http.get("/v1/permissions", headers=USER).json()
-        assert user == {"object": "permissions", "keys_required": True, "admin": False}
+        assert user == {
+            "object": "permissions",
+            "keys_required": True,
+            "admin": False,
+            "write": False,
+            "project": "proj_default",
+        }
         assert http.get("/v1/permissions", headers=ADMIN).json()["admin"] is True
         # What it says is what the admin routes do.
         assert http.post("/v1/adapters/a/load", headers=USER).status_code == 403
@@ -32,4 +38,10 @@ def test_permissions_say_what_a_key_may_do(make_gateway):
 def test_permissions_without_keys_allow_everything(make_gateway):
     gateway = offline(make_gateway)
     answer = httpx.get(f"{gateway.url}/v1/permissions", timeout=10).json()
-    assert answer == {"object": "permissions", "keys_required": False, "admin": True}
+    assert answer == {
+        "object": "permissions",
+        "keys_required": False,
+        "admin": True,
+        "write": True,
+        "project": None,
+    }

@@ -16,7 +16,7 @@ def test_committed_stubs_match_the_protos(tmp_path):
 
 def test_every_proto_has_its_stubs():
     protos = {p.stem for p in Path(protogen.PROTO_DIR, "tuneyard/v1").glob("*.proto")}
-    assert protos == {"trainer", "inference", "evaluation"}
+    assert protos == {"trainer", "inference", "evaluation", "projects"}
 
 
 def test_optional_generation_parameters_come_from_the_proto():

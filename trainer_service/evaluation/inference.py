@@ -9,6 +9,7 @@ import grpc
 
 from tuneyard import errors
 from tuneyard.grpc_server import call_error
+from tuneyard.service_auth import Tokens, client_channel
 from tuneyard.v1 import inference_pb2, inference_pb2_grpc
 
 
@@ -22,14 +23,14 @@ class Generation:
 
 
 class InferenceClient:
-    def __init__(self, addr: str, timeout_s: float):
+    def __init__(self, addr: str, timeout_s: float, tokens: Tokens = ()):
         if not addr:
             raise errors.FailedPrecondition(
                 "evaluation runs through the inference service: set TUNEYARD_INFERENCE_ADDR"
             )
         self.addr = addr
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(addr)
+        self.channel = client_channel(addr, tokens)
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ from tuneyard.adapter_store import LOSS_CURVE, AdapterStore
 from tuneyard.errors import InvalidArgument, TuneyardError
 from tuneyard.eval_table import format_table
 from tuneyard.modeling import load_tokenizer, resolve_base_model
+from tuneyard.projects import DEFAULT_PROJECT, resolve_adapter
 from tuneyard.statuses import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from tuneyard.v1 import evaluation_pb2
 
@@ -77,8 +78,15 @@ class EvaluationService:
         self.store.close()
 
     # --- public --------------------------------------------------------------------------
-    def create(self, spec: evaluation_pb2.EvaluationSpec, for_job: str = "") -> Evaluation:
-        self.data_roots.check_evaluation(spec)
+    def create(
+        self,
+        spec: evaluation_pb2.EvaluationSpec,
+        for_job: str = "",
+        scope: str | None = None,
+    ) -> Evaluation:
+        """`scope`: the caller's project (None: every project); the spec's adapters, job and
+        files must be that project's, and the evaluation is too."""
+        self._check_scope(spec, scope)
         plan = self._plan(spec)
         evaluation = self.store.create(
             json_format.MessageToDict(spec, preserving_proto_field_name=True),
@@ -87,6 +95,7 @@ class EvaluationService:
             rows=len(plan.cases),
             total_requests=2 * len(plan.arms) * len(plan.cases),
             for_job=for_job,
+            project=scope or DEFAULT_PROJECT,
         )
         if for_job:
             self.journal.follow(for_job)  # until _finish links the result to the job
@@ -94,16 +103,31 @@ class EvaluationService:
         self._enqueue(evaluation.id)
         return evaluation
 
-    def get(self, evaluation_id: str) -> Evaluation:
-        return self.store.get(evaluation_id)
+    def _check_scope(self, spec: evaluation_pb2.EvaluationSpec, scope: str | None) -> None:
+        self.data_roots.check_evaluation(spec, scoped=scope is not None)
+        if scope is None:
+            return
+        if spec.adapter_id:
+            spec.adapter_id = resolve_adapter(scope, spec.adapter_id, "adapter_id")
+        for i, adapter in enumerate(spec.compare_adapters):
+            spec.compare_adapters[i] = resolve_adapter(scope, adapter, "compare_adapters")
+        if spec.job_id:
+            self.jobs.get_job(spec.job_id, scope)
+        if spec.eval_file_id:
+            self.files.get(spec.eval_file_id, scope)
 
-    def list_evaluations(self, limit: int = 20, after: str = "") -> tuple[list[Evaluation], bool]:
-        return self.store.list_evaluations(limit, after)
+    def get(self, evaluation_id: str, scope: str | None = None) -> Evaluation:
+        return self.store.get(evaluation_id, scope)
 
-    def cancel(self, evaluation_id: str) -> Evaluation:
+    def list_evaluations(
+        self, limit: int = 20, after: str = "", scope: str | None = None
+    ) -> tuple[list[Evaluation], bool]:
+        return self.store.list_evaluations(limit, after, scope)
+
+    def cancel(self, evaluation_id: str, scope: str | None = None) -> Evaluation:
         """Queued: cancelled here; running (or starting: the runner took it meanwhile): its
         runner is told, and ends it as cancelled."""
-        self.store.get(evaluation_id)  # NotFound
+        self.store.get(evaluation_id, scope)  # NotFound
         if not self._finish(evaluation_id, (QUEUED,), CANCELLED, "cancelled before it ran"):
             self._cancel.get(evaluation_id, threading.Event()).set()  # gone: it just ended
         return self.store.get(evaluation_id)
@@ -117,11 +141,11 @@ class EvaluationService:
             time.sleep(0.1)
         return evaluation
 
-    def report(self, evaluation_id: str, fmt: str) -> tuple[str, bytes]:
+    def report(self, evaluation_id: str, fmt: str, scope: str | None = None) -> tuple[str, bytes]:
         """(content type, bytes) of a finished evaluation's report: "html" or "md"."""
+        evaluation = self.store.get(evaluation_id, scope)
         if fmt not in REPORT_TYPES:
             raise InvalidArgument(f"unknown report format {fmt!r}; use html or md", param="format")
-        evaluation = self.store.get(evaluation_id)
         path = evaluation.report_html if fmt == "html" else evaluation.report_markdown
         if not path or not Path(path).is_file():
             raise InvalidArgument(
@@ -132,7 +156,11 @@ class EvaluationService:
 
     # --- running -------------------------------------------------------------------------
     def _client(self) -> InferenceClient:
-        return InferenceClient(self.settings.inference_addr, self.settings.eval_request_timeout_s)
+        return InferenceClient(
+            self.settings.inference_addr,
+            self.settings.eval_request_timeout_s,
+            self.settings.service_tokens,
+        )
 
     def _plan(self, spec: evaluation_pb2.EvaluationSpec) -> Plan:
         """Everything checked that can be checked without generating."""
@@ -242,7 +270,7 @@ class EvaluationService:
         spec = json_format.ParseDict(dict(job.spec.evaluation), evaluation_pb2.EvaluationSpec())
         spec.job_id = job.id
         try:
-            evaluation = self.create(spec, for_job=job.id)
+            evaluation = self.create(spec, for_job=job.id, scope=job.project)
         except TuneyardError as err:
             self.journal.event(job.id, f"evaluation not started: {err.message}", level="warn")
             return None
@@ -261,4 +289,5 @@ class EvaluationService:
         table = format_table(evaluation.result)
         self.journal.event(job_id, f"evaluation {evaluation.id}:\n{table}")
         reports = [evaluation.report_html, evaluation.report_markdown]
-        self.journal.add_result_files(job_id, store_result_files(self.files, reports))
+        project = self.journal.store.get_job(job_id).project
+        self.journal.add_result_files(job_id, store_result_files(self.files, reports, project))

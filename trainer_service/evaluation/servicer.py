@@ -7,6 +7,7 @@ from trainer_service.evaluation.service import EvaluationService
 from trainer_service.evaluation.store import Evaluation
 from tuneyard.errors import InvalidArgument, redact_paths
 from tuneyard.grpc_server import maps_errors
+from tuneyard.projects import scope
 from tuneyard.statuses import EVALUATION_STATUSES
 from tuneyard.v1 import evaluation_pb2 as pb
 from tuneyard.v1 import evaluation_pb2_grpc
@@ -30,6 +31,7 @@ def evaluation_to_proto(evaluation: Evaluation) -> pb.Evaluation:
         total_requests=evaluation.total_requests,
         report_markdown=evaluation.report_markdown,
         report_html=evaluation.report_html,
+        project=evaluation.project,
     )
     json_format.ParseDict(evaluation.spec, message.spec)
     # The result's dataclasses have the proto's field names.
@@ -51,27 +53,29 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServiceServicer):
     def CreateEvaluation(self, request, context):
         if not request.HasField("spec"):
             raise InvalidArgument("spec is required", param="spec")
-        return evaluation_to_proto(self.service.create(request.spec))
+        return evaluation_to_proto(self.service.create(request.spec, scope=scope(context)))
 
     @maps_errors
     def GetEvaluation(self, request, context):
-        return evaluation_to_proto(self.service.get(request.evaluation_id))
+        return evaluation_to_proto(self.service.get(request.evaluation_id, scope(context)))
 
     @maps_errors
     def ListEvaluations(self, request, context):
         limit = min(request.limit or 20, MAX_LIST)
-        found, has_more = self.service.list_evaluations(limit, request.after)
+        found, has_more = self.service.list_evaluations(limit, request.after, scope(context))
         return pb.ListEvaluationsResponse(
             evaluations=[evaluation_to_proto(e) for e in found], has_more=has_more
         )
 
     @maps_errors
     def CancelEvaluation(self, request, context):
-        return evaluation_to_proto(self.service.cancel(request.evaluation_id))
+        return evaluation_to_proto(self.service.cancel(request.evaluation_id, scope(context)))
 
     @maps_errors
     def GetEvaluationReport(self, request, context):
-        content_type, content = self.service.report(request.evaluation_id, request.format)
+        content_type, content = self.service.report(
+            request.evaluation_id, request.format, scope(context)
+        )
         return pb.EvaluationReport(content_type=content_type, content=content)
 
 

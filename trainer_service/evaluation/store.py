@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tuneyard.errors import NotFound
+from tuneyard.projects import DEFAULT_PROJECT, visible
 from tuneyard.statuses import QUEUED, TERMINAL
 
 
@@ -33,6 +34,7 @@ class Evaluation:
     # The job whose spec asked for this evaluation: its reports join the job's result_files
     # when it ends, after a trainer restart too.
     for_job: str = ""
+    project: str = DEFAULT_PROJECT  # evaluations from before projects are the default's
 
     @property
     def terminal(self) -> bool:
@@ -79,9 +81,13 @@ class EvaluationStore:
             )
         return evaluation
 
-    def get(self, evaluation_id: str) -> Evaluation:
+    def get(self, evaluation_id: str, project: str | None = None) -> Evaluation:
+        """NOT_FOUND as well for another project's evaluation than `project`'s (None: any)."""
         with self._lock:
-            return self._get(evaluation_id)
+            evaluation = self._get(evaluation_id)
+        if not visible(project, evaluation.project):
+            raise NotFound(f"evaluation {evaluation_id!r} not found", param="evaluation_id")
+        return evaluation
 
     def update(self, evaluation_id: str, **fields) -> Evaluation:
         """Progress and result fields; the status only through `set_status`."""
@@ -116,13 +122,19 @@ class EvaluationStore:
             raise NotFound(f"evaluation {evaluation_id!r} not found", param="evaluation_id")
         return Evaluation(**json.loads(row[0]))
 
-    def list_evaluations(self, limit: int = 20, after: str = "") -> tuple[list[Evaluation], bool]:
-        """Newest first; `after` is the id of the last one of the previous page."""
-        query, args = "SELECT body FROM evaluations", []
+    def list_evaluations(
+        self, limit: int = 20, after: str = "", project: str | None = None
+    ) -> tuple[list[Evaluation], bool]:
+        """Newest first; `after` is the id of the last one of the previous page; with
+        `project`, that project's only."""
+        query, args = "SELECT body FROM evaluations WHERE 1", []
         if after:
-            self.get(after)
-            query += " WHERE ord < (SELECT ord FROM evaluations WHERE id = ?)"
+            self.get(after, project)
+            query += " AND ord < (SELECT ord FROM evaluations WHERE id = ?)"
             args.append(after)
+        if project is not None:
+            query += " AND COALESCE(json_extract(body, '$.project'), ?) = ?"
+            args += [DEFAULT_PROJECT, project]
         query += " ORDER BY ord DESC LIMIT ?"
         args.append(limit + 1)
         with self._lock:

@@ -145,7 +145,7 @@ class Example(_message.Message):
     def __init__(self, line: _Optional[int] = ..., prompt: _Optional[str] = ..., reference: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[ArmOutput, _Mapping]]] = ...) -> None: ...
 
 class Evaluation(_message.Message):
-    __slots__ = ("id", "status", "spec", "created_at", "started_at", "finished_at", "error", "adapter_id", "eval_source", "rows", "done_requests", "total_requests", "arms", "examples", "report_markdown", "report_html")
+    __slots__ = ("id", "status", "spec", "created_at", "started_at", "finished_at", "error", "adapter_id", "eval_source", "rows", "done_requests", "total_requests", "arms", "examples", "report_markdown", "report_html", "project")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class Evaluation(_message.Message):
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     REPORT_MARKDOWN_FIELD_NUMBER: _ClassVar[int]
     REPORT_HTML_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: EvaluationStatus
     spec: EvaluationSpec
@@ -178,7 +179,8 @@ class Evaluation(_message.Message):
     examples: _containers.RepeatedCompositeFieldContainer[Example]
     report_markdown: str
     report_html: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[EvaluationStatus, str]] = ..., spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[int] = ..., started_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., error: _Optional[str] = ..., adapter_id: _Optional[str] = ..., eval_source: _Optional[str] = ..., rows: _Optional[int] = ..., done_requests: _Optional[int] = ..., total_requests: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmResult, _Mapping]]] = ..., examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., report_markdown: _Optional[str] = ..., report_html: _Optional[str] = ...) -> None: ...
+    project: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[EvaluationStatus, str]] = ..., spec: _Optional[_Union[EvaluationSpec, _Mapping]] = ..., created_at: _Optional[int] = ..., started_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., error: _Optional[str] = ..., adapter_id: _Optional[str] = ..., eval_source: _Optional[str] = ..., rows: _Optional[int] = ..., done_requests: _Optional[int] = ..., total_requests: _Optional[int] = ..., arms: _Optional[_Iterable[_Union[ArmResult, _Mapping]]] = ..., examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., report_markdown: _Optional[str] = ..., report_html: _Optional[str] = ..., project: _Optional[str] = ...) -> None: ...
 
 class CreateEvaluationRequest(_message.Message):
     __slots__ = ("spec",)

@@ -197,7 +197,7 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ..., line: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "status", "spec", "created_at", "started_at", "finished_at", "fine_tuned_model", "error", "trained_tokens", "estimated_finish", "result_files", "metadata")
+    __slots__ = ("id", "status", "spec", "created_at", "started_at", "finished_at", "fine_tuned_model", "error", "trained_tokens", "estimated_finish", "result_files", "metadata", "project")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,7 @@ class Job(_message.Message):
     ESTIMATED_FINISH_FIELD_NUMBER: _ClassVar[int]
     RESULT_FILES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: JobStatus
     spec: JobSpec
@@ -229,7 +230,8 @@ class Job(_message.Message):
     estimated_finish: int
     result_files: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[int] = ..., started_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., fine_tuned_model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., estimated_finish: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    project: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[JobStatus, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., created_at: _Optional[int] = ..., started_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., fine_tuned_model: _Optional[str] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., estimated_finish: _Optional[int] = ..., result_files: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., project: _Optional[str] = ...) -> None: ...
 
 class Metrics(_message.Message):
     __slots__ = ("step", "total_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "trained_tokens", "eta_seconds", "peak_memory_bytes", "mean_token_accuracy", "eval_mean_token_accuracy", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy", "eval_rewards_margin", "eval_rewards_accuracy")
@@ -370,18 +372,20 @@ class PublishCheckpointRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
 
 class File(_message.Message):
-    __slots__ = ("id", "bytes", "created_at", "filename", "purpose")
+    __slots__ = ("id", "bytes", "created_at", "filename", "purpose", "project")
     ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
     id: str
     bytes: int
     created_at: int
     filename: str
     purpose: str
-    def __init__(self, id: _Optional[str] = ..., bytes: _Optional[int] = ..., created_at: _Optional[int] = ..., filename: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
+    project: str
+    def __init__(self, id: _Optional[str] = ..., bytes: _Optional[int] = ..., created_at: _Optional[int] = ..., filename: _Optional[str] = ..., purpose: _Optional[str] = ..., project: _Optional[str] = ...) -> None: ...
 
 class UploadFileRequest(_message.Message):
     __slots__ = ("filename", "purpose", "content")

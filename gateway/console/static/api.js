@@ -3,6 +3,8 @@
 // read from fetch (EventSource cannot send the key).
 
 const KEY = "tuneyard.apiKey";
+// An admin key's chosen project, sent as OpenAI's OpenAI-Project header ("" = every project).
+const PROJECT = "tuneyard.project";
 
 export function apiKey() {
   return sessionStorage.getItem(KEY) || "";
@@ -11,6 +13,15 @@ export function apiKey() {
 export function setApiKey(key) {
   if (key) sessionStorage.setItem(KEY, key);
   else sessionStorage.removeItem(KEY);
+}
+
+export function project() {
+  return sessionStorage.getItem(PROJECT) || "";
+}
+
+export function setProject(id) {
+  if (id) sessionStorage.setItem(PROJECT, id);
+  else sessionStorage.removeItem(PROJECT);
 }
 
 export class ApiError extends Error {
@@ -23,7 +34,12 @@ export class ApiError extends Error {
 
 function headers(extra = {}) {
   const key = apiKey();
-  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+  const chosen = project();
+  return {
+    ...extra,
+    ...(key ? { Authorization: `Bearer ${key}` } : {}),
+    ...(chosen ? { "OpenAI-Project": chosen } : {}),
+  };
 }
 
 async function errorOf(response) {

@@ -157,7 +157,7 @@ function evaluationsDone(element) {
 function drawHeader(ctx, element, job, refresh) {
   const spec = job.tuneyard?.spec || {};
   const actions = [];
-  if (ctx.admin && !TERMINAL.has(job.status)) {
+  if (ctx.write && !TERMINAL.has(job.status)) {
     actions.push(
       h("button", {
         id: "cancel-job",
@@ -214,7 +214,7 @@ async function drawCheckpoints(ctx, element, jobId, refresh) {
       h("td", {}, number(c.metrics.train_loss)),
       h("td", {}, number(c.metrics.valid_loss)),
       h("td", {}, c.fine_tuned_model_checkpoint || "—"),
-      h("td", { class: "published" }, c.tuneyard.published_as || (ctx.admin ? publish(c) : "—"))),
+      h("td", { class: "published" }, c.tuneyard.published_as || (ctx.write ? publish(c) : "—"))),
   );
   replace(
     element,

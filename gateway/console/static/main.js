@@ -1,8 +1,9 @@
-// The console's shell: the API key form, what the key may do (GET /v1/permissions), and
+// The console's shell: the API key form, what the key may do (GET /v1/permissions), the
+// project an admin key looks at (a project key sees only its own), and
 // the hash router that draws one page at a time into <main>. Leaving a page aborts what it
 // still streams (its `signal`).
 
-import { ApiError, apiKey, get, setApiKey } from "./api.js";
+import { ApiError, apiKey, get, project, setApiKey, setProject } from "./api.js";
 import { errorBox, h, replace } from "./dom.js";
 import { adaptersPage } from "./adapters.js";
 import { evaluationPage, evaluationsPage } from "./evaluations.js";
@@ -24,11 +25,17 @@ const view = document.getElementById("view");
 const role = document.getElementById("role");
 let current = null;
 
-// What this key may do: {admin, keysRequired}, or null when the key is missing or refused.
+// What this key may do: {admin, write, project, keysRequired}, or null when the key is
+// missing or refused.
 async function permissions() {
   try {
     const answer = await get("/v1/permissions");
-    return { admin: answer.admin, keysRequired: answer.keys_required };
+    return {
+      admin: answer.admin,
+      write: answer.write,
+      project: answer.project,
+      keysRequired: answer.keys_required,
+    };
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return null;
     throw error;
@@ -60,8 +67,13 @@ async function route() {
       document.getElementById("key").focus();
       return;
     }
-    role.textContent = allowed.keysRequired ? (allowed.admin ? "admin key" : "key") : "open";
-    const ctx = { admin: allowed.admin, signal, view };
+    role.textContent = !allowed.keysRequired
+      ? "open"
+      : allowed.admin
+        ? "admin key"
+        : `key · ${allowed.project}${allowed.write ? "" : " (read only)"}`;
+    await showProjects(allowed.admin);
+    const ctx = { admin: allowed.admin, write: allowed.write, signal, view };
     await page(ctx, ...pattern.exec(hash).slice(1));
   } catch (error) {
     if (signal.aborted) return;
@@ -69,6 +81,22 @@ async function route() {
   }
 }
 
+// An admin key picks the project it looks at, or every project.
+async function showProjects(admin) {
+  const select = document.getElementById("project");
+  select.hidden = !admin;
+  if (!admin) return;
+  const listed = await get("/v1/organization/projects?limit=100");
+  const options = [["", "every project"], ...listed.data.map((p) => [p.id, p.name])];
+  select.replaceChildren(
+    ...options.map(([id, name]) => h("option", { value: id, selected: id === project() }, name)),
+  );
+}
+
+document.getElementById("project").addEventListener("change", (event) => {
+  setProject(event.target.value);
+  route();
+});
 document.getElementById("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = document.getElementById("key");
@@ -78,6 +106,7 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
 });
 document.getElementById("forget-key").addEventListener("click", () => {
   setApiKey("");
+  setProject("");
   route();
 });
 window.addEventListener("hashchange", route);

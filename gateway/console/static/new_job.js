@@ -80,7 +80,7 @@ export async function newJobPage(ctx) {
       replace(report, validationReport(answer));
       if (answer.ok) {
         validated = JSON.stringify(request);
-        start.disabled = !ctx.admin;
+        start.disabled = !ctx.write;
       }
     } catch (error) {
       replace(report, errorBox(error), error.param ? h("p", {}, `field: ${error.param}`) : null);
@@ -114,7 +114,7 @@ export async function newJobPage(ctx) {
     h("section", {},
       h("h2", {}, "1. Data"),
       h("label", {}, "File ", fileSelect),
-      ctx.admin ? h("label", { class: "upload" }, "or upload ", fileInput, " ", uploadStatus) : null),
+      ctx.write ? h("label", { class: "upload" }, "or upload ", fileInput, " ", uploadStatus) : null),
     h("section", {},
       h("h2", {}, "2. Spec"),
       h("label", {}, "Start from ", exampleSelect),
@@ -124,7 +124,7 @@ export async function newJobPage(ctx) {
       h("h2", {}, "3. Check, then start"),
       h("button", { id: "validate", onclick: validate }, "Validate"),
       " ",
-      ctx.admin ? start : h("span", { class: "muted" }, "Starting a job needs an admin key."),
+      ctx.write ? start : h("span", { class: "muted" }, "Starting a job needs a project key or an admin key."),
       report),
   );
 }
