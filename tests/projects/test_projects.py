@@ -18,6 +18,7 @@ from tests.conftest import EMAIL_ROWS, EMAIL_TEMPLATE
 from tests.support.services import serve_inference, start_gateway
 from trainer_service.server import serve as serve_trainer
 from trainer_service.settings import TrainerSettings
+from tuneyard.cli import main as cli
 from tuneyard.statuses import TERMINAL
 
 pytestmark = [pytest.mark.projects, pytest.mark.integration]
@@ -537,3 +538,42 @@ def test_the_audit_log_has_each_mutating_call_with_who_and_how_it_ended(stack, a
         f'tuneyard_gateway_audit_events_total{{project="{a["project"]}",result="success"}}'
         in metrics
     )
+
+
+# --- the CLI -----------------------------------------------------------------------------
+def test_the_cli_creates_a_project_and_rotates_and_revokes_its_keys(stack, capsys):
+    url = stack[0].url
+    admin = ["--url", url, "--api-key", ROOT, "projects"]
+    assert cli([*admin, "create", "from the cli"]) == 0
+    project = json.loads(capsys.readouterr().out)
+    assert project["object"] == "organization.project" and project["name"] == "from the cli"
+    assert cli([*admin, "list"]) == 0
+    assert f"{project['id']}\tactive\tfrom the cli" in capsys.readouterr().out
+
+    assert cli([*admin, "keys", "create", project["id"], "--name", "deployer"]) == 0
+    out = capsys.readouterr()
+    key = out.out.strip()  # stdout holds the key alone
+    assert key.startswith("sk-proj-") and "deployer" in out.err
+    assert _status(url, key, "GET", "/v1/files") == 200
+    assert cli([*admin, "keys", "list", project["id"]]) == 0
+    listed = capsys.readouterr().out
+    assert key not in listed and key[-4:] in listed and "deployer" in listed
+    key_id = listed.split("\t")[0]
+
+    assert cli([*admin, "keys", "rotate", project["id"], key_id]) == 0
+    new_key = capsys.readouterr().out.strip()
+    assert new_key != key and _status(url, new_key, "GET", "/v1/files") == 200
+    assert _status(url, key, "GET", "/v1/files") == 401
+    assert cli([*admin, "keys", "list", project["id"]]) == 0
+    new_id = capsys.readouterr().out.split("\t")[0]
+    assert cli([*admin, "keys", "revoke", project["id"], new_id]) == 0
+    capsys.readouterr()
+    assert _status(url, new_key, "GET", "/v1/files") == 401
+
+    assert cli([*admin, "limits", project["id"], "rl-fine-tuning", "--concurrent-jobs", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_concurrent_jobs"] == 2
+    assert cli([*admin, "archive", project["id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "archived"
+    # Without an admin key the CLI says why and exits 2.
+    assert cli(["--url", url, "--api-key", READER, "projects", "list"]) == 2
+    assert "403" in capsys.readouterr().err
