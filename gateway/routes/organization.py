@@ -6,11 +6,11 @@ else, ever."""
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from gateway.auth import require_admin
 from gateway.openapi import ADMIN, TRAINER_ERRORS, Body
-from tuneyard.projects import owner_of
+from tuneyard.projects import PROJECT_ID, owner_of
 from tuneyard.v1 import projects_pb2 as pb
 
 router = APIRouter(
@@ -21,6 +21,9 @@ router = APIRouter(
 routers = [router]
 
 Limit = Annotated[int, Query(ge=1, le=100)]
+ProjectId = Annotated[str, StringConstraints(pattern=PROJECT_ID.pattern)]
+# "<object>.<what happened>", as gateway/audit.py names them.
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z_]+(\.[a-z_]+)+$")]
 
 
 class ProjectBody(Body):
@@ -284,8 +287,8 @@ async def update_rate_limit(
 @router.get("/audit_logs")
 async def list_audit_logs(
     request: Request,
-    project_ids: Annotated[list[str] | None, Query(alias="project_ids[]")] = None,
-    event_types: Annotated[list[str] | None, Query(alias="event_types[]")] = None,
+    project_ids: Annotated[list[ProjectId] | None, Query(alias="project_ids[]")] = None,
+    event_types: Annotated[list[EventType] | None, Query(alias="event_types[]")] = None,
     after: str = "",
     limit: Limit = 20,
 ) -> dict:

@@ -492,6 +492,22 @@ def test_a_project_at_its_concurrent_jobs_limit_gets_429_on_create(stack, admin,
     admin.post(path, json={"max_concurrent_jobs": 0})
 
 
+def test_a_project_past_its_trained_tokens_per_day_gets_429_on_create(
+    stack, admin, teams, tiny_llama
+):
+    b = teams["b"]
+    assert b["job"].trained_tokens > 1
+    path = f"/v1/organization/projects/{b['project']}/rate_limits/rl-fine-tuning"
+    admin.post(path, json={"max_trained_tokens_per_1_day": 1})
+    body = {"model": str(tiny_llama), "training_file": b["file_id"], "tuneyard": TUNEYARD}
+    refused = httpx.post(
+        stack[1].url + "/v1/fine_tuning/jobs", headers=_auth(b["key"]), json=body, timeout=60
+    )
+    assert refused.status_code == 429, refused.text
+    assert "max_trained_tokens_per_1_day" in refused.json()["error"]["message"]
+    admin.post(path, json={"max_trained_tokens_per_1_day": 0})
+
+
 # --- the audit log -----------------------------------------------------------------------
 def test_the_audit_log_has_each_mutating_call_with_who_and_how_it_ended(stack, admin, teams):
     a, b = teams["a"], teams["b"]
@@ -529,6 +545,10 @@ def test_the_audit_log_has_each_mutating_call_with_who_and_how_it_ended(stack, a
     # The project keys' tries were refused, and are there as such.
     tried = {e["actor"]["api_key"]["id"] for e in created if e["result"]["status_code"] == 403}
     assert a_key_id in tried and "key_env_0" in tried
+    for query in ({"project_ids[]": "true"}, {"event_types[]": "2.5e+107"}):
+        bad = admin.get("/v1/organization/audit_logs", params=query)
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"].startswith(next(iter(query)))
     # Reads are not audited.
     assert not any(
         e["request"]["path"] == "/v1/files" and e["request"]["method"] == "GET" for e in log["data"]

@@ -98,3 +98,42 @@ def test_a_store_from_before_metadata_is_upgraded(tmp_path):
     db.commit()
     db.close()
     assert JobStore(tmp_path / "jobs.db").get_job(job.id).metadata == {}
+
+
+def test_a_project_s_jobs_are_its_own_and_count_against_its_limits(tmp_path):
+    store = JobStore(tmp_path / "jobs.db")
+    ours = store.create_job(SPEC, project="proj_0123456789abcdef")
+    theirs = store.create_job(SPEC, status=QUEUED)
+    assert theirs.project == "proj_default"
+    assert store.get_job(ours.id, "proj_0123456789abcdef").id == ours.id
+    with pytest.raises(NotFound):
+        store.get_job(ours.id, "proj_default")
+    assert [j.id for j in store.list_jobs(project="proj_0123456789abcdef")[0]] == [ours.id]
+    assert {j.id for j in store.list_jobs()[0]} == {ours.id, theirs.id}
+    with pytest.raises(NotFound):  # a page after another project's job
+        store.list_jobs(after=theirs.id, project="proj_0123456789abcdef")
+
+    assert store.unended_count("proj_0123456789abcdef") == 1
+    store.update(ours.id, status=FAILED, finished_at=1000.0, trained_tokens=50)
+    assert store.unended_count("proj_0123456789abcdef") == 0
+    running = store.create_job(SPEC, status=RUNNING, project="proj_0123456789abcdef")
+    store.update(running.id, trained_tokens=7)  # still running: it counts
+    assert store.trained_tokens_since("proj_0123456789abcdef", since=500.0) == 57
+    assert store.trained_tokens_since("proj_0123456789abcdef", since=2000.0) == 7
+    assert store.trained_tokens_since("proj_default", since=0.0) == 0
+
+
+def test_a_store_from_before_projects_gives_its_jobs_to_the_default_project(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "jobs.db"
+    store = JobStore(path)
+    job = store.create_job(SPEC)
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE jobs DROP COLUMN project")
+    db.commit()
+    db.close()
+    reopened = JobStore(path)
+    assert reopened.get_job(job.id, "proj_default").project == "proj_default"
+    reopened.close()
