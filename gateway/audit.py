@@ -77,7 +77,12 @@ class AuditMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in MUTATING_METHODS:
+        # Generation is a POST that changes nothing: its streams pass untouched.
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in MUTATING_METHODS
+            or scope["path"] in READS
+        ):
             return await self.app(scope, receive, send)
 
         async def audited(message):

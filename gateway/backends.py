@@ -17,7 +17,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaPool
 from gateway.settings import GatewaySettings
 from tuneyard import projects
-from tuneyard.service_auth import client_aio_channel
+from tuneyard.service_auth import call_metadata
 from tuneyard.v1 import (
     evaluation_pb2_grpc,
     inference_pb2,
@@ -46,9 +46,9 @@ class Backend:
         connect_ms = int(settings.connect_timeout_s * 1000)
         backoff_ms = int(settings.reconnect_backoff_max_s * 1000)
         # Every call carries the service token (tuneyard.service_auth), if one is set.
-        self.channel = client_aio_channel(
+        self.metadata = call_metadata(settings.service_tokens)
+        self.channel = grpc.aio.insecure_channel(
             addr,
-            settings.service_tokens,
             options=[
                 # gRPC's connect deadline is max(min_reconnect_backoff, current backoff).
                 ("grpc.min_reconnect_backoff_ms", connect_ms),
@@ -71,7 +71,7 @@ class Backend:
                 request,
                 timeout=timeout_s or self.timeout_s,
                 wait_for_ready=False,
-                metadata=metadata or None,
+                metadata=(*self.metadata, *metadata) or None,
             )
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(self.name, err) from None
@@ -92,7 +92,7 @@ class Backend:
             request,
             timeout=timeout_s or self.timeout_s,
             wait_for_ready=False,
-            metadata=metadata or None,
+            metadata=(*self.metadata, *metadata) or None,
         )
         if on_done is not None:
             call.add_done_callback(lambda _: on_done())

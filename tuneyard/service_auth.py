@@ -131,15 +131,12 @@ def client_channel(target: str, tokens: Tokens, options=None) -> grpc.Channel:
     return grpc.intercept_channel(channel, _SyncToken(header))
 
 
-def client_aio_channel(target: str, tokens: Tokens, options=None) -> grpc.aio.Channel:
-    """client_channel for asyncio: grpc.aio.insecure_channel with the token attached to
-    every call by aio client interceptors."""
+def call_metadata(tokens: Tokens) -> tuple[tuple[str, str], ...]:
+    """The metadata that carries the first of `tokens`, for a client that passes metadata
+    with each call itself (the gateway's asyncio one: an aio interceptor would wrap every
+    message of a stream, which a per-call tuple does not); () without tokens."""
     header = _header(tokens)
-    if header is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    # The aio channel files each interceptor under one kind only: one object per kind.
-    interceptors = [kind(header) for kind in _AIO_KINDS]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return () if header is None else (header,)
 
 
 class _SyncCallDetails(grpc.ClientCallDetails):
@@ -168,34 +165,3 @@ class _SyncToken(
     intercept_unary_stream = _call
     intercept_stream_unary = _call
     intercept_stream_stream = _call
-
-
-class _AioToken:
-    def __init__(self, header: tuple[str, str]):
-        self._header = header
-
-    async def _call(self, continuation, details, request):
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
-        details = grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-        return await continuation(details, request)
-
-
-class _AioUnaryUnary(_AioToken, grpc.aio.UnaryUnaryClientInterceptor):
-    intercept_unary_unary = _AioToken._call
-
-
-class _AioUnaryStream(_AioToken, grpc.aio.UnaryStreamClientInterceptor):
-    intercept_unary_stream = _AioToken._call
-
-
-class _AioStreamUnary(_AioToken, grpc.aio.StreamUnaryClientInterceptor):
-    intercept_stream_unary = _AioToken._call
-
-
-class _AioStreamStream(_AioToken, grpc.aio.StreamStreamClientInterceptor):
-    intercept_stream_stream = _AioToken._call
-
-
-_AIO_KINDS = (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)
