@@ -3,12 +3,12 @@ append-only SQLite table: triggers refuse any UPDATE or DELETE, so not even the 
 own code can rewrite what happened."""
 
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer_service import sqlite
 from tuneyard.errors import InvalidArgument
 
 MAX_LIST = 100
@@ -50,12 +50,8 @@ class AuditEvent:
 class AuditLog:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite.connect(self.path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:

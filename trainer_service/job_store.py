@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer_service import sqlite
 from tuneyard.errors import NotFound
 from tuneyard.jobspec import JobSpec
 from tuneyard.projects import DEFAULT_PROJECT, visible
@@ -123,13 +124,8 @@ class JobStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite.connect(self.path, _SCHEMA)
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
         if "resumes" not in columns:  # a store written before resumes existed
             self._db.execute("ALTER TABLE jobs ADD COLUMN resumes INTEGER NOT NULL DEFAULT 0")

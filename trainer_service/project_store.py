@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer_service import sqlite
 from tuneyard.errors import InvalidArgument, NotFound, TuneyardError
 from tuneyard.projects import DEFAULT_PROJECT, DEFAULT_PROJECT_NAME
 
@@ -175,13 +176,9 @@ class ProjectStore:
         """`window_s`: the rate limits' window, OpenAI's minute unless a test shortens it."""
         self.path = Path(path)
         self.window_s = window_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._secret = secret
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite.connect(self.path, _SCHEMA)
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO projects (id, seq, name, created_at) VALUES (?, 0, ?, ?)",

@@ -257,27 +257,31 @@ def test_adapters_load_and_unload_for_admins_only(console, stack):
     assert admin.status_code == 200 and admin.json()["loaded"] is False
 
 
-def test_admins_cancel_a_job_plain_keys_cannot(console, stack, tmp_path):
+def _long_job(stack, suffix: str) -> dict:
+    """A job of the default project, made with the admin key, that runs until cancelled."""
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    data = tmp_path / "emails.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in EMAIL_ROWS))
+    data = "".join(json.dumps(r) + "\n" for r in EMAIL_ROWS).encode()
     upload = httpx.post(
         f"{stack.url}/v1/files",
-        files={"file": ("emails.jsonl", data.read_bytes())},
+        files={"file": ("emails.jsonl", data)},
         data={"purpose": "fine-tune"},
         headers=admin,
         timeout=30,
     ).json()
-    job = httpx.post(
+    return httpx.post(
         f"{stack.url}/v1/fine_tuning/jobs",
         json={
             "training_file": upload["id"],
-            "suffix": "long-run",
+            "suffix": suffix,
             "tuneyard": {"template": EMAIL_TEMPLATE, "training": {"max_steps": 10_000}},
         },
         headers=admin,
         timeout=30,
     ).json()
+
+
+def test_admins_cancel_a_job_plain_keys_cannot(console, stack):
+    job = _long_job(stack, "long-run")
 
     page = console.open(f"/jobs/{job['id']}", key=PLAIN_KEY)
     expect(page.locator("h1 [data-status]")).not_to_have_text("cancelled")
@@ -292,27 +296,9 @@ def test_admins_cancel_a_job_plain_keys_cannot(console, stack, tmp_path):
     console.shot("job-cancelled")
 
 
-def test_a_project_key_sees_its_project_alone_and_an_admin_picks_one(console, stack, tmp_path):
+def test_a_project_key_sees_its_project_alone_and_an_admin_picks_one(console, stack):
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    data = tmp_path / "emails.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in EMAIL_ROWS))
-    upload = httpx.post(
-        f"{stack.url}/v1/files",
-        files={"file": ("emails.jsonl", data.read_bytes())},
-        data={"purpose": "fine-tune"},
-        headers=admin,
-        timeout=30,
-    ).json()
-    job = httpx.post(
-        f"{stack.url}/v1/fine_tuning/jobs",
-        json={
-            "training_file": upload["id"],
-            "suffix": "default-project-job",
-            "tuneyard": {"template": EMAIL_TEMPLATE, "training": {"max_steps": 10_000}},
-        },
-        headers=admin,
-        timeout=30,
-    ).json()
+    job = _long_job(stack, "default-project-job")
     project = httpx.post(
         f"{stack.url}/v1/organization/projects", json={"name": "console team"}, headers=admin
     ).json()

@@ -3,12 +3,12 @@ The spec is kept as the proto's JSON, the result as plain JSON."""
 
 import json
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from trainer_service import sqlite
 from tuneyard.errors import NotFound
 from tuneyard.projects import DEFAULT_PROJECT, visible
 from tuneyard.statuses import QUEUED, TERMINAL
@@ -61,11 +61,8 @@ class EvaluationStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = sqlite.connect(self.path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
