@@ -8,6 +8,7 @@ deleted key get 401 on both replicas, limits answer 429 with OpenAI's headers an
 and the audit log holds each mutating call."""
 
 import json
+import logging
 import time
 
 import httpx
@@ -47,8 +48,34 @@ def _auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
+class Records(logging.Handler):
+    """Every log record of the services (they run in this process), for the check that no
+    key is ever logged."""
+
+    SERVICES = ("gateway", "trainer_service", "inference_service", "tuneyard", "uvicorn")
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        if record.name.startswith(self.SERVICES):
+            self.lines.append(f"{record.getMessage()} {record.exc_text or ''}")
+
+
 @pytest.fixture(scope="module")
-def stack(tiny_llama, tmp_path_factory):
+def logged():
+    records, root = Records(), logging.getLogger()
+    level = root.level
+    root.addHandler(records)
+    root.setLevel(logging.DEBUG)
+    yield records
+    root.removeHandler(records)
+    root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_llama, tmp_path_factory, logged):
     home = tmp_path_factory.mktemp("home")
     inference = serve_inference(
         tiny_llama, home / "adapters", service_tokens=[TOKEN], default_max_new_tokens=4
@@ -601,3 +628,10 @@ def test_the_cli_creates_a_project_and_rotates_and_revokes_its_keys(stack, capsy
     # Without an admin key the CLI says why and exits 2.
     assert cli(["--url", url, "--api-key", READER, "projects", "list"]) == 2
     assert "403" in capsys.readouterr().err
+
+
+def test_no_key_is_ever_logged(logged, teams):
+    """Last in this file: after every call above, none of the keys is in any log line."""
+    assert logged.lines  # the services did log (down to DEBUG)
+    for key in (teams["a"]["key"], teams["b"]["key"], ROOT, READER, TOKEN):
+        assert not [line for line in logged.lines if key in line], key
