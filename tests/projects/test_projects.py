@@ -274,6 +274,14 @@ def test_each_project_trains_its_own_adapter_of_the_same_name(stack, teams):
         assert not any(other["project"] in m for m in models)
         answer = oai.completions.create(model="marketing-email", prompt="Hello", max_tokens=2)
         assert answer.usage.completion_tokens > 0
+    # A project key publishes its own job's checkpoint, as its next version.
+    published = httpx.post(
+        f"{stack[0].url}/v1/fine_tuning/jobs/{a['job'].id}/checkpoints/2/publish",
+        headers=_auth(a["key"]),
+        timeout=60,
+    )
+    assert published.status_code == 200, published.text
+    assert published.json()["tuneyard"]["published_as"] == f"{a['project']}:marketing-email@2"
 
 
 def _status(url: str, key: str, method: str, path: str, **kwargs) -> int:
