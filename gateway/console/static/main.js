@@ -57,13 +57,16 @@ async function route() {
   }
   const signal = current.signal;
   document.getElementById("key").placeholder = apiKey() ? "API key (set)" : "API key";
-  replace(view, h("p", { class: "muted" }, "Loading…"));
+  // Each page draws into its own element, swapped in now: a page left while it still
+  // waits for an answer draws into one that is no longer shown, never over the next page.
+  const pageView = h("div", { class: "page" }, h("p", { class: "muted" }, "Loading…"));
+  replace(view, pageView);
   try {
     const allowed = await permissions();
     if (signal.aborted) return;
     if (!allowed) {
       role.textContent = "";
-      replace(view, h("p", { class: "notice" }, "This gateway needs an API key: enter it above."));
+      replace(pageView, h("p", { class: "notice" }, "This gateway needs an API key: enter it above."));
       document.getElementById("key").focus();
       return;
     }
@@ -73,11 +76,12 @@ async function route() {
         ? "admin key"
         : `key · ${allowed.project}${allowed.write ? "" : " (read only)"}`;
     await showProjects(allowed.admin);
-    const ctx = { admin: allowed.admin, write: allowed.write, signal, view };
+    if (signal.aborted) return;
+    const ctx = { admin: allowed.admin, write: allowed.write, signal, view: pageView };
     await page(ctx, ...pattern.exec(hash).slice(1));
   } catch (error) {
     if (signal.aborted) return;
-    replace(view, errorBox(error));
+    replace(pageView, errorBox(error));
   }
 }
 
