@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import BackendError
 from gateway.settings import GatewaySettings
+from tuneyard.adapter_store import AdapterId
 from tuneyard.errors import Unavailable
 from tuneyard.replicas import ReplicaAddresses
 from tuneyard.v1 import inference_pb2
@@ -329,7 +330,7 @@ class ReplicaPool:
 
         replicas = list(self.replicas)
         await asyncio.gather(*(unload(r, a) for r in replicas for a in adapter_ids))
-        names = {adapter_id.partition("@")[0] for adapter_id in adapter_ids}
+        names = {AdapterId.name_of(adapter_id) for adapter_id in adapter_ids}
         for replica in replicas:
             replica.loaded -= {*adapter_ids, *names}
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import jinja2.meta
 
 from tuneyard.adapter_store import (
+    AdapterId,
     AdapterStore,
     AdapterVersion,
     BaseQuantization,
     Manifest,
-    parse_adapter_id,
 )
 from tuneyard.errors import FailedPrecondition, NotFound, ResourceExhausted, TuneyardError
 from tuneyard.modeling import BaseModelRef, public_name
@@ -171,11 +171,11 @@ class AdapterCache:
         except NotFound as err:
             return self._unload_deleted(adapter_id, err)
         except FailedPrecondition:  # a name none of whose versions is live (parity gate)
-            version = self.store.versions(parse_adapter_id(adapter_id)[0])[-1]
+            version = self.store.versions(AdapterId.parse(adapter_id).name)[-1]
         with self._lock:
             keys = (
                 [version.id]
-                if "@" in adapter_id
+                if AdapterId.parse(adapter_id).version is not None
                 else [key for key, a in self._loaded.items() if a.version.name == version.name]
             )
             busy = [key for key in keys if key in self._loaded and self._loaded[key].in_use]
@@ -191,27 +191,22 @@ class AdapterCache:
     def _unload_deleted(self, adapter_id: str, not_found: NotFound) -> AdapterInfo:
         """Versions gone from the volume but still loaded: those in use are removed when
         their last request releases them (none can take them again meanwhile)."""
-        name, number = parse_adapter_id(adapter_id)
+        wanted = AdapterId.parse(adapter_id)
         with self._lock:
             keys = sorted(
-                (
-                    key
-                    for key, a in self._loaded.items()
-                    if a.version.name == name
-                    and (number is None or int(a.version.version) == int(number))
-                ),
-                key=lambda key: int(key.partition("@")[2]),
+                (key for key, a in self._loaded.items() if wanted.matches(a.version)),
+                key=lambda key: int(self._loaded[key].version.version),
             )
             if not keys:
                 raise not_found
+            last = self._loaded[keys[-1]].version
             for key in keys:
                 if self._loaded[key].in_use:
                     self._doomed.add(key)
                 else:
                     self._remove(key)
                 self._failed.pop(key, None)
-            last = keys[-1]
-            return AdapterInfo(id=last, name=name, version=last.partition("@")[2], state="deleted")
+            return AdapterInfo(id=last.id, name=last.name, version=last.version, state="deleted")
 
     def ranks_on_volume(self) -> list[int]:
         """The rank of every version on the volume trained on this base, from its config

@@ -360,7 +360,6 @@ def _file_fields(spec: JobSpec) -> list[tuple[str, str]]:
         ("data.file_id", spec.data.file_id),
         ("data.eval_file_id", spec.data.eval_file_id),
         ("evaluation.eval_file_id", evaluation.get("eval_file_id")),
-        ("evaluation.eval_file_id", evaluation.get("evalFileId")),
     ]
     return [(param, file_id) for param, file_id in found if file_id]
 

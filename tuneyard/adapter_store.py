@@ -183,6 +183,7 @@ class AdapterVersion:
 
     @property
     def id(self) -> str:
+        """`name@version`, with the version as its folder spells it."""
         return f"{self.name}@{self.version}"
 
     def manifest(self) -> Manifest:
@@ -217,15 +218,39 @@ def check_mode(value: int | str) -> int:
     return value
 
 
-def parse_adapter_id(adapter_id: str) -> tuple[str, str | None]:
-    """'name' -> (name, None); 'name@3' -> (name, '3')."""
-    name, _, version = adapter_id.partition("@")
-    check_name(name)
-    if version and not version.isdigit():
-        raise InvalidArgument(
-            f"invalid adapter version {version!r}: expected a number", param="adapter_id"
+@dataclass(frozen=True)
+class AdapterId:
+    """What a request names: an adapter's `name` alone (the version that name means: its
+    newest live one) or one version, `name@version`. The one reading of that syntax, for
+    every service (as vLLM's LoRARequest carries a name and an id)."""
+
+    name: str
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "AdapterId":
+        """'name' -> (name, None); 'name@3' (or 'name@003') -> (name, 3)."""
+        name, _, version = text.partition("@")
+        check_name(name)
+        if version and not version.isdigit():
+            raise InvalidArgument(
+                f"invalid adapter version {version!r}: expected a number", param="adapter_id"
+            )
+        return cls(name, int(version) if version else None)
+
+    @staticmethod
+    def name_of(text: str) -> str:
+        """The name part of an id, unchecked (for labels and bookkeeping of ids that were)."""
+        return text.partition("@")[0]
+
+    def matches(self, version: "AdapterVersion") -> bool:
+        """Whether `version` is what this id names, its liveness aside."""
+        return version.name == self.name and (
+            self.version is None or int(version.version) == self.version
         )
-    return name, version or None
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
 
 
 class AdapterStore:
@@ -254,14 +279,15 @@ class AdapterStore:
     def resolve(self, adapter_id: str) -> AdapterVersion:
         """'name@version' is that version; 'name' the newest live one: its parity gate
         passed (or it has none) or it was promoted."""
-        name, version = parse_adapter_id(adapter_id)
+        wanted = AdapterId.parse(adapter_id)
+        name, version = wanted.name, wanted.version
         versions = self.versions(name)
         if not versions:
             raise NotFound(f"adapter {name!r} not found", param="adapter_id")
         if version is None:
             return self._live(name, versions)
         for v in versions:
-            if int(v.version) == int(version):
+            if wanted.matches(v):
                 return v
         raise NotFound(
             f"adapter {name!r} has no version {version}; versions: "
@@ -298,8 +324,7 @@ class AdapterStore:
     def promote(self, adapter_id: str) -> AdapterVersion:
         """Make 'name@version' live whatever its parity gate said: 'name' then means it
         unless a newer version is live."""
-        name, number = parse_adapter_id(adapter_id)
-        if number is None:
+        if AdapterId.parse(adapter_id).version is None:
             raise InvalidArgument("promote names one version: name@version", param="adapter_id")
         version = self.resolve(adapter_id)
         manifest = version.manifest()
@@ -336,8 +361,9 @@ class AdapterStore:
     def delete(self, adapter_id: str) -> list[AdapterVersion]:
         """Remove "name@version", or every version of "name"; returns what went, oldest
         first. Oldest first, so that "name" resolves to its newest version until the end."""
-        name, version = parse_adapter_id(adapter_id)
-        doomed = [self.resolve(adapter_id)] if version else self.versions(name)
+        wanted = AdapterId.parse(adapter_id)
+        name = wanted.name
+        doomed = self.versions(name) if wanted.version is None else [self.resolve(adapter_id)]
         if not doomed:
             raise NotFound(f"adapter {name!r} not found", param="adapter_id")
         folder = self.root / name

@@ -287,6 +287,25 @@ class JobSpec(_Strict):
             raise ValueError("recipe 'dpo' needs template.builtin 'chat'")
         return template
 
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _evaluation_spelled_once(cls, evaluation):
+        """The proto's EvaluationSpec is the one definition of these fields: a spec may spell
+        them as its JSON does (camelCase) or as the proto does, and from here on they are
+        the proto's names, checked by its parser, so every reader asks for one spelling."""
+        if evaluation is None:
+            return None
+        if not isinstance(evaluation, dict):
+            raise ValueError("evaluation must be an object of EvaluationSpec fields")
+        try:
+            message = json_format.ParseDict(evaluation, evaluation_pb2.EvaluationSpec())
+        except json_format.ParseError as err:
+            raise ValueError(str(err)) from err
+        canonical = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        if "seed" in canonical:  # a 64-bit integer, which MessageToDict writes as a string
+            canonical["seed"] = int(canonical["seed"])
+        return canonical
+
     @field_validator("evaluation")
     @classmethod
     def _dpo_evaluates_a_file(cls, evaluation: dict | None, info: ValidationInfo) -> dict | None:
@@ -302,11 +321,6 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _check(self):
         check_name(self.adapter_name)
-        if self.evaluation is not None:
-            try:
-                json_format.ParseDict(self.evaluation, evaluation_pb2.EvaluationSpec())
-            except json_format.ParseError as err:
-                raise ValueError(f"evaluation: {err}") from err
         self.template.build()
         if self.merge_dequantized and not (self.merge and self.quantization != "none"):
             raise ValueError("merge_dequantized needs merge and quantization '4bit' or '8bit'")

@@ -2,6 +2,8 @@
 
 import threading
 
+from tuneyard.adapter_store import AdapterId
+
 BASE_LABEL = "(base)"
 OTHER_LABEL = "other"
 
@@ -30,5 +32,5 @@ class AdapterLabels(BoundedLabels):
     for the base model."""
 
     def __call__(self, adapter_id: str) -> str:
-        name = adapter_id.partition("@")[0]
+        name = AdapterId.name_of(adapter_id)
         return super().__call__(name) if name else BASE_LABEL

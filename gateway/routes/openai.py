@@ -13,6 +13,7 @@ from gateway.openapi import ADMIN, OPENAI_ERRORS, event_stream
 from gateway.project_scope import visible_adapters
 from gateway.routes.openai_requests import ChatRequest, CompletionRequest
 from gateway.routes.openai_serving import ChatServing, CompletionServing, adapter_for
+from tuneyard.adapter_store import AdapterId
 from tuneyard.errors import InvalidArgument, NotFound
 from tuneyard.v1 import inference_pb2, trainer_pb2
 
@@ -54,9 +55,15 @@ async def retrieve_model(request: Request, model: str) -> dict:
     if not (adapter := await adapter_for(request, model)):
         return base_json((await backends.info()).model_id)
     base, adapters = await _models(request)
-    name, _, version = adapter.partition("@")
+    try:
+        wanted = AdapterId.parse(adapter)
+    except InvalidArgument:  # "name@latest": no such model, as for any other unknown one
+        raise NotFound(f"model {model!r} not found", param="model") from None
     versions = [
-        a for a in adapters if a.name == name and _is_version(a, version) and (version or a.live)
+        a
+        for a in adapters
+        if a.name == wanted.name
+        and (a.live if wanted.version is None else int(a.version or 0) == wanted.version)
     ]
     if not versions:
         raise NotFound(f"model {model!r} not found", param="model")
@@ -80,11 +87,6 @@ async def delete_model(request: Request, model: str) -> dict:
         )
     await backends.inference.forget_adapters(list(reply.deleted))
     return {"id": model, "object": "model", "deleted": True}
-
-
-def _is_version(adapter: inference_pb2.Adapter, version: str) -> bool:
-    """Any version for "" ("name" alone); "007" is version 7, as the store reads it."""
-    return not version or (version.isdigit() and int(version) == int(adapter.version or 0))
 
 
 async def _models(request: Request) -> tuple[str, list[inference_pb2.Adapter]]:

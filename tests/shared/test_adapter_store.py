@@ -8,10 +8,10 @@ from pydantic import ValidationError
 from tuneyard.adapter_store import (
     DEFAULT_MODE,
     MANIFEST,
+    AdapterId,
     AdapterStore,
     Manifest,
     check_mode,
-    parse_adapter_id,
 )
 from tuneyard.config import CommonSettings
 from tuneyard.errors import InvalidArgument, NotFound
@@ -87,9 +87,12 @@ def test_names_cannot_escape_the_volume(tmp_path, bad):
 
 def test_version_must_be_a_number():
     with pytest.raises(InvalidArgument, match="expected a number"):
-        parse_adapter_id("emails@latest")
-    assert parse_adapter_id("emails@3") == ("emails", "3")
-    assert parse_adapter_id("emails") == ("emails", None)
+        AdapterId.parse("emails@latest")
+    assert AdapterId.parse("emails@3") == AdapterId("emails", 3)
+    assert AdapterId.parse("emails@003") == AdapterId("emails", 3)
+    assert str(AdapterId.parse("emails@003")) == "emails@3"
+    assert AdapterId.parse("emails") == AdapterId("emails") and str(AdapterId("emails")) == "emails"
+    assert AdapterId.name_of("proj_0123456789abcdef:emails@2") == "proj_0123456789abcdef:emails"
 
 
 def modes(root: Path) -> dict[str, str]:

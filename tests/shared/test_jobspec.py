@@ -122,3 +122,25 @@ def test_an_unset_choice_in_a_proto_takes_its_default():
     message.quantization_options.quant_type = message.quantization_options.compute_dtype = ""
     assert isinstance(message, trainer_pb2.JobSpec)
     assert JobSpec.from_proto(message) == JobSpec.parse(spec_dict())
+
+
+def test_an_evaluation_is_read_in_either_spelling_and_kept_in_the_proto_s():
+    """The proto's JSON names (camelCase) and its field names mean the same: a DPO job's
+    evaluation file in camelCase is its evaluation file, as the proto parser reads it."""
+    chat = {"builtin": "chat"}
+    camel = {"evalFileId": "file-0123456789abcdef01234567", "maxNewTokens": 8, "seed": 7}
+    spec = JobSpec.parse(spec_dict(recipe="dpo", template=chat, evaluation=camel))
+    assert spec.evaluation == {
+        "eval_file_id": "file-0123456789abcdef01234567",
+        "max_new_tokens": 8,
+        "seed": 7,
+    }
+    assert JobSpec.from_proto(spec.to_proto()) == spec
+    snake = {"eval_file_id": "file-0123456789abcdef01234567", "max_new_tokens": 8, "seed": 7}
+    assert JobSpec.parse(spec_dict(recipe="dpo", template=chat, evaluation=snake)) == spec
+    # Without a file a DPO job cannot be evaluated, in either spelling.
+    with pytest.raises(InvalidArgument, match="evaluates on a file"):
+        JobSpec.parse(spec_dict(recipe="dpo", template=chat, evaluation={"maxNewTokens": 8}))
+    with pytest.raises(InvalidArgument) as refused:
+        JobSpec.parse(spec_dict(evaluation={"no_such_field": 1}))
+    assert refused.value.param == "evaluation" and "no_such_field" in str(refused.value)
