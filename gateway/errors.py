@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tuneyard.errors import TuneyardError
+from tuneyard.errors import TuneyardError, Unauthenticated  # noqa: F401 (gateway.errors' own)
 from tuneyard.grpc_server import call_error
 
 TGI_PATHS = frozenset({"/", "/generate", "/generate_stream", "/tokenize", "/info", "/health"})
@@ -62,10 +62,6 @@ _CODE_OF_HTTP = {
     405: "UNIMPLEMENTED",
     422: "INVALID_ARGUMENT",
 }
-
-
-class Unauthenticated(TuneyardError):
-    code = "UNAUTHENTICATED"
 
 
 class PermissionDenied(TuneyardError):

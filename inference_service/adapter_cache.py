@@ -166,16 +166,17 @@ class AdapterCache:
 
     def unload(self, adapter_id: str) -> AdapterInfo:
         """'name@version' unloads that version; 'name' every loaded version of the name."""
+        wanted = AdapterId.parse(adapter_id)
         try:
             version = self.store.resolve(adapter_id)
         except NotFound as err:
             return self._unload_deleted(adapter_id, err)
         except FailedPrecondition:  # a name none of whose versions is live (parity gate)
-            version = self.store.versions(AdapterId.parse(adapter_id).name)[-1]
+            version = self.store.versions(wanted.name)[-1]
         with self._lock:
             keys = (
                 [version.id]
-                if AdapterId.parse(adapter_id).version is not None
+                if wanted.version is not None
                 else [key for key, a in self._loaded.items() if a.version.name == version.name]
             )
             busy = [key for key in keys if key in self._loaded and self._loaded[key].in_use]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer_service import sqlite
-from tuneyard.errors import InvalidArgument, NotFound, TuneyardError
+from tuneyard.errors import InvalidArgument, NotFound, Unauthenticated
 from tuneyard.projects import DEFAULT_PROJECT, DEFAULT_PROJECT_NAME
 
 KEY_PREFIX = "sk-proj-"
@@ -25,10 +25,6 @@ FINE_TUNING_LIMIT = "rl-fine-tuning"
 MAX_NAME = 128
 MAX_LIST = 100
 MINUTE_S = 60
-
-
-class Unauthenticated(TuneyardError):
-    code = "UNAUTHENTICATED"
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,20 @@ class Unavailable(TuneyardError):
     code = "UNAVAILABLE"
 
 
+class Unauthenticated(TuneyardError):
+    code = "UNAUTHENTICATED"
+
+
 _CLASS_OF_CODE = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        Unauthenticated,
+    )
 }
 
 
